@@ -1,0 +1,100 @@
+"""kanban_orm: a durable Kanban board that many worker processes share through one database.
+
+    import kanban_orm as kb
+
+    kb.init_db()                      # engine + migrations to head
+    session = kb.connect()
+    task_id = kb.create_task(session, title="write the report")
+    task = kb.claim_task(session, task_id, claimer="worker-1")
+    kb.complete_task(session, task_id, claim_lock=task.claim_lock, result="done")
+"""
+
+from __future__ import annotations
+
+from .db import (
+    RetryPolicy,
+    cached_engine,
+    configure_engine,
+    connect,
+    create_engine,
+    default_url,
+    session_factory,
+)
+from .errors import (
+    ClaimLost,
+    DatabaseBusy,
+    InvalidInput,
+    InvalidTransition,
+    KanbanError,
+    TaskNotFound,
+)
+from .migrate import SchemaOutOfDate, check, current, downgrade, head, init_db, upgrade
+from .models import Base, Task, TaskEvent, TaskLink, TaskRun
+from .service import (
+    block_task,
+    claim_many,
+    claim_next,
+    claim_task,
+    complete_task,
+    create_task,
+    fail_task,
+    get_task,
+    heartbeat,
+    latest_run,
+    list_events,
+    list_runs,
+    list_tasks,
+    release_stale_claims,
+    release_task,
+    unblock_task,
+)
+from .states import TRANSITIONS, Status
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TRANSITIONS",
+    "Base",
+    "ClaimLost",
+    "DatabaseBusy",
+    "InvalidInput",
+    "InvalidTransition",
+    "KanbanError",
+    "RetryPolicy",
+    "SchemaOutOfDate",
+    "Status",
+    "Task",
+    "TaskEvent",
+    "TaskLink",
+    "TaskNotFound",
+    "TaskRun",
+    "__version__",
+    "block_task",
+    "cached_engine",
+    "check",
+    "claim_many",
+    "claim_next",
+    "claim_task",
+    "complete_task",
+    "configure_engine",
+    "connect",
+    "create_engine",
+    "create_task",
+    "current",
+    "default_url",
+    "downgrade",
+    "fail_task",
+    "get_task",
+    "head",
+    "heartbeat",
+    "init_db",
+    "latest_run",
+    "list_events",
+    "list_runs",
+    "list_tasks",
+    "release_stale_claims",
+    "release_task",
+    "session_factory",
+    "unblock_task",
+    "upgrade",
+]

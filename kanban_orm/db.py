@@ -1,0 +1,295 @@
+"""Engines, dialect set-up, transactions and the one retry layer.
+
+SQLite (the embedded default) is set up for many processes on one file:
+
+* WAL, so readers never block the writer and the writer never blocks readers;
+* ``busy_timeout``, so a writer waits for the lock inside SQLite instead of failing;
+* ``BEGIN IMMEDIATE`` for write transactions. A deferred transaction that reads and then
+  writes must upgrade its lock, and two such transactions can deadlock: SQLite then fails
+  one with SQLITE_BUSY at once, whatever the timeout. Taking the write lock up front
+  means a writer only ever waits. Plain reads keep a deferred BEGIN and take no lock.
+* ``synchronous=NORMAL`` by default: in WAL mode a process crash loses nothing, a power
+  cut may roll back the last commits. ``KANBAN_SQLITE_SYNCHRONOUS=FULL`` (or
+  ``configure_engine(engine, synchronous="FULL")``) makes every commit durable at the
+  cost of an fsync per commit.
+
+PostgreSQL runs through psycopg 3 at READ COMMITTED: every transition is one guarded
+UPDATE, which READ COMMITTED re-checks against the latest committed row after a lock
+wait, so no stronger isolation is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session, SessionTransactionOrigin, sessionmaker
+
+from .errors import DatabaseBusy
+
+T = TypeVar("T")
+
+ENV_URL = "KANBAN_DATABASE_URL"
+ENV_HOME = "KANBAN_HOME"
+ENV_SYNCHRONOUS = "KANBAN_SQLITE_SYNCHRONOUS"
+
+#: execution option a Connection carries when its transaction will write.
+WRITE_OPTION = "kanban_write"
+
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+
+# PostgreSQL SQLSTATEs after which the whole transaction can simply run again.
+_PG_RETRYABLE = frozenset({"40001", "40P01", "55P03"})  # serialization, deadlock, lock n/a
+_SQLITE_BUSY_MESSAGES = ("database is locked", "database table is locked", "database is busy")
+
+
+def default_url() -> str:
+    """``KANBAN_DATABASE_URL``, else ``sqlite:///$KANBAN_HOME/kanban.db`` (``~/.kanban``)."""
+    url = os.environ.get(ENV_URL)
+    if url:
+        return url
+    home = Path(os.environ.get(ENV_HOME) or Path.home() / ".kanban")
+    return f"sqlite:///{home / 'kanban.db'}"
+
+
+def create_engine(url: str | sa.URL | None = None, **kw: Any) -> Engine:
+    """An Engine for ``url`` (else :func:`default_url`) with the kanban dialect set-up.
+
+    A SQLite file's directory is created if missing. Extra keyword arguments go to
+    :func:`sqlalchemy.create_engine`.
+    """
+    parsed = sa.make_url(url or default_url())
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    kw.setdefault("pool_pre_ping", parsed.get_backend_name() == "postgresql")
+    engine = sa.create_engine(parsed, **kw)
+    return configure_engine(engine)
+
+
+_configured: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def configure_engine(engine: Engine, *, synchronous: str | None = None) -> Engine:
+    """Apply the kanban set-up to an Engine (a host application's own, for instance).
+
+    Idempotent. On SQLite this takes over transaction control from the pysqlite driver
+    (so ``BEGIN`` / ``BEGIN IMMEDIATE`` are ours to emit), which is what SQLAlchemy's
+    documentation recommends for correct SAVEPOINT and locking behaviour.
+    """
+    if engine in _configured:
+        return engine
+    _configured.add(engine)
+    if engine.dialect.name == "sqlite":
+        _configure_sqlite(engine, (synchronous or os.environ.get(ENV_SYNCHRONOUS) or "NORMAL"))
+    return engine
+
+
+def _configure_sqlite(engine: Engine, synchronous: str) -> None:
+    synchronous = synchronous.upper()
+    if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        try:
+            # busy_timeout first: switching to WAL needs a lock that a concurrent
+            # first-time opener may hold.
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                _retry_pragma(cursor, "PRAGMA journal_mode = WAL")
+            cursor.execute(f"PRAGMA synchronous = {synchronous}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(WRITE_OPTION)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _retry_pragma(cursor: Any, sql: str, attempts: int = 50) -> None:
+    for attempt in range(attempts):
+        try:
+            cursor.execute(sql)
+            return
+        except Exception as error:  # sqlite3.OperationalError; the driver is not imported here
+            if not _is_sqlite_busy_message(str(error)) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01 + random.random() * 0.05)
+
+
+# -- sessions ---------------------------------------------------------------------------
+
+_engines: dict[tuple[int, str], Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def cached_engine(url: str | None = None) -> Engine:
+    """This process's Engine for ``url`` (else the default URL), created once.
+
+    Keyed by process id too, so a forked child never reuses its parent's connections.
+    """
+    key = (os.getpid(), str(url or default_url()))
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = create_engine(key[1])
+        return engine
+
+
+def connect(url: str | None = None) -> Session:
+    """A new Session on this process's cached Engine; ``session.close()`` ends it.
+
+    ``expire_on_commit`` is off, so a Task returned by a transition stays readable after
+    the call has committed and after the session is closed.
+    """
+    return Session(bind=cached_engine(url), expire_on_commit=False)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A sessionmaker configured like :func:`connect`, for an Engine of your own."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+# -- the retry layer --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long a transaction that met a lock or a serialization failure is retried.
+
+    Full-jitter exponential backoff (as in AWS's "Exponential Backoff and Jitter"):
+    ``sleep = uniform(0, min(max_delay, base_delay * 2**attempt))``.
+    """
+
+    max_attempts: int = 30
+    base_delay: float = 0.002
+    max_delay: float = 0.25
+    max_total_seconds: float = 60.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+def is_retryable(error: BaseException) -> bool:
+    """True for a lock, busy, serialization or deadlock error, or a dropped connection."""
+    if not isinstance(error, exc.DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    orig = error.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate in _PG_RETRYABLE:
+        return True
+    return isinstance(error, exc.OperationalError) and _is_sqlite_busy_message(str(orig))
+
+
+def _is_sqlite_busy_message(message: str) -> bool:
+    message = message.lower()
+    return any(fragment in message for fragment in _SQLITE_BUSY_MESSAGES)
+
+
+def joins_caller_transaction(session: Session) -> bool:
+    """True when the caller opened a transaction with ``session.begin()`` themselves.
+
+    Such a call runs inside a SAVEPOINT of the caller's transaction and leaves the
+    commit to the caller (a rolled-back caller leaves no trace of it). A transaction the
+    Session merely auto-began is not "asked for": the call commits it.
+    """
+    transaction = session.get_transaction()
+    return transaction is not None and transaction.origin is not SessionTransactionOrigin.AUTOBEGIN
+
+
+def with_retry(attempt: Callable[[], T], *, policy: RetryPolicy = DEFAULT_RETRY) -> T:
+    """Call ``attempt()`` until it does not fail with a retryable database error.
+
+    ``attempt`` must roll back what it did before raising (a transaction block does)
+    and be safe to run again from the start. Between tries it sleeps a jittered,
+    growing delay; when ``policy`` is exhausted it raises :class:`DatabaseBusy`. Any
+    other error propagates unchanged. This is the library's one retry loop.
+    """
+    started = time.monotonic()
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return attempt()
+        except exc.DBAPIError as error:
+            if not is_retryable(error):
+                raise
+            spent = time.monotonic() - started
+            if tries >= policy.max_attempts or spent > policy.max_total_seconds:
+                raise DatabaseBusy(
+                    f"gave up after {tries} attempts in {spent:.1f}s: {error.orig}"
+                ) from error
+            time.sleep(policy.delay(tries - 1))
+
+
+def run_write(
+    session: Session,
+    work: Callable[[Session], T],
+    *,
+    policy: RetryPolicy = DEFAULT_RETRY,
+) -> T:
+    """Run ``work(session)`` as one write transaction and commit it, retrying on contention.
+
+    ``work`` must be safe to run again from the start: on a retryable error the whole
+    transaction is rolled back and replayed (see :func:`with_retry`). If the caller
+    opened the transaction (``session.begin()``), ``work`` runs in a SAVEPOINT of it
+    instead and the caller commits; contention then raises :class:`DatabaseBusy`, as
+    only the caller can replay its own transaction.
+    """
+    if joins_caller_transaction(session):
+        return _run_joined(session, work)
+    if session.in_transaction():
+        session.commit()  # the caller's auto-begun unit of work, as session.commit() would
+    return with_retry(lambda: _attempt_write(session, work), policy=policy)
+
+
+def _attempt_write(session: Session, work: Callable[[Session], T]) -> T:
+    with _write_transaction(session):
+        return work(session)
+
+
+@contextmanager
+def _write_transaction(session: Session) -> Iterator[None]:
+    try:
+        # Marking the connection before the transaction begins makes SQLite's BEGIN
+        # an IMMEDIATE one (see _on_begin).
+        session.connection(execution_options={WRITE_OPTION: True})
+        yield
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def _run_joined(session: Session, work: Callable[[Session], T]) -> T:
+    try:
+        with session.begin_nested():
+            return work(session)
+    except exc.DBAPIError as error:
+        if is_retryable(error):
+            raise DatabaseBusy(
+                f"the caller's transaction met contention and must be retried: {error.orig}"
+            ) from error
+        raise

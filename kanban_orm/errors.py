@@ -1,0 +1,54 @@
+"""The library's exceptions: one root, one subclass per thing a caller can act on.
+
+A subclass's docstring is its default message, so ``raise TaskNotFound()`` reads well.
+Driver errors are translated at the boundary (see :mod:`kanban_orm.db`), so callers
+never need to catch a DBAPI type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KanbanError(Exception):
+    """A kanban_orm operation failed."""
+
+    def __init__(self, message: str | None = None, **context: Any) -> None:
+        self.context = context
+        super().__init__(message or (self.__doc__ or "").strip().splitlines()[0])
+
+
+class TaskNotFound(KanbanError):
+    """No task with that id exists."""
+
+    def __init__(self, task_id: int | None = None, message: str | None = None) -> None:
+        self.task_id = task_id
+        super().__init__(message or (f"task {task_id} does not exist" if task_id else None))
+
+
+class InvalidTransition(KanbanError):
+    """The task cannot move from its current state to the requested one."""
+
+    def __init__(self, task_id: int, from_status: str, to_status: str) -> None:
+        self.task_id = task_id
+        self.from_status = str(from_status)
+        self.to_status = str(to_status)
+        super().__init__(
+            f"task {task_id} cannot move from {self.from_status!r} to {self.to_status!r}"
+        )
+
+
+class ClaimLost(KanbanError):
+    """The caller's claim_lock no longer holds: reclaimed, finished by someone else, or never held."""
+
+    def __init__(self, task_id: int, message: str | None = None) -> None:
+        self.task_id = task_id
+        super().__init__(message or f"task {task_id}: the claim_lock given does not hold the task")
+
+
+class DatabaseBusy(KanbanError):
+    """The database stayed locked or kept aborting the transaction; the retry layer gave up."""
+
+
+class InvalidInput(KanbanError):
+    """An argument was rejected before anything was written."""

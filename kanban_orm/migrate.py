@@ -1,0 +1,162 @@
+"""Schema migrations: the shipped Alembic scripts, run from code.
+
+The library keeps its own version table (``kanban_alembic_version``) and only looks at
+``kanban_*`` tables, so a host application's Alembic history is untouched. The Alembic
+Config is built in code and handed a live connection, so no ini file or URL escaping is
+needed at run time, and the scripts are found inside the installed package.
+
+Concurrent callers are serialised: on PostgreSQL by a transaction-scoped advisory lock,
+on SQLite by the write lock that ``BEGIN IMMEDIATE`` takes. The migration runs inside
+that transaction, so the second caller finds the schema at head and does nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+
+from .db import WRITE_OPTION, cached_engine, with_retry
+from .errors import KanbanError
+from .models import Base
+
+T = TypeVar("T")
+
+VERSION_TABLE = "kanban_alembic_version"
+BRANCH_LABEL = "kanban_orm"
+#: pg_advisory_xact_lock key: the first eight bytes of sha1("kanban_orm.migrate").
+_PG_LOCK_KEY = 0x2C6A_04F0_5B11_7A3D
+
+Bind = Engine | Connection | str | None
+
+
+class SchemaOutOfDate(KanbanError):
+    """The database schema is not at the library's head revision."""
+
+
+def script_location() -> str:
+    """Where the Alembic scripts are: inside the installed wheel, or the checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "migrations", here.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return str(candidate)
+    raise KanbanError(f"kanban_orm's migrations are missing (looked beside {here})")
+
+
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Alembic filter: only the library's own tables exist as far as it is concerned."""
+    if type_ == "table":
+        return name is not None and name.startswith("kanban_")
+    return True
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", script_location())
+    config.attributes["connection"] = connection
+    return config
+
+
+def head() -> str:
+    revision = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert revision is not None
+    return revision
+
+
+def upgrade(bind: Bind = None, revision: str = "head") -> None:
+    """Migrate the kanban tables to ``revision`` (default: the latest). Idempotent."""
+    _locked(bind, lambda conn: command.upgrade(alembic_config(conn), revision))
+
+
+def downgrade(bind: Bind = None, revision: str = "-1") -> None:
+    """Migrate the kanban tables down to ``revision`` (``"base"`` drops them all)."""
+    _locked(bind, lambda conn: command.downgrade(alembic_config(conn), revision))
+
+
+def current(bind: Bind = None) -> str | None:
+    """The revision the database is at, or None before the first upgrade."""
+    with _connect(bind) as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()
+
+
+def check(bind: Bind = None) -> None:
+    """Raise :class:`SchemaOutOfDate` unless the database is at head and matches the models."""
+    latest = head()
+    with _connect(bind) as conn:
+        context = MigrationContext.configure(
+            conn,
+            opts={"version_table": VERSION_TABLE, "include_name": include_name, "compare_type": True},
+        )
+        at = context.get_current_revision()
+        if at != latest:
+            raise SchemaOutOfDate(f"database is at revision {at}, the library's head is {latest}; run upgrade")
+        differences = schema_differences(context)
+        if differences:
+            raise SchemaOutOfDate(f"database schema differs from the models: {differences}")
+
+
+#: Indexes with a DESC column: SQLite reflects them without their sort order, so on
+#: SQLite autogenerate always sees a difference that is not there. PostgreSQL, which
+#: reflects them fully, still compares them.
+_SORT_ORDER_INDEXES = frozenset({"ix_kanban_tasks_claim_order"})
+
+
+def schema_differences(context: MigrationContext) -> list[Any]:
+    """Alembic's autogenerate diff of the database against the models (kanban tables)."""
+    differences = compare_metadata(context, Base.metadata)
+    if context.dialect.name == "sqlite":
+        differences = [d for d in differences if not _is_sort_order_artifact(d)]
+    return differences
+
+
+def _is_sort_order_artifact(difference: Any) -> bool:
+    return (
+        isinstance(difference, tuple)
+        and difference[0] in ("add_index", "remove_index")
+        and difference[1].name in _SORT_ORDER_INDEXES
+    )
+
+
+def init_db(url: str | None = None) -> Engine:
+    """Create (or reuse) this process's engine for ``url`` and upgrade it to head.
+
+    Safe when many processes call it at once on a fresh database.
+    """
+    engine = cached_engine(url)
+    upgrade(engine)
+    return engine
+
+
+@contextmanager
+def _connect(bind: Bind) -> Iterator[Connection]:
+    if isinstance(bind, Connection):
+        yield bind
+        return
+    engine = bind if isinstance(bind, Engine) else cached_engine(bind)
+    with engine.connect() as conn:
+        yield conn
+
+
+def _locked(bind: Bind, migrate: Callable[[Connection], T]) -> T:
+    if isinstance(bind, Connection):  # the caller owns the transaction and its locking
+        return migrate(bind)
+
+    def attempt() -> T:
+        with _connect(bind) as conn:
+            conn.execution_options(**{WRITE_OPTION: True})
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+                return migrate(conn)
+
+    return with_retry(attempt)

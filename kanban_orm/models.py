@@ -1,0 +1,187 @@
+"""The kanban tables as SQLAlchemy 2 typed declarative models.
+
+The package has its own ``Base`` and ``MetaData`` so a host application's models and
+migrations never mix with these; every table is prefixed ``kanban_`` so it cannot collide
+with a host's own ``tasks``. Constraint names follow :data:`NAMING_CONVENTION`, which
+Alembic needs to ALTER and drop constraints by name (above all in SQLite batch mode).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .clock import utcnow
+from .states import Status
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+TITLE_MAX_LENGTH = 500
+NAME_MAX_LENGTH = 200  # assignee, tenant, claimer, created_by, idempotency_key
+TOKEN_LENGTH = 32  # claim_lock: uuid4 hex
+
+# BIGINT on PostgreSQL; plain INTEGER on SQLite, where only "INTEGER PRIMARY KEY"
+# aliases the rowid (and so autoincrements).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+JsonDoc = JSON().with_variant(JSONB(), "postgresql")
+
+_STATUS_VALUES = ", ".join(f"'{s.value}'" for s in Status)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Task(Base):
+    """A card on the board.
+
+    ``version`` is bumped by every UPDATE the library issues and is the mapper's
+    version counter, so a host application's own ORM edits are optimistic too.
+    """
+
+    __tablename__ = "kanban_tasks"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    title: Mapped[str] = mapped_column(String(TITLE_MAX_LENGTH))
+    body: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=Status.READY.value)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    assignee: Mapped[str | None] = mapped_column(String(NAME_MAX_LENGTH))
+    tenant: Mapped[str | None] = mapped_column(String(NAME_MAX_LENGTH))
+    created_by: Mapped[str | None] = mapped_column(String(NAME_MAX_LENGTH))
+    claim_lock: Mapped[str | None] = mapped_column(String(TOKEN_LENGTH))
+    claim_expires: Mapped[datetime | None] = mapped_column(DateTime)
+    # Deliberately no foreign key: runs reference tasks, and a cycle of foreign keys
+    # would make every migration and delete order-sensitive. The service keeps it
+    # pointing at the task's one open run; the stress suite checks it.
+    current_run_id: Mapped[int | None] = mapped_column(BigId)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int | None] = mapped_column(Integer)
+    run_at: Mapped[datetime | None] = mapped_column(DateTime)
+    idempotency_key: Mapped[str | None] = mapped_column(String(NAME_MAX_LENGTH))
+    result: Mapped[str | None] = mapped_column(Text)
+    block_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow())
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow())
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 - SQLAlchemy's API
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status"),
+        # A claim sets both in one statement and every exit from running clears both,
+        # so the database itself refuses a half-claimed card.
+        CheckConstraint("(status = 'running') = (claim_lock IS NOT NULL)", name="claim_lock_iff_running"),
+        CheckConstraint("length(title) > 0", name="title_not_empty"),
+        # Serves claim_next: the ready pool in claim order.
+        Index("ix_kanban_tasks_claim_order", "status", text("priority DESC"), "id"),
+        Index("ix_kanban_tasks_claim_expires", "claim_expires"),
+        Index("ix_kanban_tasks_assignee", "assignee"),
+        Index("ix_kanban_tasks_tenant", "tenant"),
+        Index("ix_kanban_tasks_idempotency_key", "tenant", "idempotency_key"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<Task {self.id} {self.status} {self.title!r}>"
+
+
+class TaskRun(Base):
+    """One attempt at a task: opened by a claim, closed with an outcome."""
+
+    __tablename__ = "kanban_task_runs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("kanban_tasks.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    claimer: Mapped[str] = mapped_column(String(NAME_MAX_LENGTH))
+    claim_lock: Mapped[str] = mapped_column(String(TOKEN_LENGTH))
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow())
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    summary: Mapped[str | None] = mapped_column(Text)
+    # "metadata" is reserved on declarative classes; the column keeps its name.
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JsonDoc)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint("(ended_at IS NULL) = (outcome IS NULL)", name="ended_iff_outcome"),
+        Index("ix_kanban_task_runs_task_id", "task_id", "id"),
+        # At most one open run per task, enforced by the database.
+        Index(
+            "ux_kanban_task_runs_one_open",
+            "task_id",
+            unique=True,
+            sqlite_where=text("ended_at IS NULL"),
+            postgresql_where=text("ended_at IS NULL"),
+        ),
+    )
+
+    def __repr__(self) -> str:
+        return f"<TaskRun {self.id} task={self.task_id} attempt={self.attempt} {self.outcome}>"
+
+
+class TaskEvent(Base):
+    """An append-only record of one transition, written in the transition's transaction."""
+
+    __tablename__ = "kanban_task_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("kanban_tasks.id", ondelete="CASCADE"))
+    run_id: Mapped[int | None] = mapped_column(BigId)
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow())
+
+    __table_args__ = (
+        Index("ix_kanban_task_events_task_id", "task_id", "id"),
+        Index("ix_kanban_task_events_kind", "kind"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<TaskEvent {self.id} task={self.task_id} {self.kind}>"
+
+
+class TaskLink(Base):
+    """A dependency edge: the child is not claimable until the parent is finished."""
+
+    __tablename__ = "kanban_task_links"
+
+    parent_id: Mapped[int] = mapped_column(
+        ForeignKey("kanban_tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    child_id: Mapped[int] = mapped_column(
+        ForeignKey("kanban_tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow())
+
+    __table_args__ = (
+        CheckConstraint("parent_id <> child_id", name="not_self"),
+        Index("ix_kanban_task_links_child_id", "child_id"),
+    )
+
+
+KANBAN_TABLES = frozenset(Base.metadata.tables)

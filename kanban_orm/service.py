@@ -1,0 +1,593 @@
+"""The transitions: each function is one atomic change of the board.
+
+Every write function takes the Session first and runs as one transaction through
+:func:`kanban_orm.db.run_write`: it commits on success, rolls back and raises on failure,
+and is retried as a whole on lock contention. If the caller opened a transaction with
+``session.begin()`` the call joins it (in a SAVEPOINT) and the caller commits, so a
+task created inside a host application's rolled-back transaction never existed.
+
+Within each transition the guarded UPDATE comes first, so a rejected call has written
+nothing when it raises; then the run row, ``current_run_id`` and exactly one event for
+the transition are written in the same transaction.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, NoReturn
+
+from sqlalchemy import Row, select
+from sqlalchemy.orm import Session
+
+from . import config
+from . import queries as q
+from . import validation as check
+from .db import run_write
+from .errors import ClaimLost, InvalidInput, InvalidTransition, TaskNotFound
+from .models import Task, TaskEvent, TaskRun
+from .states import Status
+
+#: release_stale_claims handles at most this many expired leases per transaction.
+RECLAIM_BATCH = 1000
+
+# -- creating ---------------------------------------------------------------------------
+
+
+def create_task(
+    session: Session,
+    *,
+    title: str,
+    body: str | None = None,
+    assignee: str | None = None,
+    tenant: str | None = None,
+    priority: int = 0,
+    parents: Iterable[int] = (),
+    idempotency_key: str | None = None,
+    max_attempts: int | None = None,
+    run_at: datetime | None = None,
+    created_by: str | None = None,
+    triage: bool = False,
+) -> int:
+    """Create a task and return its id.
+
+    The task starts in ``triage`` when ``triage=True``, in ``todo`` while any of
+    ``parents`` is unfinished, else in ``ready``. With an ``idempotency_key`` that a live
+    (not archived) task of the same tenant already holds, that task's id is returned
+    and nothing is written.
+
+    Raises :class:`InvalidInput` (empty or over-long title, bad types) and
+    :class:`TaskNotFound` (a parent that does not exist); nothing is written then.
+    """
+    values: dict[str, Any] = {
+        "title": check.title(title),
+        "body": check.text(body, "body"),
+        "assignee": check.name(assignee, "assignee"),
+        "tenant": check.name(tenant, "tenant"),
+        "created_by": check.name(created_by, "created_by"),
+        "idempotency_key": check.name(idempotency_key, "idempotency_key"),
+        "priority": check.integer(priority, "priority"),
+        "max_attempts": check.optional_integer(max_attempts, "max_attempts", minimum=1),
+        "run_at": check.timestamp(run_at, "run_at"),
+    }
+    parent_ids = check.task_ids(parents, "parents")
+
+    def work(s: Session) -> int:
+        if idempotency_key is not None:
+            found = s.execute(
+                q.find_live_by_idempotency_key(tenant is not None),
+                {"key": idempotency_key, "tenant": tenant},
+            ).scalar()
+            if found is not None:
+                return int(found)
+        status = _initial_status(s, parent_ids, triage)
+        task_id: int = s.execute(q.INSERT_TASK, {**values, "status": status.value}).scalar_one()
+        if parent_ids:
+            s.execute(q.INSERT_LINK, [{"parent_id": p, "child_id": task_id} for p in parent_ids])
+        _record(s, task_id, "created", payload={
+            "title": values["title"], "status": status.value, "priority": values["priority"],
+            "assignee": values["assignee"], "tenant": values["tenant"], "parents": parent_ids,
+        })
+        return task_id
+
+    return run_write(session, work)
+
+
+def _initial_status(s: Session, parent_ids: list[int], triage: bool) -> Status:
+    if parent_ids:
+        existing = set(s.scalars(q.EXISTING_IDS, {"ids": parent_ids}))
+        missing = [p for p in parent_ids if p not in existing]
+        if missing:
+            raise TaskNotFound(missing[0], f"parent task {missing[0]} does not exist")
+    if triage:
+        return Status.TRIAGE
+    if parent_ids and s.execute(q.ANY_UNFINISHED, {"ids": parent_ids}).first() is not None:
+        return Status.TODO
+    return Status.READY
+
+
+# -- claiming ---------------------------------------------------------------------------
+
+
+def claim_task(
+    session: Session, task_id: int, *, claimer: str, ttl_seconds: float | None = None
+) -> Task | None:
+    """Claim one specific ready task for ``claimer``; return it running, or None.
+
+    None means another worker won the race or the task is not claimable (not ready,
+    not yet due, or waiting for a parent): contention is normal, never an exception.
+    The returned task carries a fresh ``claim_lock`` (a fencing token unique to this
+    claim) that later fenced calls must present, and ``current_run_id``, the new run.
+
+    Raises :class:`TaskNotFound` for an unknown id, :class:`InvalidInput` for a bad
+    claimer or TTL.
+    """
+    task_id = check.task_id(task_id)
+    who = check.name(claimer, "claimer", required=True)
+    ttl = check.ttl(ttl_seconds)
+
+    def work(s: Session) -> Task | None:
+        claimed = s.execute(q.CLAIM_BY_ID, {"task_id": task_id, "ttl": ttl}).all()
+        if not claimed:
+            if s.execute(q.TASK_EXISTS, {"task_id": task_id}).first() is None:
+                raise TaskNotFound(task_id)
+            return None
+        return _open_runs(s, claimed, who)[0]
+
+    return run_write(session, work)
+
+
+def claim_next(
+    session: Session,
+    *,
+    claimer: str,
+    assignee: str | None = None,
+    tenant: str | None = None,
+    ttl_seconds: float | None = None,
+) -> Task | None:
+    """Claim the best claimable task (highest priority, then oldest), or return None.
+
+    Expired leases are taken over first, so a board with no reaper still heals.
+    """
+    claimed = claim_many(
+        session, claimer=claimer, limit=1, assignee=assignee, tenant=tenant, ttl_seconds=ttl_seconds
+    )
+    return claimed[0] if claimed else None
+
+
+def claim_many(
+    session: Session,
+    *,
+    claimer: str,
+    limit: int,
+    assignee: str | None = None,
+    tenant: str | None = None,
+    ttl_seconds: float | None = None,
+) -> list[Task]:
+    """Claim up to ``limit`` claimable tasks in one transaction, best first.
+
+    Each claimed task gets its own run, fencing token and ``claimed`` event. An empty
+    list means nothing was claimable. Expired leases are taken over first.
+    """
+    who = check.name(claimer, "claimer", required=True)
+    count = check.integer(limit, "limit", minimum=1)
+    ttl = check.ttl(ttl_seconds)
+    params: dict[str, Any] = {"limit": count, "ttl": ttl}
+    if assignee is not None:
+        params["assignee"] = check.name(assignee, "assignee")
+    if tenant is not None:
+        params["tenant"] = check.name(tenant, "tenant")
+    statement = q.claim_next_statement(assignee is not None, tenant is not None)
+
+    def work(s: Session) -> list[Task]:
+        _reclaim_expired(s, count)
+        claimed = s.execute(statement, params).all()
+        return _open_runs(s, claimed, who) if claimed else []
+
+    return run_write(session, work)
+
+
+def _open_runs(s: Session, claimed: Sequence[Row[Any]], claimer: str) -> list[Task]:
+    """The rest of a claim: a run per claimed task, ``current_run_id``, one event each."""
+    opened = s.execute(
+        q.INSERT_RUN,
+        [{"task_id": t.id, "attempt": t.attempts, "claimer": claimer, "claim_lock": t.claim_lock}
+         for t in claimed],
+    ).all()
+    run_ids = {run.task_id: run.id for run in opened}
+    s.execute(
+        q.SET_CURRENT_RUN,
+        [{"task_id": t.id, "token": t.claim_lock, "run_id": run_ids[t.id]} for t in claimed],
+    )
+    _record_many(s, "claimed", [
+        (t.id, run_ids[t.id], {"claimer": claimer, "attempt": t.attempts}) for t in claimed
+    ])
+    return _load_tasks(s, [t.id for t in claimed])
+
+
+# -- leases -----------------------------------------------------------------------------
+
+
+def heartbeat(
+    session: Session, task_id: int, *, claim_lock: str, ttl_seconds: float | None = None
+) -> bool:
+    """Extend the caller's lease to ``ttl_seconds`` from now (database clock); True.
+
+    Raises :class:`ClaimLost` when ``claim_lock`` no longer holds the task (its lease
+    was reclaimed, it was finished, or it never held it) and :class:`TaskNotFound`.
+    """
+    task_id = check.task_id(task_id)
+    token = _token(claim_lock)
+    ttl = check.ttl(ttl_seconds)
+
+    def work(s: Session) -> bool:
+        held = s.execute(q.HEARTBEAT, {"task_id": task_id, "token": token, "ttl": ttl}).first()
+        if held is None:
+            _explain(s, task_id, None, token)
+        s.execute(q.TOUCH_RUN, {"run_id": held.current_run_id})
+        return True
+
+    return run_write(session, work)
+
+
+def release_stale_claims(session: Session) -> int:
+    """Reclaim every expired lease (database clock); return how many were reclaimed.
+
+    Each reclaimed run is closed with outcome ``reclaimed`` and its attempt counts; the
+    task goes back to ``ready``, or to ``blocked`` once its attempts are used up; one
+    ``reclaimed`` event each. A lease renewed or finished after it was seen expired is
+    left alone: the reclaim is a compare-and-swap on the token it saw.
+    """
+    return run_write(session, lambda s: _reclaim_expired(s, RECLAIM_BATCH))
+
+
+def _reclaim_expired(s: Session, limit: int) -> int:
+    reclaimed = 0
+    for lease in s.execute(q.EXPIRED_CLAIMS, {"limit": limit}).all():
+        cap = lease.max_attempts or config.max_attempts()
+        gave_up = lease.attempts >= cap
+        next_status = Status.BLOCKED if gave_up else Status.READY
+        reason = f"gave up after {lease.attempts} attempts: lease expired" if gave_up else None
+        moved = s.execute(q.RECLAIM_EXPIRED, {
+            "task_id": lease.id, "token": lease.claim_lock,
+            "next_status": next_status.value, "reason": reason,
+        }).first()
+        if moved is None:
+            continue
+        run_id = _close_run(s, lease.id, "reclaimed", error="lease expired")
+        _record(s, lease.id, "reclaimed", run_id, {"status": next_status.value, "gave_up": gave_up})
+        reclaimed += 1
+    return reclaimed
+
+
+# -- finishing a run --------------------------------------------------------------------
+
+
+def complete_task(
+    session: Session,
+    task_id: int,
+    *,
+    claim_lock: str | None = None,
+    result: str | None = None,
+    summary: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    force: bool = False,
+) -> Task:
+    """Mark the task done, close its run as ``completed`` and promote ready children.
+
+    With ``claim_lock`` the call is fenced: it succeeds only while that claim holds the
+    task, else :class:`ClaimLost`. Without it, ``force=True`` is required and completes
+    the task from any state that may move to ``done`` (closing an open run, if any).
+    Raises :class:`InvalidInput` (neither given, non-JSON ``metadata``),
+    :class:`TaskNotFound`, :class:`InvalidTransition`.
+    """
+    task_id = check.task_id(task_id)
+    if claim_lock is None and not force:
+        raise InvalidInput("complete_task needs the claim_lock of the claim it completes, or force=True")
+    token = None if claim_lock is None else _token(claim_lock)
+    params = {
+        "task_id": task_id,
+        "token": token,
+        "task_result": check.text(result, "result"),
+    }
+    run_summary = check.text(summary, "summary")
+    run_metadata = check.json_object(metadata, "metadata")
+
+    def work(s: Session) -> Task:
+        statement = q.COMPLETE_FORCED if token is None else q.COMPLETE_HELD
+        if s.execute(statement, params).first() is None:
+            _explain(s, task_id, Status.DONE, token)
+        run_id = _close_run(s, task_id, "completed", summary=run_summary, metadata=run_metadata)
+        _record(s, task_id, "completed", run_id, {"forced": token is None})
+        children = s.execute(q.PROMOTE_CHILDREN, {"task_id": task_id}).scalars().all()
+        _record_many(s, "promoted", [(c, None, {"parent_id": task_id}) for c in children])
+        return _load_task(s, task_id)
+
+    return run_write(session, work)
+
+
+def fail_task(
+    session: Session, task_id: int, *, claim_lock: str, error: str, retry: bool = True
+) -> Task:
+    """Record a failed attempt: close the run as ``failed`` with ``error`` kept on it.
+
+    With ``retry`` and attempts left (``max_attempts``, else the configured default)
+    the task goes back to ``ready``, claimable after an exponential, jittered backoff
+    (``run_at``). Otherwise it is ``blocked``, its reason saying it gave up. Raises
+    :class:`ClaimLost`, :class:`TaskNotFound`, :class:`InvalidInput`.
+    """
+    task_id = check.task_id(task_id)
+    token = _token(claim_lock)
+    message = check.text(error, "error", required=True)
+
+    def work(s: Session) -> Task:
+        state = s.execute(q.TASK_STATE, {"task_id": task_id}).first()
+        if state is None:
+            raise TaskNotFound(task_id)
+        if state.claim_lock != token:
+            raise ClaimLost(task_id)
+        cap = state.max_attempts or config.max_attempts()
+        will_retry = retry and state.attempts < cap
+        if will_retry:
+            next_status, delay, reason = Status.READY, retry_delay(state.attempts), None
+        else:
+            next_status, delay = Status.BLOCKED, 0.0
+            reason = f"gave up after {state.attempts} attempts: {message}" if retry else message
+        moved = s.execute(q.FAIL_HELD, {
+            "task_id": task_id, "token": token, "seen_attempts": state.attempts,
+            "next_status": next_status.value, "delay": delay, "reason": reason,
+        }).first()
+        if moved is None:
+            _explain(s, task_id, next_status, token)
+        run_id = _close_run(s, task_id, "failed", error=message)
+        _record(s, task_id, "failed", run_id, {
+            "error": message, "attempt": state.attempts, "status": next_status.value,
+            "retry_in_seconds": round(delay, 3) if will_retry else None, "gave_up": not will_retry,
+        })
+        return _load_task(s, task_id)
+
+    return run_write(session, work)
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before a failed task is claimable again: exponential, half-jittered."""
+    ceiling = min(
+        config.RETRY_BACKOFF_MAX_SECONDS,
+        config.RETRY_BACKOFF_BASE_SECONDS * 2 ** max(0, attempts - 1),
+    )
+    return ceiling * random.uniform(0.5, 1.0)
+
+
+def release_task(
+    session: Session, task_id: int, *, claim_lock: str, reason: str | None = None
+) -> Task:
+    """Hand a claimed task back to ``ready`` without counting a failed attempt.
+
+    For a worker shutting down or rate-limited. The run is closed as ``released``.
+    Raises :class:`ClaimLost`, :class:`TaskNotFound`.
+    """
+    task_id = check.task_id(task_id)
+    token = _token(claim_lock)
+    why = check.text(reason, "reason")
+
+    def work(s: Session) -> Task:
+        if s.execute(q.RELEASE_HELD, {"task_id": task_id, "token": token}).first() is None:
+            _explain(s, task_id, Status.READY, token)
+        run_id = _close_run(s, task_id, "released", summary=why)
+        _record(s, task_id, "released", run_id, {"reason": why})
+        return _load_task(s, task_id)
+
+    return run_write(session, work)
+
+
+def block_task(
+    session: Session, task_id: int, *, reason: str, claim_lock: str | None = None
+) -> Task:
+    """Move the task to ``blocked`` with ``reason``, closing its run if it was running.
+
+    A running task can only be blocked by its claim holder (pass ``claim_lock``), else
+    :class:`ClaimLost`. Raises :class:`InvalidTransition` (already blocked, done, ...),
+    :class:`TaskNotFound`, :class:`InvalidInput`.
+    """
+    task_id = check.task_id(task_id)
+    why = check.text(reason, "reason", required=True)
+    token = None if claim_lock is None else _token(claim_lock)
+    statement = q.BLOCK_UNHELD if token is None else q.BLOCK_HELD
+
+    def work(s: Session) -> Task:
+        moved = s.execute(statement, {"task_id": task_id, "token": token, "reason": why}).first()
+        if moved is None:
+            _explain(s, task_id, Status.BLOCKED, token)
+        run_id = _close_run(s, task_id, "blocked", error=why) if token is not None else None
+        _record(s, task_id, "blocked", run_id, {"reason": why})
+        return _load_task(s, task_id)
+
+    return run_write(session, work)
+
+
+def unblock_task(session: Session, task_id: int) -> Task:
+    """Move a blocked task back to ``ready`` (``todo`` while a parent is unfinished).
+
+    Raises :class:`InvalidTransition` when the task is not blocked, :class:`TaskNotFound`.
+    """
+    task_id = check.task_id(task_id)
+
+    def work(s: Session) -> Task:
+        status = s.execute(q.UNBLOCK, {"task_id": task_id}).scalar()
+        if status is None:
+            _explain(s, task_id, Status.READY, None)
+        _record(s, task_id, "unblocked", None, {"status": status})
+        return _load_task(s, task_id)
+
+    return run_write(session, work)
+
+
+# -- shared steps -----------------------------------------------------------------------
+
+
+def _token(claim_lock: object) -> str:
+    token = check.text(claim_lock, "claim_lock", required=True)
+    assert token is not None
+    return token
+
+
+def _close_run(
+    s: Session,
+    task_id: int,
+    outcome: str,
+    *,
+    summary: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> int | None:
+    """Close the task's open run (at most one exists) with ``outcome``; its id, if any."""
+    run_id: int | None = s.execute(q.CLOSE_OPEN_RUN, {
+        "run_task_id": task_id, "run_outcome": outcome, "run_summary": summary,
+        "run_metadata": metadata, "run_error": error,
+    }).scalar()
+    return run_id
+
+
+def _record(
+    s: Session, task_id: int, kind: str, run_id: int | None = None,
+    payload: dict[str, Any] | None = None,
+) -> None:
+    _record_many(s, kind, [(task_id, run_id, payload)])
+
+
+def _record_many(
+    s: Session, kind: str, entries: Sequence[tuple[int, int | None, dict[str, Any] | None]]
+) -> None:
+    if entries:
+        s.execute(q.INSERT_EVENT, [
+            {"task_id": task_id, "run_id": run_id, "kind": kind, "payload": payload}
+            for task_id, run_id, payload in entries
+        ])
+
+
+def _explain(
+    s: Session,
+    task_id: int,
+    target: Status | None,
+    token: str | None,
+) -> NoReturn:
+    """Raise the error that says why a guarded UPDATE matched no row."""
+    state = s.execute(q.TASK_STATE, {"task_id": task_id}).first()
+    if state is None:
+        raise TaskNotFound(task_id)
+    if token is not None and state.claim_lock != token:
+        raise ClaimLost(task_id)
+    if token is None and state.status == Status.RUNNING and target is Status.BLOCKED:
+        raise ClaimLost(task_id, f"task {task_id} is running: only its claim holder may do that")
+    # Otherwise the task is not in a state this call may move it from.
+    raise InvalidTransition(task_id, state.status, target or state.status)
+
+
+def _load_task(s: Session, task_id: int) -> Task:
+    return _load_tasks(s, [task_id])[0]
+
+
+def _load_tasks(s: Session, task_ids: list[int]) -> list[Task]:
+    statement = (
+        select(Task)
+        .where(Task.id.in_(task_ids))
+        .order_by(Task.priority.desc(), Task.id)
+        .execution_options(populate_existing=True)
+    )
+    return list(s.scalars(statement))
+
+
+# -- reads ------------------------------------------------------------------------------
+# Reads take no write lock; they run in the session's ordinary (deferred) transaction.
+
+
+def get_task(session: Session, task_id: int) -> Task:
+    """The task with this id. Raises :class:`TaskNotFound`."""
+    task = session.get(Task, check.task_id(task_id), populate_existing=True)
+    if task is None:
+        raise TaskNotFound(task_id)
+    return task
+
+
+def latest_run(session: Session, task_id: int) -> TaskRun | None:
+    """The task's most recent run, or None if it was never claimed. Raises :class:`TaskNotFound`."""
+    task_id = check.task_id(task_id)
+    run = session.scalars(
+        select(TaskRun).where(TaskRun.task_id == task_id).order_by(TaskRun.id.desc()).limit(1)
+    ).first()
+    if run is None:
+        _require_task(session, task_id)
+    return run
+
+
+def list_runs(session: Session, task_id: int) -> list[TaskRun]:
+    """Every run of the task, oldest first. Raises :class:`TaskNotFound`."""
+    task_id = check.task_id(task_id)
+    runs = list(session.scalars(select(TaskRun).where(TaskRun.task_id == task_id).order_by(TaskRun.id)))
+    if not runs:
+        _require_task(session, task_id)
+    return runs
+
+
+def list_tasks(
+    session: Session,
+    *,
+    status: Status | str | None = None,
+    assignee: str | None = None,
+    tenant: str | None = None,
+    limit: int | None = None,
+) -> list[Task]:
+    """Tasks in id order, filtered; archived tasks are left out unless ``status='archived'``."""
+    statement = select(Task).order_by(Task.id)
+    if status is None:
+        statement = statement.where(Task.status != Status.ARCHIVED.value)
+    else:
+        statement = statement.where(Task.status == check.status(status).value)
+    if assignee is not None:
+        statement = statement.where(Task.assignee == check.name(assignee, "assignee"))
+    if tenant is not None:
+        statement = statement.where(Task.tenant == check.name(tenant, "tenant"))
+    count = check.limit(limit)
+    if count is not None:
+        statement = statement.limit(count)
+    return list(session.scalars(statement))
+
+
+def list_events(
+    session: Session, *, task_id: int | None = None, after_id: int = 0, limit: int | None = None
+) -> list[TaskEvent]:
+    """Events with ``id > after_id`` in id order, optionally for one task."""
+    statement = select(TaskEvent).where(TaskEvent.id > check.integer(after_id, "after_id", minimum=0))
+    if task_id is not None:
+        statement = statement.where(TaskEvent.task_id == check.task_id(task_id))
+    count = check.limit(limit)
+    if count is not None:
+        statement = statement.limit(count)
+    return list(session.scalars(statement.order_by(TaskEvent.id)))
+
+
+def _require_task(session: Session, task_id: int) -> None:
+    if session.execute(q.TASK_EXISTS, {"task_id": task_id}).first() is None:
+        raise TaskNotFound(task_id)
+
+
+__all__ = [
+    "block_task",
+    "claim_many",
+    "claim_next",
+    "claim_task",
+    "complete_task",
+    "create_task",
+    "fail_task",
+    "get_task",
+    "heartbeat",
+    "latest_run",
+    "list_events",
+    "list_runs",
+    "list_tasks",
+    "release_stale_claims",
+    "release_task",
+    "retry_delay",
+    "unblock_task",
+]

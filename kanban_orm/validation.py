@@ -1,0 +1,112 @@
+"""Argument checks that run before any SQL, so a rejected call writes nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from .config import claim_ttl_seconds
+from .errors import InvalidInput
+from .models import NAME_MAX_LENGTH, TITLE_MAX_LENGTH
+from .states import Status
+
+
+def text(value: object, field: str, *, required: bool = False, max_length: int | None = None) -> str | None:
+    """A string stored verbatim; NUL is refused (PostgreSQL text cannot hold it)."""
+    if value is None:
+        if required:
+            raise InvalidInput(f"{field} is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be a string, not {type(value).__name__}")
+    if required and not value.strip():
+        raise InvalidInput(f"{field} must not be empty")
+    if max_length is not None and len(value) > max_length:
+        raise InvalidInput(f"{field} is {len(value)} characters; the maximum is {max_length}")
+    if "\x00" in value:
+        raise InvalidInput(f"{field} must not contain NUL characters")
+    return value
+
+
+def title(value: object) -> str:
+    result = text(value, "title", required=True, max_length=TITLE_MAX_LENGTH)
+    assert result is not None
+    return result
+
+
+def name(value: object, field: str, *, required: bool = False) -> str | None:
+    return text(value, field, required=required, max_length=NAME_MAX_LENGTH)
+
+
+def integer(value: object, field: str, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{field} must be an integer, not {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise InvalidInput(f"{field} must be at least {minimum}, not {value}")
+    return value
+
+
+def optional_integer(value: object, field: str, *, minimum: int | None = None) -> int | None:
+    return None if value is None else integer(value, field, minimum=minimum)
+
+
+def task_id(value: object, field: str = "task_id") -> int:
+    return integer(value, field, minimum=1)
+
+
+def task_ids(values: Iterable[object], field: str) -> list[int]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise InvalidInput(f"{field} must be a collection of task ids")
+    return list(dict.fromkeys(task_id(v, field) for v in values))
+
+
+def ttl(value: object) -> float:
+    """Seconds a claim lasts without a heartbeat; defaults to the configured TTL."""
+    if value is None:
+        return claim_ttl_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(f"ttl_seconds must be a number, not {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidInput(f"ttl_seconds must be a positive number of seconds, not {value}")
+    return float(value)
+
+
+def json_object(value: object, field: str) -> dict[str, Any] | None:
+    """A dict that survives a JSON round trip (no NaN: PostgreSQL's jsonb refuses it)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{field} must be a JSON object (a dict), not {type(value).__name__}")
+    try:
+        encoded = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise InvalidInput(f"{field} is not JSON-serialisable: {error}") from None
+    if "\\u0000" in encoded:
+        raise InvalidInput(f"{field} must not contain NUL characters")
+    return value
+
+
+def timestamp(value: object, field: str) -> datetime | None:
+    """A datetime as naive UTC; a naive input is taken to be UTC already."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise InvalidInput(f"{field} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def status(value: object, field: str = "status") -> Status:
+    try:
+        return Status(value)
+    except ValueError:
+        allowed = ", ".join(s.value for s in Status)
+        raise InvalidInput(f"{field} must be one of {allowed}, not {value!r}") from None
+
+
+def limit(value: object) -> int | None:
+    return optional_integer(value, "limit", minimum=1)
