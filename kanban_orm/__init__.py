@@ -1,12 +1,12 @@
 """kanban_orm: a durable Kanban board that many worker processes share through one database.
 
-    import kanban_orm as kb
+import kanban_orm as kb
 
-    kb.init_db()                      # engine + migrations to head
-    session = kb.connect()
-    task_id = kb.create_task(session, title="write the report")
-    task = kb.claim_task(session, task_id, claimer="worker-1")
-    kb.complete_task(session, task_id, claim_lock=task.claim_lock, result="done")
+kb.init_db()                      # engine + migrations to head
+session = kb.connect()
+task_id = kb.create_task(session, title="write the report")
+task = kb.claim_task(session, task_id, claimer="worker-1")
+kb.complete_task(session, task_id, claim_lock=task.claim_lock, result="done")
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .db import (
     connect,
     create_engine,
     default_url,
+    dispose_engines,
     session_factory,
 )
 from .errors import (
@@ -82,6 +83,7 @@ __all__ = [
     "create_task",
     "current",
     "default_url",
+    "dispose_engines",
     "downgrade",
     "fail_task",
     "get_task",

@@ -43,6 +43,7 @@ T = TypeVar("T")
 ENV_URL = "KANBAN_DATABASE_URL"
 ENV_HOME = "KANBAN_HOME"
 ENV_SYNCHRONOUS = "KANBAN_SQLITE_SYNCHRONOUS"
+ENV_BUSY_TIMEOUT = "KANBAN_SQLITE_BUSY_TIMEOUT_MS"
 
 #: execution option a Connection carries when its transaction will write.
 WRITE_OPTION = "kanban_write"
@@ -54,6 +55,26 @@ _PG_RETRYABLE = frozenset({"40001", "40P01", "55P03"})  # serialization, deadloc
 _SQLITE_BUSY_MESSAGES = ("database is locked", "database table is locked", "database is busy")
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long a transaction that met a lock or a serialization failure is retried.
+
+    Full-jitter exponential backoff (as in AWS's "Exponential Backoff and Jitter"):
+    ``sleep = uniform(0, min(max_delay, base_delay * 2**attempt))``.
+    """
+
+    max_attempts: int = 30
+    base_delay: float = 0.002
+    max_delay: float = 0.25
+    max_total_seconds: float = 60.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
 def default_url() -> str:
     """``KANBAN_DATABASE_URL``, else ``sqlite:///$KANBAN_HOME/kanban.db`` (``~/.kanban``)."""
     url = os.environ.get(ENV_URL)
@@ -63,11 +84,19 @@ def default_url() -> str:
     return f"sqlite:///{home / 'kanban.db'}"
 
 
-def create_engine(url: str | sa.URL | None = None, **kw: Any) -> Engine:
+def create_engine(
+    url: str | sa.URL | None = None,
+    *,
+    synchronous: str | None = None,
+    busy_timeout_ms: int | None = None,
+    retry: RetryPolicy | None = None,
+    **kw: Any,
+) -> Engine:
     """An Engine for ``url`` (else :func:`default_url`) with the kanban dialect set-up.
 
-    A SQLite file's directory is created if missing. Extra keyword arguments go to
-    :func:`sqlalchemy.create_engine`.
+    A SQLite file's directory is created if missing; a ``postgresql://`` URL uses
+    psycopg 3. ``synchronous``, ``busy_timeout_ms`` and ``retry`` are as for
+    :func:`configure_engine`; other keyword arguments go to :func:`sqlalchemy.create_engine`.
     """
     parsed = sa.make_url(url or default_url())
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
@@ -76,32 +105,50 @@ def create_engine(url: str | sa.URL | None = None, **kw: Any) -> Engine:
         parsed = parsed.set(drivername="postgresql+psycopg")
     kw.setdefault("pool_pre_ping", parsed.get_backend_name() == "postgresql")
     engine = sa.create_engine(parsed, **kw)
-    return configure_engine(engine)
+    return configure_engine(
+        engine, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms, retry=retry
+    )
 
 
 _configured: weakref.WeakSet[Engine] = weakref.WeakSet()
+_retry_policies: weakref.WeakKeyDictionary[Engine, RetryPolicy] = weakref.WeakKeyDictionary()
 
 
-def configure_engine(engine: Engine, *, synchronous: str | None = None) -> Engine:
+def configure_engine(
+    engine: Engine,
+    *,
+    synchronous: str | None = None,
+    busy_timeout_ms: int | None = None,
+    retry: RetryPolicy | None = None,
+) -> Engine:
     """Apply the kanban set-up to an Engine (a host application's own, for instance).
 
-    Idempotent. On SQLite this takes over transaction control from the pysqlite driver
-    (so ``BEGIN`` / ``BEGIN IMMEDIATE`` are ours to emit), which is what SQLAlchemy's
-    documentation recommends for correct SAVEPOINT and locking behaviour.
+    ``retry`` sets how long transitions on this engine retry under contention (default
+    :data:`DEFAULT_RETRY`). On SQLite, ``synchronous`` (default ``NORMAL``, or
+    ``KANBAN_SQLITE_SYNCHRONOUS``) and ``busy_timeout_ms`` (default 5000, or
+    ``KANBAN_SQLITE_BUSY_TIMEOUT_MS``) set the pragmas of every new connection.
+
+    On SQLite this takes over transaction control from the pysqlite driver (so ``BEGIN``
+    and ``BEGIN IMMEDIATE`` are ours to emit), as SQLAlchemy's documentation recommends
+    for correct SAVEPOINT and locking behaviour. Idempotent: a second call changes
+    nothing but the retry policy.
     """
+    if retry is not None:
+        _retry_policies[engine] = retry
     if engine in _configured:
         return engine
     _configured.add(engine)
     if engine.dialect.name == "sqlite":
-        _configure_sqlite(engine, (synchronous or os.environ.get(ENV_SYNCHRONOUS) or "NORMAL"))
+        synchronous = (synchronous or os.environ.get(ENV_SYNCHRONOUS) or "NORMAL").upper()
+        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        if busy_timeout_ms is None:
+            busy_timeout_ms = int(os.environ.get(ENV_BUSY_TIMEOUT) or SQLITE_BUSY_TIMEOUT_MS)
+        _configure_sqlite(engine, synchronous, busy_timeout_ms)
     return engine
 
 
-def _configure_sqlite(engine: Engine, synchronous: str) -> None:
-    synchronous = synchronous.upper()
-    if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-        raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
-
+def _configure_sqlite(engine: Engine, synchronous: str, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
@@ -109,7 +156,7 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
         try:
             # busy_timeout first: switching to WAL needs a lock that a concurrent
             # first-time opener may hold.
-            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 _retry_pragma(cursor, "PRAGMA journal_mode = WAL")
             cursor.execute(f"PRAGMA synchronous = {synchronous}")
@@ -153,6 +200,14 @@ def cached_engine(url: str | None = None) -> Engine:
         return engine
 
 
+def dispose_engines() -> None:
+    """Close and forget every Engine :func:`cached_engine` made in this process."""
+    with _engines_lock:
+        mine = [key for key in _engines if key[0] == os.getpid()]
+        for key in mine:
+            _engines.pop(key).dispose()
+
+
 def connect(url: str | None = None) -> Session:
     """A new Session on this process's cached Engine; ``session.close()`` ends it.
 
@@ -168,26 +223,6 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 # -- the retry layer --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How long a transaction that met a lock or a serialization failure is retried.
-
-    Full-jitter exponential backoff (as in AWS's "Exponential Backoff and Jitter"):
-    ``sleep = uniform(0, min(max_delay, base_delay * 2**attempt))``.
-    """
-
-    max_attempts: int = 30
-    base_delay: float = 0.002
-    max_delay: float = 0.25
-    max_total_seconds: float = 60.0
-
-    def delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
-
-
-DEFAULT_RETRY = RetryPolicy()
 
 
 def is_retryable(error: BaseException) -> bool:
@@ -248,7 +283,7 @@ def run_write(
     session: Session,
     work: Callable[[Session], T],
     *,
-    policy: RetryPolicy = DEFAULT_RETRY,
+    policy: RetryPolicy | None = None,
 ) -> T:
     """Run ``work(session)`` as one write transaction and commit it, retrying on contention.
 
@@ -262,7 +297,16 @@ def run_write(
         return _run_joined(session, work)
     if session.in_transaction():
         session.commit()  # the caller's auto-begun unit of work, as session.commit() would
+    if policy is None:
+        policy = retry_policy(session)
     return with_retry(lambda: _attempt_write(session, work), policy=policy)
+
+
+def retry_policy(session: Session) -> RetryPolicy:
+    """The retry policy configured for the session's engine, else :data:`DEFAULT_RETRY`."""
+    bind = session.get_bind()
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    return _retry_policies.get(engine, DEFAULT_RETRY)
 
 
 def _attempt_write(session: Session, work: Callable[[Session], T]) -> T:

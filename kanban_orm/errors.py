@@ -39,7 +39,7 @@ class InvalidTransition(KanbanError):
 
 
 class ClaimLost(KanbanError):
-    """The caller's claim_lock no longer holds: reclaimed, finished by someone else, or never held."""
+    """The caller's claim_lock does not hold the task (reclaimed, finished, or never held)."""
 
     def __init__(self, task_id: int, message: str | None = None) -> None:
         self.task_id = task_id

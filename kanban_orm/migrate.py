@@ -95,11 +95,17 @@ def check(bind: Bind = None) -> None:
     with _connect(bind) as conn:
         context = MigrationContext.configure(
             conn,
-            opts={"version_table": VERSION_TABLE, "include_name": include_name, "compare_type": True},
+            opts={
+                "version_table": VERSION_TABLE,
+                "include_name": include_name,
+                "compare_type": True,
+            },
         )
         at = context.get_current_revision()
         if at != latest:
-            raise SchemaOutOfDate(f"database is at revision {at}, the library's head is {latest}; run upgrade")
+            raise SchemaOutOfDate(
+                f"database is at revision {at}, the library's head is {latest}; run upgrade"
+            )
         differences = schema_differences(context)
         if differences:
             raise SchemaOutOfDate(f"database schema differs from the models: {differences}")
@@ -113,7 +119,7 @@ _SORT_ORDER_INDEXES = frozenset({"ix_kanban_tasks_claim_order"})
 
 def schema_differences(context: MigrationContext) -> list[Any]:
     """Alembic's autogenerate diff of the database against the models (kanban tables)."""
-    differences = compare_metadata(context, Base.metadata)
+    differences: list[Any] = compare_metadata(context, Base.metadata)
     if context.dialect.name == "sqlite":
         differences = [d for d in differences if not _is_sort_order_artifact(d)]
     return differences

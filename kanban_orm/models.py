@@ -94,7 +94,9 @@ class Task(Base):
         CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status"),
         # A claim sets both in one statement and every exit from running clears both,
         # so the database itself refuses a half-claimed card.
-        CheckConstraint("(status = 'running') = (claim_lock IS NOT NULL)", name="claim_lock_iff_running"),
+        CheckConstraint(
+            "(status = 'running') = (claim_lock IS NOT NULL)", name="claim_lock_iff_running"
+        ),
         CheckConstraint("length(title) > 0", name="title_not_empty"),
         # Serves claim_next: the ready pool in claim order.
         Index("ix_kanban_tasks_claim_order", "status", text("priority DESC"), "id"),

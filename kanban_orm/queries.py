@@ -95,10 +95,11 @@ _RELEASE_CLAIM: dict[str, Any] = {"claim_lock": None, "claim_expires": None, "cu
 INSERT_TASK = insert(tasks).returning(tasks.c.id)
 INSERT_LINK = insert(links)
 INSERT_EVENT = insert(events)
-INSERT_RUN = insert(runs).values(started_at=utcnow(), last_heartbeat_at=utcnow()).returning(
-    runs.c.id, runs.c.task_id, sort_by_parameter_order=True
+INSERT_RUN = (
+    insert(runs)
+    .values(started_at=utcnow(), last_heartbeat_at=utcnow())
+    .returning(runs.c.id, runs.c.task_id, sort_by_parameter_order=True)
 )
-
 
 
 @cache
@@ -113,9 +114,11 @@ def find_live_by_idempotency_key(has_tenant: bool) -> Select[Any]:
 
 
 EXISTING_IDS = select(tasks.c.id).where(tasks.c.id.in_(bindparam("ids", expanding=True)))
-ANY_UNFINISHED = select(tasks.c.id).where(
-    tasks.c.id.in_(bindparam("ids", expanding=True)), tasks.c.status.not_in(_FINISHED)
-).limit(1)
+ANY_UNFINISHED = (
+    select(tasks.c.id)
+    .where(tasks.c.id.in_(bindparam("ids", expanding=True)), tasks.c.status.not_in(_FINISHED))
+    .limit(1)
+)
 
 # -- claiming ---------------------------------------------------------------------------
 
@@ -149,9 +152,9 @@ def claim_next_statement(by_assignee: bool, by_tenant: bool) -> ReturningUpdate[
     candidate = tasks.alias("candidate")
     pick: Select[Any] = select(candidate.c.id).where(claimable(candidate))
     if by_assignee:
-        pick = pick.where(candidate.c.assignee == bindparam("assignee"))
+        pick = pick.where(candidate.c.assignee == bindparam("only_assignee"))
     if by_tenant:
-        pick = pick.where(candidate.c.tenant == bindparam("tenant"))
+        pick = pick.where(candidate.c.tenant == bindparam("only_tenant"))
     pick = (
         pick.order_by(candidate.c.priority.desc(), candidate.c.id)
         .limit(bindparam("limit", type_=Integer))
@@ -263,9 +266,7 @@ UNBLOCK = (
     update(tasks)
     .where(tasks.c.id == bindparam("task_id"), tasks.c.status == Status.BLOCKED.value)
     .values(
-        status=case(
-            (parents_finished(tasks), Status.READY.value), else_=Status.TODO.value
-        ),
+        status=case((parents_finished(tasks), Status.READY.value), else_=Status.TODO.value),
         block_reason=None,
         **_BUMP,
     )
@@ -303,15 +304,17 @@ RECLAIM_EXPIRED = (
         tasks.c.claim_lock == bindparam("token"),
         tasks.c.claim_expires < utcnow(),
     )
-    .values(status=bindparam("next_status"), block_reason=bindparam("reason"), **_RELEASE_CLAIM, **_BUMP)
+    .values(
+        status=bindparam("next_status"), block_reason=bindparam("reason"), **_RELEASE_CLAIM, **_BUMP
+    )
     .returning(tasks.c.id)
 )
 
 # -- reads ------------------------------------------------------------------------------
 
-TASK_STATE = select(tasks.c.status, tasks.c.claim_lock, tasks.c.attempts, tasks.c.max_attempts).where(
-    tasks.c.id == bindparam("task_id")
-)
+TASK_STATE = select(
+    tasks.c.status, tasks.c.claim_lock, tasks.c.attempts, tasks.c.max_attempts
+).where(tasks.c.id == bindparam("task_id"))
 TASK_EXISTS = select(tasks.c.id).where(tasks.c.id == bindparam("task_id"))
 
 DELETE_LINK = delete(links).where(

@@ -85,10 +85,19 @@ def create_task(
         task_id: int = s.execute(q.INSERT_TASK, {**values, "status": status.value}).scalar_one()
         if parent_ids:
             s.execute(q.INSERT_LINK, [{"parent_id": p, "child_id": task_id} for p in parent_ids])
-        _record(s, task_id, "created", payload={
-            "title": values["title"], "status": status.value, "priority": values["priority"],
-            "assignee": values["assignee"], "tenant": values["tenant"], "parents": parent_ids,
-        })
+        _record(
+            s,
+            task_id,
+            "created",
+            payload={
+                "title": values["title"],
+                "status": status.value,
+                "priority": values["priority"],
+                "assignee": values["assignee"],
+                "tenant": values["tenant"],
+                "parents": parent_ids,
+            },
+        )
         return task_id
 
     return run_write(session, work)
@@ -124,7 +133,7 @@ def claim_task(
     claimer or TTL.
     """
     task_id = check.task_id(task_id)
-    who = check.name(claimer, "claimer", required=True)
+    who = _claimer(claimer)
     ttl = check.ttl(ttl_seconds)
 
     def work(s: Session) -> Task | None:
@@ -170,14 +179,14 @@ def claim_many(
     Each claimed task gets its own run, fencing token and ``claimed`` event. An empty
     list means nothing was claimable. Expired leases are taken over first.
     """
-    who = check.name(claimer, "claimer", required=True)
+    who = _claimer(claimer)
     count = check.integer(limit, "limit", minimum=1)
     ttl = check.ttl(ttl_seconds)
     params: dict[str, Any] = {"limit": count, "ttl": ttl}
     if assignee is not None:
-        params["assignee"] = check.name(assignee, "assignee")
+        params["only_assignee"] = check.name(assignee, "assignee")
     if tenant is not None:
-        params["tenant"] = check.name(tenant, "tenant")
+        params["only_tenant"] = check.name(tenant, "tenant")
     statement = q.claim_next_statement(assignee is not None, tenant is not None)
 
     def work(s: Session) -> list[Task]:
@@ -192,17 +201,21 @@ def _open_runs(s: Session, claimed: Sequence[Row[Any]], claimer: str) -> list[Ta
     """The rest of a claim: a run per claimed task, ``current_run_id``, one event each."""
     opened = s.execute(
         q.INSERT_RUN,
-        [{"task_id": t.id, "attempt": t.attempts, "claimer": claimer, "claim_lock": t.claim_lock}
-         for t in claimed],
+        [
+            {"task_id": t.id, "attempt": t.attempts, "claimer": claimer, "claim_lock": t.claim_lock}
+            for t in claimed
+        ],
     ).all()
     run_ids = {run.task_id: run.id for run in opened}
     s.execute(
         q.SET_CURRENT_RUN,
         [{"task_id": t.id, "token": t.claim_lock, "run_id": run_ids[t.id]} for t in claimed],
     )
-    _record_many(s, "claimed", [
-        (t.id, run_ids[t.id], {"claimer": claimer, "attempt": t.attempts}) for t in claimed
-    ])
+    _record_many(
+        s,
+        "claimed",
+        [(t.id, run_ids[t.id], {"claimer": claimer, "attempt": t.attempts}) for t in claimed],
+    )
     return _load_tasks(s, [t.id for t in claimed])
 
 
@@ -249,10 +262,15 @@ def _reclaim_expired(s: Session, limit: int) -> int:
         gave_up = lease.attempts >= cap
         next_status = Status.BLOCKED if gave_up else Status.READY
         reason = f"gave up after {lease.attempts} attempts: lease expired" if gave_up else None
-        moved = s.execute(q.RECLAIM_EXPIRED, {
-            "task_id": lease.id, "token": lease.claim_lock,
-            "next_status": next_status.value, "reason": reason,
-        }).first()
+        moved = s.execute(
+            q.RECLAIM_EXPIRED,
+            {
+                "task_id": lease.id,
+                "token": lease.claim_lock,
+                "next_status": next_status.value,
+                "reason": reason,
+            },
+        ).first()
         if moved is None:
             continue
         run_id = _close_run(s, lease.id, "reclaimed", error="lease expired")
@@ -284,7 +302,9 @@ def complete_task(
     """
     task_id = check.task_id(task_id)
     if claim_lock is None and not force:
-        raise InvalidInput("complete_task needs the claim_lock of the claim it completes, or force=True")
+        raise InvalidInput(
+            "complete_task needs the claim_lock of the claim it completes, or force=True"
+        )
     token = None if claim_lock is None else _token(claim_lock)
     params = {
         "task_id": task_id,
@@ -334,17 +354,33 @@ def fail_task(
         else:
             next_status, delay = Status.BLOCKED, 0.0
             reason = f"gave up after {state.attempts} attempts: {message}" if retry else message
-        moved = s.execute(q.FAIL_HELD, {
-            "task_id": task_id, "token": token, "seen_attempts": state.attempts,
-            "next_status": next_status.value, "delay": delay, "reason": reason,
-        }).first()
+        moved = s.execute(
+            q.FAIL_HELD,
+            {
+                "task_id": task_id,
+                "token": token,
+                "seen_attempts": state.attempts,
+                "next_status": next_status.value,
+                "delay": delay,
+                "reason": reason,
+            },
+        ).first()
         if moved is None:
             _explain(s, task_id, next_status, token)
         run_id = _close_run(s, task_id, "failed", error=message)
-        _record(s, task_id, "failed", run_id, {
-            "error": message, "attempt": state.attempts, "status": next_status.value,
-            "retry_in_seconds": round(delay, 3) if will_retry else None, "gave_up": not will_retry,
-        })
+        _record(
+            s,
+            task_id,
+            "failed",
+            run_id,
+            {
+                "error": message,
+                "attempt": state.attempts,
+                "status": next_status.value,
+                "retry_in_seconds": round(delay, 3) if will_retry else None,
+                "gave_up": not will_retry,
+            },
+        )
         return _load_task(s, task_id)
 
     return run_write(session, work)
@@ -356,7 +392,7 @@ def retry_delay(attempts: int) -> float:
         config.RETRY_BACKOFF_MAX_SECONDS,
         config.RETRY_BACKOFF_BASE_SECONDS * 2 ** max(0, attempts - 1),
     )
-    return ceiling * random.uniform(0.5, 1.0)
+    return float(ceiling * random.uniform(0.5, 1.0))
 
 
 def release_task(
@@ -426,6 +462,12 @@ def unblock_task(session: Session, task_id: int) -> Task:
 # -- shared steps -----------------------------------------------------------------------
 
 
+def _claimer(claimer: object) -> str:
+    who = check.name(claimer, "claimer", required=True)
+    assert who is not None
+    return who
+
+
 def _token(claim_lock: object) -> str:
     token = check.text(claim_lock, "claim_lock", required=True)
     assert token is not None
@@ -442,15 +484,24 @@ def _close_run(
     error: str | None = None,
 ) -> int | None:
     """Close the task's open run (at most one exists) with ``outcome``; its id, if any."""
-    run_id: int | None = s.execute(q.CLOSE_OPEN_RUN, {
-        "run_task_id": task_id, "run_outcome": outcome, "run_summary": summary,
-        "run_metadata": metadata, "run_error": error,
-    }).scalar()
+    run_id: int | None = s.execute(
+        q.CLOSE_OPEN_RUN,
+        {
+            "run_task_id": task_id,
+            "run_outcome": outcome,
+            "run_summary": summary,
+            "run_metadata": metadata,
+            "run_error": error,
+        },
+    ).scalar()
     return run_id
 
 
 def _record(
-    s: Session, task_id: int, kind: str, run_id: int | None = None,
+    s: Session,
+    task_id: int,
+    kind: str,
+    run_id: int | None = None,
     payload: dict[str, Any] | None = None,
 ) -> None:
     _record_many(s, kind, [(task_id, run_id, payload)])
@@ -460,10 +511,13 @@ def _record_many(
     s: Session, kind: str, entries: Sequence[tuple[int, int | None, dict[str, Any] | None]]
 ) -> None:
     if entries:
-        s.execute(q.INSERT_EVENT, [
-            {"task_id": task_id, "run_id": run_id, "kind": kind, "payload": payload}
-            for task_id, run_id, payload in entries
-        ])
+        s.execute(
+            q.INSERT_EVENT,
+            [
+                {"task_id": task_id, "run_id": run_id, "kind": kind, "payload": payload}
+                for task_id, run_id, payload in entries
+            ],
+        )
 
 
 def _explain(
@@ -524,7 +578,9 @@ def latest_run(session: Session, task_id: int) -> TaskRun | None:
 def list_runs(session: Session, task_id: int) -> list[TaskRun]:
     """Every run of the task, oldest first. Raises :class:`TaskNotFound`."""
     task_id = check.task_id(task_id)
-    runs = list(session.scalars(select(TaskRun).where(TaskRun.task_id == task_id).order_by(TaskRun.id)))
+    runs = list(
+        session.scalars(select(TaskRun).where(TaskRun.task_id == task_id).order_by(TaskRun.id))
+    )
     if not runs:
         _require_task(session, task_id)
     return runs
@@ -558,7 +614,9 @@ def list_events(
     session: Session, *, task_id: int | None = None, after_id: int = 0, limit: int | None = None
 ) -> list[TaskEvent]:
     """Events with ``id > after_id`` in id order, optionally for one task."""
-    statement = select(TaskEvent).where(TaskEvent.id > check.integer(after_id, "after_id", minimum=0))
+    statement = select(TaskEvent).where(
+        TaskEvent.id > check.integer(after_id, "after_id", minimum=0)
+    )
     if task_id is not None:
         statement = statement.where(TaskEvent.task_id == check.task_id(task_id))
     count = check.limit(limit)

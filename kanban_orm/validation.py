@@ -14,7 +14,9 @@ from .models import NAME_MAX_LENGTH, TITLE_MAX_LENGTH
 from .states import Status
 
 
-def text(value: object, field: str, *, required: bool = False, max_length: int | None = None) -> str | None:
+def text(
+    value: object, field: str, *, required: bool = False, max_length: int | None = None
+) -> str | None:
     """A string stored verbatim; NUL is refused (PostgreSQL text cannot hold it)."""
     if value is None:
         if required:
@@ -102,7 +104,7 @@ def timestamp(value: object, field: str) -> datetime | None:
 
 def status(value: object, field: str = "status") -> Status:
     try:
-        return Status(value)
+        return Status(str(value))
     except ValueError:
         allowed = ", ".join(s.value for s in Status)
         raise InvalidInput(f"{field} must be one of {allowed}, not {value!r}") from None

@@ -65,7 +65,9 @@ def upgrade() -> None:
     op.create_index("ix_kanban_tasks_claim_expires", "kanban_tasks", ["claim_expires"])
     op.create_index("ix_kanban_tasks_assignee", "kanban_tasks", ["assignee"])
     op.create_index("ix_kanban_tasks_tenant", "kanban_tasks", ["tenant"])
-    op.create_index("ix_kanban_tasks_idempotency_key", "kanban_tasks", ["tenant", "idempotency_key"])
+    op.create_index(
+        "ix_kanban_tasks_idempotency_key", "kanban_tasks", ["tenant", "idempotency_key"]
+    )
 
     op.create_table(
         "kanban_task_runs",
@@ -82,18 +84,25 @@ def upgrade() -> None:
         sa.Column("metadata", JSON_DOC, nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.CheckConstraint(
-            "(ended_at IS NULL) = (outcome IS NULL)", name=op.f("ck_kanban_task_runs_ended_iff_outcome")
+            "(ended_at IS NULL) = (outcome IS NULL)",
+            name=op.f("ck_kanban_task_runs_ended_iff_outcome"),
         ),
         sa.ForeignKeyConstraint(
-            ["task_id"], ["kanban_tasks.id"],
-            name=op.f("fk_kanban_task_runs_task_id_kanban_tasks"), ondelete="CASCADE",
+            ["task_id"],
+            ["kanban_tasks.id"],
+            name=op.f("fk_kanban_task_runs_task_id_kanban_tasks"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_kanban_task_runs")),
     )
     op.create_index("ix_kanban_task_runs_task_id", "kanban_task_runs", ["task_id", "id"])
     op.create_index(
-        "ux_kanban_task_runs_one_open", "kanban_task_runs", ["task_id"], unique=True,
-        sqlite_where=sa.text("ended_at IS NULL"), postgresql_where=sa.text("ended_at IS NULL"),
+        "ux_kanban_task_runs_one_open",
+        "kanban_task_runs",
+        ["task_id"],
+        unique=True,
+        sqlite_where=sa.text("ended_at IS NULL"),
+        postgresql_where=sa.text("ended_at IS NULL"),
     )
 
     op.create_table(
@@ -105,8 +114,10 @@ def upgrade() -> None:
         sa.Column("payload", JSON_DOC, nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["task_id"], ["kanban_tasks.id"],
-            name=op.f("fk_kanban_task_events_task_id_kanban_tasks"), ondelete="CASCADE",
+            ["task_id"],
+            ["kanban_tasks.id"],
+            name=op.f("fk_kanban_task_events_task_id_kanban_tasks"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_kanban_task_events")),
     )
@@ -120,12 +131,16 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.CheckConstraint("parent_id <> child_id", name=op.f("ck_kanban_task_links_not_self")),
         sa.ForeignKeyConstraint(
-            ["child_id"], ["kanban_tasks.id"],
-            name=op.f("fk_kanban_task_links_child_id_kanban_tasks"), ondelete="CASCADE",
+            ["child_id"],
+            ["kanban_tasks.id"],
+            name=op.f("fk_kanban_task_links_child_id_kanban_tasks"),
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["parent_id"], ["kanban_tasks.id"],
-            name=op.f("fk_kanban_task_links_parent_id_kanban_tasks"), ondelete="CASCADE",
+            ["parent_id"],
+            ["kanban_tasks.id"],
+            name=op.f("fk_kanban_task_links_parent_id_kanban_tasks"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("parent_id", "child_id", name=op.f("pk_kanban_task_links")),
     )

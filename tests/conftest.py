@@ -1,0 +1,115 @@
+"""Fixtures: every database test runs once on SQLite and once on PostgreSQL.
+
+PostgreSQL comes from ``KANBAN_TEST_POSTGRES_URL`` (for example
+``postgresql+psycopg://postgres@127.0.0.1:5432/kanban_test``). Without it the PostgreSQL
+half of each test is skipped with that reason, except under ``CI=true``, where a missing
+PostgreSQL fails the run instead of silently skipping half the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+import kanban_orm as kb
+
+POSTGRES_ENV = "KANBAN_TEST_POSTGRES_URL"
+BACKENDS = ["sqlite", "postgres"]
+KANBAN_TABLES = ("kanban_task_events", "kanban_task_links", "kanban_task_runs", "kanban_tasks")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def postgres_url_or_skip() -> str:
+    url = os.environ.get(POSTGRES_ENV)
+    if url:
+        return url
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {POSTGRES_ENV} is not set: PostgreSQL tests must run in CI")
+    pytest.skip(f"{POSTGRES_ENV} is not set; PostgreSQL half of the suite skipped")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    return postgres_url_or_skip()
+
+
+def _admin_url(url: str) -> sa.URL:
+    return sa.make_url(url).set(database="postgres")
+
+
+@pytest.fixture(scope="session")
+def postgres_engine(postgres_url: str) -> Iterator[Engine]:
+    """The shared PostgreSQL test database, migrated to head once per session."""
+    engine = kb.create_engine(postgres_url, poolclass=sa.pool.NullPool)
+    kb.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def fresh_postgres_database(postgres_url: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test; dropped afterwards."""
+    name = f"kanban_t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(_admin_url(postgres_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield sa.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS, ids=BACKENDS)
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a database with nothing in it (no kanban tables), per backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'kanban.db'}"
+    else:
+        yield from fresh_postgres_database(postgres_url_or_skip())
+
+
+@pytest.fixture(autouse=True)
+def _close_cached_engines() -> Iterator[None]:
+    # Each test has its own SQLite file; without this every one would keep a pool open.
+    yield
+    kb.dispose_engines()
+
+
+@pytest.fixture(params=BACKENDS, ids=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a migrated database with no rows in the kanban tables, per backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'kanban.db'}"
+        kb.upgrade(kb.cached_engine(url))
+        return url
+    engine: Engine = request.getfixturevalue("postgres_engine")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"TRUNCATE {', '.join(KANBAN_TABLES)} RESTART IDENTITY CASCADE")
+    return engine.url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Engine:
+    return kb.cached_engine(db_url)
+
+
+@pytest.fixture
+def session(db_url: str) -> Iterator[Session]:
+    s = kb.connect(db_url)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def backend(db_url: str) -> str:
+    return sa.make_url(db_url).get_backend_name()

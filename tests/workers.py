@@ -1,0 +1,42 @@
+"""Worker functions run in spawned processes by the multi-process tests.
+
+They live in a module of their own so a spawned child imports only this (and
+kanban_orm), not pytest's test modules.
+"""
+
+from __future__ import annotations
+
+import json
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+
+import kanban_orm as kb
+
+
+def race_claims(url: str, name: str, task_ids: list[int], barrier: Barrier, out: str) -> None:
+    """Claim each task in turn, released together with the other racer by ``barrier``."""
+    session = kb.connect(url)
+    outcome: dict[str, str | None] = {}
+    try:
+        for task_id in task_ids:
+            barrier.wait(timeout=60)
+            task = kb.claim_task(session, task_id, claimer=name)
+            outcome[str(task_id)] = task.claim_lock if task is not None else None
+    finally:
+        session.close()
+    Path(out).write_text(json.dumps(outcome))
+
+
+def drain_with_claim_many(url: str, name: str, batch: int, barrier: Barrier, out: str) -> None:
+    """Claim batches until the board is empty, completing every claimed task."""
+    session = kb.connect(url)
+    completed: list[int] = []
+    try:
+        barrier.wait(timeout=60)
+        while claimed := kb.claim_many(session, claimer=name, limit=batch):
+            for task in claimed:
+                kb.complete_task(session, task.id, claim_lock=task.claim_lock)
+                completed.append(task.id)
+    finally:
+        session.close()
+    Path(out).write_text(json.dumps(completed))
