@@ -36,7 +36,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransactionOrigin, sessionmaker
 
-from .errors import DatabaseBusy
+from .errors import DatabaseBusy, KanbanError
 
 T = TypeVar("T")
 
@@ -148,7 +148,18 @@ def configure_engine(
     return engine
 
 
+#: RETURNING (3.35) and UPDATE ... FROM (3.33) are used by every transition.
+MIN_SQLITE_VERSION = (3, 35, 0)
+
+
 def _configure_sqlite(engine: Engine, synchronous: str, busy_timeout_ms: int) -> None:
+    version = engine.dialect.dbapi.sqlite_version_info  # type: ignore[union-attr]
+    if tuple(version) < MIN_SQLITE_VERSION:
+        raise KanbanError(
+            f"kanban_orm needs SQLite >= {'.'.join(map(str, MIN_SQLITE_VERSION))}, "
+            f"this Python has {'.'.join(map(str, version))}"
+        )
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
