@@ -35,7 +35,9 @@ def run_processes(target: Callable[..., None], args_per_process: list[tuple[Any,
     assert [p.exitcode for p in procs] == [0] * len(procs)
 
 
-def test_two_processes_race_claim_task_200_times(db_url: str, session: Session, tmp_path: Path) -> None:
+def test_two_processes_race_claim_task_200_times(
+    db_url: str, session: Session, tmp_path: Path
+) -> None:
     rounds = 200
     task_ids = [kb.create_task(session, title=f"race {i}") for i in range(rounds)]
     barrier = SPAWN.Barrier(2)
@@ -52,9 +54,7 @@ def test_two_processes_race_claim_task_200_times(db_url: str, session: Session, 
         assert len(winners) == 1, f"task {task_id}: tokens {tokens}"
         winner = winners[0]
         runs = session.scalars(select(TaskRun).where(TaskRun.task_id == task_id)).all()
-        assert [(r.claimer, r.claim_lock) for r in runs] == [
-            (f"racer-{winner}", tokens[winner])
-        ]
+        assert [(r.claimer, r.claim_lock) for r in runs] == [(f"racer-{winner}", tokens[winner])]
         claimed = session.scalar(
             select(func.count()).where(TaskEvent.task_id == task_id, TaskEvent.kind == "claimed")
         )
@@ -79,9 +79,7 @@ def test_claim_many_workers_claim_every_task_exactly_once(
     assert sorted(completed) == sorted(task_ids)
     assert set(completed.values()) == {1}
     assert [t.status for t in kb.list_tasks(session)] == ["done"] * len(task_ids)
-    runs = session.execute(
-        select(TaskRun.task_id, func.count()).group_by(TaskRun.task_id)
-    ).all()
+    runs = session.execute(select(TaskRun.task_id, func.count()).group_by(TaskRun.task_id)).all()
     assert {tid: n for tid, n in runs} == dict.fromkeys(task_ids, 1)
     kinds = Counter(e.kind for e in kb.list_events(session))
     assert kinds == {"created": 300, "claimed": 300, "completed": 300}
