@@ -26,7 +26,7 @@ from . import queries as q
 from . import validation as check
 from .db import run_write
 from .errors import ClaimLost, InvalidInput, InvalidTransition, TaskNotFound
-from .models import Task, TaskEvent, TaskRun
+from .models import NAME_MAX_LENGTH, Task, TaskEvent, TaskRun
 from .states import Status
 
 #: release_stale_claims handles at most this many expired leases per transaction.
@@ -339,7 +339,7 @@ def fail_task(
     """
     task_id = check.task_id(task_id)
     token = _token(claim_lock)
-    message = check.text(error, "error", required=True)
+    message = check.required_text(error, "error")
 
     def work(s: Session) -> Task:
         state = s.execute(q.TASK_STATE, {"task_id": task_id}).first()
@@ -427,7 +427,7 @@ def block_task(
     :class:`TaskNotFound`, :class:`InvalidInput`.
     """
     task_id = check.task_id(task_id)
-    why = check.text(reason, "reason", required=True)
+    why = check.required_text(reason, "reason")
     token = None if claim_lock is None else _token(claim_lock)
     statement = q.BLOCK_UNHELD if token is None else q.BLOCK_HELD
 
@@ -463,15 +463,11 @@ def unblock_task(session: Session, task_id: int) -> Task:
 
 
 def _claimer(claimer: object) -> str:
-    who = check.name(claimer, "claimer", required=True)
-    assert who is not None
-    return who
+    return check.required_text(claimer, "claimer", max_length=NAME_MAX_LENGTH)
 
 
 def _token(claim_lock: object) -> str:
-    token = check.text(claim_lock, "claim_lock", required=True)
-    assert token is not None
-    return token
+    return check.required_text(claim_lock, "claim_lock")
 
 
 def _close_run(

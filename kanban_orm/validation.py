@@ -33,10 +33,14 @@ def text(
     return value
 
 
-def title(value: object) -> str:
-    result = text(value, "title", required=True, max_length=TITLE_MAX_LENGTH)
-    assert result is not None
+def required_text(value: object, field: str, *, max_length: int | None = None) -> str:
+    result = text(value, field, required=True, max_length=max_length)
+    assert result is not None  # text() raised for None already
     return result
+
+
+def title(value: object) -> str:
+    return required_text(value, "title", max_length=TITLE_MAX_LENGTH)
 
 
 def name(value: object, field: str, *, required: bool = False) -> str | None:
