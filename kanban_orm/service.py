@@ -16,17 +16,17 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any
 
 from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
-from . import config
+from . import config, steps
 from . import queries as q
 from . import validation as check
 from .db import run_write
-from .errors import ClaimLost, InvalidInput, InvalidTransition, TaskNotFound
-from .models import NAME_MAX_LENGTH, Task, TaskEvent, TaskRun
+from .errors import ClaimLost, InvalidInput, TaskNotFound
+from .models import Task, TaskEvent, TaskRun
 from .states import Status
 
 #: release_stale_claims handles at most this many expired leases per transaction.
@@ -85,7 +85,7 @@ def create_task(
         task_id: int = s.execute(q.INSERT_TASK, {**values, "status": status.value}).scalar_one()
         if parent_ids:
             s.execute(q.INSERT_LINK, [{"parent_id": p, "child_id": task_id} for p in parent_ids])
-        _record(
+        steps.record(
             s,
             task_id,
             "created",
@@ -133,7 +133,7 @@ def claim_task(
     claimer or TTL.
     """
     task_id = check.task_id(task_id)
-    who = _claimer(claimer)
+    who = steps.claimer_name(claimer)
     ttl = check.ttl(ttl_seconds)
 
     def work(s: Session) -> Task | None:
@@ -179,7 +179,7 @@ def claim_many(
     Each claimed task gets its own run, fencing token and ``claimed`` event. An empty
     list means nothing was claimable. Expired leases are taken over first.
     """
-    who = _claimer(claimer)
+    who = steps.claimer_name(claimer)
     count = check.integer(limit, "limit", minimum=1)
     ttl = check.ttl(ttl_seconds)
     params: dict[str, Any] = {"limit": count, "ttl": ttl}
@@ -211,12 +211,12 @@ def _open_runs(s: Session, claimed: Sequence[Row[Any]], claimer: str) -> list[Ta
         q.SET_CURRENT_RUN,
         [{"task_id": t.id, "token": t.claim_lock, "run_id": run_ids[t.id]} for t in claimed],
     )
-    _record_many(
+    steps.record_many(
         s,
         "claimed",
         [(t.id, run_ids[t.id], {"claimer": claimer, "attempt": t.attempts}) for t in claimed],
     )
-    return _load_tasks(s, [t.id for t in claimed])
+    return steps.load_tasks(s, [t.id for t in claimed])
 
 
 # -- leases -----------------------------------------------------------------------------
@@ -231,13 +231,13 @@ def heartbeat(
     was reclaimed, it was finished, or it never held it) and :class:`TaskNotFound`.
     """
     task_id = check.task_id(task_id)
-    token = _token(claim_lock)
+    token = steps.token(claim_lock)
     ttl = check.ttl(ttl_seconds)
 
     def work(s: Session) -> bool:
         held = s.execute(q.HEARTBEAT, {"task_id": task_id, "token": token, "ttl": ttl}).first()
         if held is None:
-            _explain(s, task_id, None, token)
+            steps.explain(s, task_id, None, token)
         s.execute(q.TOUCH_RUN, {"run_id": held.current_run_id})
         return True
 
@@ -273,8 +273,10 @@ def _reclaim_expired(s: Session, limit: int) -> int:
         ).first()
         if moved is None:
             continue
-        run_id = _close_run(s, lease.id, "reclaimed", error="lease expired")
-        _record(s, lease.id, "reclaimed", run_id, {"status": next_status.value, "gave_up": gave_up})
+        run_id = steps.close_run(s, lease.id, "reclaimed", error="lease expired")
+        steps.record(
+            s, lease.id, "reclaimed", run_id, {"status": next_status.value, "gave_up": gave_up}
+        )
         reclaimed += 1
     return reclaimed
 
@@ -305,7 +307,7 @@ def complete_task(
         raise InvalidInput(
             "complete_task needs the claim_lock of the claim it completes, or force=True"
         )
-    token = None if claim_lock is None else _token(claim_lock)
+    token = None if claim_lock is None else steps.token(claim_lock)
     params = {
         "task_id": task_id,
         "token": token,
@@ -317,12 +319,14 @@ def complete_task(
     def work(s: Session) -> Task:
         statement = q.COMPLETE_FORCED if token is None else q.COMPLETE_HELD
         if s.execute(statement, params).first() is None:
-            _explain(s, task_id, Status.DONE, token)
-        run_id = _close_run(s, task_id, "completed", summary=run_summary, metadata=run_metadata)
-        _record(s, task_id, "completed", run_id, {"forced": token is None})
+            steps.explain(s, task_id, Status.DONE, token)
+        run_id = steps.close_run(
+            s, task_id, "completed", summary=run_summary, metadata=run_metadata
+        )
+        steps.record(s, task_id, "completed", run_id, {"forced": token is None})
         children = s.execute(q.PROMOTE_CHILDREN, {"task_id": task_id}).scalars().all()
-        _record_many(s, "promoted", [(c, None, {"parent_id": task_id}) for c in children])
-        return _load_task(s, task_id)
+        steps.record_many(s, "promoted", [(c, None, {"parent_id": task_id}) for c in children])
+        return steps.load_task(s, task_id)
 
     return run_write(session, work)
 
@@ -338,7 +342,7 @@ def fail_task(
     :class:`ClaimLost`, :class:`TaskNotFound`, :class:`InvalidInput`.
     """
     task_id = check.task_id(task_id)
-    token = _token(claim_lock)
+    token = steps.token(claim_lock)
     message = check.required_text(error, "error")
 
     def work(s: Session) -> Task:
@@ -366,9 +370,9 @@ def fail_task(
             },
         ).first()
         if moved is None:
-            _explain(s, task_id, next_status, token)
-        run_id = _close_run(s, task_id, "failed", error=message)
-        _record(
+            steps.explain(s, task_id, next_status, token)
+        run_id = steps.close_run(s, task_id, "failed", error=message)
+        steps.record(
             s,
             task_id,
             "failed",
@@ -381,7 +385,7 @@ def fail_task(
                 "gave_up": not will_retry,
             },
         )
-        return _load_task(s, task_id)
+        return steps.load_task(s, task_id)
 
     return run_write(session, work)
 
@@ -404,15 +408,15 @@ def release_task(
     Raises :class:`ClaimLost`, :class:`TaskNotFound`.
     """
     task_id = check.task_id(task_id)
-    token = _token(claim_lock)
+    token = steps.token(claim_lock)
     why = check.text(reason, "reason")
 
     def work(s: Session) -> Task:
         if s.execute(q.RELEASE_HELD, {"task_id": task_id, "token": token}).first() is None:
-            _explain(s, task_id, Status.READY, token)
-        run_id = _close_run(s, task_id, "released", summary=why)
-        _record(s, task_id, "released", run_id, {"reason": why})
-        return _load_task(s, task_id)
+            steps.explain(s, task_id, Status.READY, token)
+        run_id = steps.close_run(s, task_id, "released", summary=why)
+        steps.record(s, task_id, "released", run_id, {"reason": why})
+        return steps.load_task(s, task_id)
 
     return run_write(session, work)
 
@@ -428,16 +432,16 @@ def block_task(
     """
     task_id = check.task_id(task_id)
     why = check.required_text(reason, "reason")
-    token = None if claim_lock is None else _token(claim_lock)
+    token = None if claim_lock is None else steps.token(claim_lock)
     statement = q.BLOCK_UNHELD if token is None else q.BLOCK_HELD
 
     def work(s: Session) -> Task:
         moved = s.execute(statement, {"task_id": task_id, "token": token, "reason": why}).first()
         if moved is None:
-            _explain(s, task_id, Status.BLOCKED, token)
-        run_id = _close_run(s, task_id, "blocked", error=why) if token is not None else None
-        _record(s, task_id, "blocked", run_id, {"reason": why})
-        return _load_task(s, task_id)
+            steps.explain(s, task_id, Status.BLOCKED, token)
+        run_id = steps.close_run(s, task_id, "blocked", error=why) if token is not None else None
+        steps.record(s, task_id, "blocked", run_id, {"reason": why})
+        return steps.load_task(s, task_id)
 
     return run_write(session, work)
 
@@ -452,100 +456,14 @@ def unblock_task(session: Session, task_id: int) -> Task:
     def work(s: Session) -> Task:
         status = s.execute(q.UNBLOCK, {"task_id": task_id}).scalar()
         if status is None:
-            _explain(s, task_id, Status.READY, None)
-        _record(s, task_id, "unblocked", None, {"status": status})
-        return _load_task(s, task_id)
+            steps.explain(s, task_id, Status.READY, None)
+        steps.record(s, task_id, "unblocked", None, {"status": status})
+        return steps.load_task(s, task_id)
 
     return run_write(session, work)
 
 
 # -- shared steps -----------------------------------------------------------------------
-
-
-def _claimer(claimer: object) -> str:
-    return check.required_text(claimer, "claimer", max_length=NAME_MAX_LENGTH)
-
-
-def _token(claim_lock: object) -> str:
-    return check.required_text(claim_lock, "claim_lock")
-
-
-def _close_run(
-    s: Session,
-    task_id: int,
-    outcome: str,
-    *,
-    summary: str | None = None,
-    metadata: dict[str, Any] | None = None,
-    error: str | None = None,
-) -> int | None:
-    """Close the task's open run (at most one exists) with ``outcome``; its id, if any."""
-    run_id: int | None = s.execute(
-        q.CLOSE_OPEN_RUN,
-        {
-            "run_task_id": task_id,
-            "run_outcome": outcome,
-            "run_summary": summary,
-            "run_metadata": metadata,
-            "run_error": error,
-        },
-    ).scalar()
-    return run_id
-
-
-def _record(
-    s: Session,
-    task_id: int,
-    kind: str,
-    run_id: int | None = None,
-    payload: dict[str, Any] | None = None,
-) -> None:
-    _record_many(s, kind, [(task_id, run_id, payload)])
-
-
-def _record_many(
-    s: Session, kind: str, entries: Sequence[tuple[int, int | None, dict[str, Any] | None]]
-) -> None:
-    if entries:
-        s.execute(
-            q.INSERT_EVENT,
-            [
-                {"task_id": task_id, "run_id": run_id, "kind": kind, "payload": payload}
-                for task_id, run_id, payload in entries
-            ],
-        )
-
-
-def _explain(
-    s: Session,
-    task_id: int,
-    target: Status | None,
-    token: str | None,
-) -> NoReturn:
-    """Raise the error that says why a guarded UPDATE matched no row."""
-    state = s.execute(q.TASK_STATE, {"task_id": task_id}).first()
-    if state is None:
-        raise TaskNotFound(task_id)
-    if token is not None and state.claim_lock != token:
-        raise ClaimLost(task_id)
-    if token is None and state.status == Status.RUNNING and target is Status.BLOCKED:
-        raise ClaimLost(task_id, f"task {task_id} is running: only its claim holder may do that")
-    # Otherwise the task is not in a state this call may move it from.
-    raise InvalidTransition(task_id, state.status, target or state.status)
-
-
-def _load_task(s: Session, task_id: int) -> Task:
-    return _load_tasks(s, [task_id])[0]
-
-
-def _load_tasks(s: Session, task_ids: list[int]) -> list[Task]:
-    statement = (
-        select(Task)
-        .where(Task.id.in_(task_ids))
-        .order_by(Task.priority.desc(), Task.id)
-        .execution_options(populate_existing=True)
-    )
-    return list(s.scalars(statement))
 
 
 # -- reads ------------------------------------------------------------------------------
@@ -567,7 +485,7 @@ def latest_run(session: Session, task_id: int) -> TaskRun | None:
         select(TaskRun).where(TaskRun.task_id == task_id).order_by(TaskRun.id.desc()).limit(1)
     ).first()
     if run is None:
-        _require_task(session, task_id)
+        steps.require_task(session, task_id)
     return run
 
 
@@ -578,7 +496,7 @@ def list_runs(session: Session, task_id: int) -> list[TaskRun]:
         session.scalars(select(TaskRun).where(TaskRun.task_id == task_id).order_by(TaskRun.id))
     )
     if not runs:
-        _require_task(session, task_id)
+        steps.require_task(session, task_id)
     return runs
 
 
@@ -619,11 +537,6 @@ def list_events(
     if count is not None:
         statement = statement.limit(count)
     return list(session.scalars(statement.order_by(TaskEvent.id)))
-
-
-def _require_task(session: Session, task_id: int) -> None:
-    if session.execute(q.TASK_EXISTS, {"task_id": task_id}).first() is None:
-        raise TaskNotFound(task_id)
 
 
 __all__ = [

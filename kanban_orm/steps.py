@@ -1,0 +1,110 @@
+"""Steps that many transitions share: closing a run, recording events, explaining a
+guard that matched nothing, loading the tasks a transition returns.
+
+Each runs inside the caller's transaction; none commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from . import queries as q
+from . import validation as check
+from .errors import ClaimLost, InvalidTransition, TaskNotFound
+from .models import NAME_MAX_LENGTH, Task
+from .states import Status
+
+
+def claimer_name(claimer: object) -> str:
+    return check.required_text(claimer, "claimer", max_length=NAME_MAX_LENGTH)
+
+
+def token(claim_lock: object) -> str:
+    return check.required_text(claim_lock, "claim_lock")
+
+
+def close_run(
+    s: Session,
+    task_id: int,
+    outcome: str,
+    *,
+    summary: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> int | None:
+    """Close the task's open run (at most one exists) with ``outcome``; its id, if any."""
+    run_id: int | None = s.execute(
+        q.CLOSE_OPEN_RUN,
+        {
+            "run_task_id": task_id,
+            "run_outcome": outcome,
+            "run_summary": summary,
+            "run_metadata": metadata,
+            "run_error": error,
+        },
+    ).scalar()
+    return run_id
+
+
+def record(
+    s: Session,
+    task_id: int,
+    kind: str,
+    run_id: int | None = None,
+    payload: dict[str, Any] | None = None,
+) -> None:
+    record_many(s, kind, [(task_id, run_id, payload)])
+
+
+def record_many(
+    s: Session, kind: str, entries: Sequence[tuple[int, int | None, dict[str, Any] | None]]
+) -> None:
+    if entries:
+        s.execute(
+            q.INSERT_EVENT,
+            [
+                {"task_id": task_id, "run_id": run_id, "kind": kind, "payload": payload}
+                for task_id, run_id, payload in entries
+            ],
+        )
+
+
+def explain(
+    s: Session,
+    task_id: int,
+    target: Status | None,
+    token: str | None,
+) -> NoReturn:
+    """Raise the error that says why a guarded UPDATE matched no row."""
+    state = s.execute(q.TASK_STATE, {"task_id": task_id}).first()
+    if state is None:
+        raise TaskNotFound(task_id)
+    if token is not None and state.claim_lock != token:
+        raise ClaimLost(task_id)
+    if token is None and state.status == Status.RUNNING and target is Status.BLOCKED:
+        raise ClaimLost(task_id, f"task {task_id} is running: only its claim holder may do that")
+    # Otherwise the task is not in a state this call may move it from.
+    raise InvalidTransition(task_id, state.status, target or state.status)
+
+
+def load_task(s: Session, task_id: int) -> Task:
+    return load_tasks(s, [task_id])[0]
+
+
+def load_tasks(s: Session, task_ids: list[int]) -> list[Task]:
+    statement = (
+        select(Task)
+        .where(Task.id.in_(task_ids))
+        .order_by(Task.priority.desc(), Task.id)
+        .execution_options(populate_existing=True)
+    )
+    return list(s.scalars(statement))
+
+
+def require_task(session: Session, task_id: int) -> None:
+    if session.execute(q.TASK_EXISTS, {"task_id": task_id}).first() is None:
+        raise TaskNotFound(task_id)
