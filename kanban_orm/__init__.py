@@ -50,6 +50,18 @@ from .service import (
     unblock_task,
 )
 from .states import TRANSITIONS, Status
+from .workflow import (
+    approve_task,
+    archive_task,
+    board_stats,
+    link_tasks,
+    reopen_task,
+    request_changes,
+    specify_task,
+    submit_for_review,
+    unlink_tasks,
+    update_task,
+)
 
 __version__ = "0.1.0"
 
@@ -70,7 +82,10 @@ __all__ = [
     "TaskNotFound",
     "TaskRun",
     "__version__",
+    "approve_task",
+    "archive_task",
     "block_task",
+    "board_stats",
     "cached_engine",
     "check",
     "claim_many",
@@ -91,12 +106,19 @@ __all__ = [
     "heartbeat",
     "init_db",
     "latest_run",
+    "link_tasks",
     "list_events",
     "list_runs",
     "list_tasks",
     "release_stale_claims",
     "release_task",
+    "reopen_task",
+    "request_changes",
     "session_factory",
+    "specify_task",
+    "submit_for_review",
     "unblock_task",
+    "unlink_tasks",
+    "update_task",
     "upgrade",
 ]

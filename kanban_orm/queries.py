@@ -29,7 +29,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.sql import ColumnElement, Select
+from sqlalchemy.sql import ColumnElement, Executable, Select
 from sqlalchemy.sql.dml import ReturningUpdate
 
 from .clock import new_claim_token, utcnow
@@ -58,6 +58,15 @@ _WIRED_MOVES = [
     (Status.TODO, Status.READY),  # promote a child
     (Status.BLOCKED, Status.READY),  # unblock
     (Status.BLOCKED, Status.TODO),  # unblock while a parent is unfinished
+    (Status.READY, Status.TODO),  # a new unfinished parent, or a reopened one
+    (Status.DONE, Status.READY),  # reopen
+    (Status.DONE, Status.TODO),  # reopen while a parent is unfinished
+    (Status.TRIAGE, Status.READY),  # specify
+    (Status.TRIAGE, Status.TODO),  # specify while a parent is unfinished
+    (Status.RUNNING, Status.REVIEW),  # hand in for review
+    (Status.REVIEW, Status.DONE),  # approve
+    (Status.REVIEW, Status.READY),  # request changes
+    (Status.REVIEW, Status.TODO),  # request changes while a parent is unfinished
 ]
 _illegal = [move for move in _WIRED_MOVES if not can_move(*move)]
 if _illegal:  # pragma: no cover - a developer error caught on import
@@ -317,6 +326,142 @@ TASK_STATE = select(
 ).where(tasks.c.id == bindparam("task_id"))
 TASK_EXISTS = select(tasks.c.id).where(tasks.c.id == bindparam("task_id"))
 
-DELETE_LINK = delete(links).where(
+DELETE_LINK = (
+    delete(links)
+    .where(links.c.parent_id == bindparam("parent_id"), links.c.child_id == bindparam("child_id"))
+    .returning(links.c.parent_id)
+)
+
+# -- board workflow: links, triage, review, archive, edits -------------------------------
+
+_READY_OR_WAITING = case((parents_finished(tasks), Status.READY.value), else_=Status.TODO.value)
+_children_of_task = select(links.c.child_id).where(links.c.parent_id == bindparam("task_id"))
+
+LINK_EXISTS = select(links.c.parent_id).where(
     links.c.parent_id == bindparam("parent_id"), links.c.child_id == bindparam("child_id")
 )
+#: Every task reachable from :child_id by following links downwards; a new link
+#: parent -> child closes a cycle exactly when parent is among them.
+_descendants = (
+    select(links.c.child_id.label("id"))
+    .where(links.c.parent_id == bindparam("child_id"))
+    .cte("descendants", recursive=True)
+)
+_descendants = _descendants.union(
+    select(links.c.child_id).where(links.c.parent_id == _descendants.c.id)
+)
+WOULD_CYCLE = select(_descendants.c.id).where(_descendants.c.id == bindparam("parent_id")).limit(1)
+
+#: A child that is ready but now has an unfinished parent waits again.
+WAIT_FOR_PARENTS = (
+    update(tasks)
+    .where(
+        tasks.c.id == bindparam("task_id"),
+        tasks.c.status == Status.READY.value,
+        ~parents_finished(tasks),
+    )
+    .values(status=Status.TODO.value, **_BUMP)
+    .returning(tasks.c.id)
+)
+PROMOTE_ONE = (
+    update(tasks)
+    .where(
+        tasks.c.id == bindparam("task_id"),
+        tasks.c.status == Status.TODO.value,
+        parents_finished(tasks),
+    )
+    .values(status=Status.READY.value, **_BUMP)
+    .returning(tasks.c.id)
+)
+#: Reopening a parent sends its children that have not started back to waiting.
+DEMOTE_CHILDREN = (
+    update(tasks)
+    .where(tasks.c.status == Status.READY.value, tasks.c.id.in_(_children_of_task))
+    .values(status=Status.TODO.value, **_BUMP)
+    .returning(tasks.c.id)
+)
+
+REOPEN = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("task_id"), tasks.c.status == Status.DONE.value)
+    .values(status=_READY_OR_WAITING, result=None, completed_at=None, **_BUMP)
+    .returning(tasks.c.status)
+)
+SPECIFY = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("task_id"), tasks.c.status == Status.TRIAGE.value)
+    .values(status=_READY_OR_WAITING, **_BUMP)
+    .returning(tasks.c.status)
+)
+SUBMIT_FOR_REVIEW = (
+    update(tasks)
+    .where(_HELD)
+    .values(status=Status.REVIEW.value, result=bindparam("task_result"), **_RELEASE_CLAIM, **_BUMP)
+    .returning(tasks.c.id)
+)
+APPROVE = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("task_id"), tasks.c.status == Status.REVIEW.value)
+    .values(status=Status.DONE.value, block_reason=None, completed_at=utcnow(), **_BUMP)
+    .returning(tasks.c.id)
+)
+REQUEST_CHANGES = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("task_id"), tasks.c.status == Status.REVIEW.value)
+    .values(status=_READY_OR_WAITING, **_BUMP)
+    .returning(tasks.c.status)
+)
+
+_archivable = [s for s in _values(sources_of(Status.ARCHIVED)) if s != Status.RUNNING.value]
+ARCHIVE_IDLE = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("task_id"), tasks.c.status.in_(_archivable))
+    .values(status=Status.ARCHIVED.value, **_RELEASE_CLAIM, **_BUMP)
+    .returning(tasks.c.id)
+)
+ARCHIVE_ANY = (
+    update(tasks)
+    .where(
+        tasks.c.id == bindparam("task_id"),
+        tasks.c.status.in_(_values(sources_of(Status.ARCHIVED))),
+    )
+    .values(status=Status.ARCHIVED.value, **_RELEASE_CLAIM, **_BUMP)
+    .returning(tasks.c.id)
+)
+
+#: Fields a caller may edit on a task with update_task.
+EDITABLE = ("title", "body", "assignee", "priority", "max_attempts", "run_at")
+
+
+@cache
+def edit_statement(fields: tuple[str, ...]) -> ReturningUpdate[Any]:
+    """Set ``fields`` (a sorted subset of :data:`EDITABLE`) on a task that still exists."""
+    return (
+        update(tasks)
+        .where(tasks.c.id == bindparam("task_id"))
+        .values({**{field: bindparam(f"new_{field}") for field in fields}, **_BUMP})
+        .returning(tasks.c.id)
+    )
+
+
+@cache
+def stats_statements(by_tenant: bool) -> tuple[Executable, Executable, Executable]:
+    """Counts by status, open tasks by assignee, and the oldest ready task's creation."""
+    scope = [tasks.c.tenant == bindparam("only_tenant")] if by_tenant else []
+    by_status = select(tasks.c.status, func.count()).where(*scope).group_by(tasks.c.status)
+    by_assignee = (
+        select(tasks.c.assignee, func.count())
+        .where(*scope, tasks.c.status.not_in(_FINISHED))
+        .group_by(tasks.c.assignee)
+    )
+    oldest_ready = select(func.min(tasks.c.created_at), utcnow()).where(
+        *scope, tasks.c.status == Status.READY.value
+    )
+    return by_status, by_assignee, oldest_ready
+
+
+#: PostgreSQL only: link writers take this transaction lock, so two links that together
+#: would close a cycle cannot both pass the cycle check. (SQLite's BEGIN IMMEDIATE
+#: already runs one writer at a time.)
+LOCK_LINK_GRAPH = select(func.pg_advisory_xact_lock(bindparam("key", type_=Integer)))
+LINK_GRAPH_LOCK_KEY = 0x6B62_6C6E  # "kbln"

@@ -324,8 +324,7 @@ def complete_task(
             s, task_id, "completed", summary=run_summary, metadata=run_metadata
         )
         steps.record(s, task_id, "completed", run_id, {"forced": token is None})
-        children = s.execute(q.PROMOTE_CHILDREN, {"task_id": task_id}).scalars().all()
-        steps.record_many(s, "promoted", [(c, None, {"parent_id": task_id}) for c in children])
+        steps.promote_children(s, task_id)
         return steps.load_task(s, task_id)
 
     return run_write(session, work)

@@ -31,9 +31,11 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     S.READY: frozenset({S.RUNNING, S.TODO, S.BLOCKED, S.DONE, S.ARCHIVED}),
     # running -> ready: failed with retries left, released, or its lease reclaimed
     S.RUNNING: frozenset({S.DONE, S.READY, S.BLOCKED, S.REVIEW, S.ARCHIVED}),
-    S.REVIEW: frozenset({S.DONE, S.READY, S.BLOCKED, S.ARCHIVED}),
+    # review -> ready (or todo while a parent is unfinished): changes requested
+    S.REVIEW: frozenset({S.DONE, S.READY, S.TODO, S.BLOCKED, S.ARCHIVED}),
     S.BLOCKED: frozenset({S.READY, S.TODO, S.DONE, S.ARCHIVED}),
-    S.DONE: frozenset({S.READY, S.ARCHIVED}),
+    # done -> ready / todo: reopened
+    S.DONE: frozenset({S.READY, S.TODO, S.ARCHIVED}),
     S.ARCHIVED: frozenset(),
 }
 

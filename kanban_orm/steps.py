@@ -108,3 +108,17 @@ def load_tasks(s: Session, task_ids: list[int]) -> list[Task]:
 def require_task(session: Session, task_id: int) -> None:
     if session.execute(q.TASK_EXISTS, {"task_id": task_id}).first() is None:
         raise TaskNotFound(task_id)
+
+
+def require_tasks(session: Session, task_ids: Sequence[int]) -> None:
+    """Raise :class:`TaskNotFound` for the first of ``task_ids`` that does not exist."""
+    found = set(session.scalars(q.EXISTING_IDS, {"ids": list(task_ids)}))
+    for task_id in task_ids:
+        if task_id not in found:
+            raise TaskNotFound(task_id)
+
+
+def promote_children(s: Session, task_id: int) -> None:
+    """Children of a now-finished task whose parents are all finished become ready."""
+    promoted = s.execute(q.PROMOTE_CHILDREN, {"task_id": task_id}).scalars().all()
+    record_many(s, "promoted", [(c, None, {"parent_id": task_id}) for c in promoted])

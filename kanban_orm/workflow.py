@@ -1,0 +1,279 @@
+"""Board workflow transitions: dependencies, triage, review, reopen, archive, edits.
+
+Same rules as :mod:`kanban_orm.service`: each function is one transaction through the
+retry layer, the guarded UPDATE comes first so a rejected call writes nothing, and every
+transition writes its event in the same transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from . import queries as q
+from . import steps
+from . import validation as check
+from .db import run_write
+from .errors import InvalidInput
+from .models import Task
+from .states import Status
+
+# -- dependencies -----------------------------------------------------------------------
+
+
+def link_tasks(session: Session, parent_id: int, child_id: int) -> Task:
+    """Make ``child_id`` wait for ``parent_id``; return the child.
+
+    A ready child whose new parent is unfinished goes back to ``todo``. Linking twice is
+    a no-op. Raises :class:`InvalidInput` when the link would close a cycle (including
+    a task with itself) and :class:`TaskNotFound`; nothing is written then.
+    """
+    parent_id = check.task_id(parent_id, "parent_id")
+    child_id = check.task_id(child_id, "child_id")
+    if parent_id == child_id:
+        raise InvalidInput(f"task {child_id} cannot depend on itself")
+    ids = {"parent_id": parent_id, "child_id": child_id}
+
+    def work(s: Session) -> Task:
+        steps.require_tasks(s, [parent_id, child_id])
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(q.LOCK_LINK_GRAPH, {"key": q.LINK_GRAPH_LOCK_KEY})
+        if s.execute(q.LINK_EXISTS, ids).first() is not None:
+            return steps.load_task(s, child_id)
+        if s.execute(q.WOULD_CYCLE, ids).first() is not None:
+            raise InvalidInput(
+                f"linking {parent_id} -> {child_id} would make a cycle: "
+                f"{parent_id} already depends on {child_id}"
+            )
+        s.execute(q.INSERT_LINK, ids)
+        s.execute(q.WAIT_FOR_PARENTS, {"task_id": child_id})
+        steps.record(s, child_id, "linked", payload={"parent_id": parent_id})
+        return steps.load_task(s, child_id)
+
+    return run_write(session, work)
+
+
+def unlink_tasks(session: Session, parent_id: int, child_id: int) -> Task:
+    """Remove the dependency; a waiting child whose parents are now all finished is ready.
+
+    Raises :class:`InvalidInput` when there is no such link, :class:`TaskNotFound`.
+    """
+    parent_id = check.task_id(parent_id, "parent_id")
+    child_id = check.task_id(child_id, "child_id")
+    ids = {"parent_id": parent_id, "child_id": child_id}
+
+    def work(s: Session) -> Task:
+        if s.execute(q.DELETE_LINK, ids).first() is None:
+            steps.require_tasks(s, [parent_id, child_id])
+            raise InvalidInput(f"task {child_id} does not depend on task {parent_id}")
+        s.execute(q.PROMOTE_ONE, {"task_id": child_id})
+        steps.record(s, child_id, "unlinked", payload={"parent_id": parent_id})
+        return steps.load_task(s, child_id)
+
+    return run_write(session, work)
+
+
+# -- triage, review, reopen, archive ----------------------------------------------------
+
+
+def specify_task(session: Session, task_id: int) -> Task:
+    """Move a task out of ``triage``: to ``ready``, or ``todo`` while a parent is unfinished.
+
+    Raises :class:`InvalidTransition` unless the task is in triage, :class:`TaskNotFound`.
+    """
+    task_id = check.task_id(task_id)
+
+    def work(s: Session) -> Task:
+        status = s.execute(q.SPECIFY, {"task_id": task_id}).scalar()
+        if status is None:
+            steps.explain(s, task_id, Status.READY, None)
+        steps.record(s, task_id, "specified", payload={"status": status})
+        return steps.load_task(s, task_id)
+
+    return run_write(session, work)
+
+
+def submit_for_review(
+    session: Session,
+    task_id: int,
+    *,
+    claim_lock: str,
+    result: str | None = None,
+    summary: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Task:
+    """The claim holder hands the task in for review; the run is closed as ``submitted``.
+
+    Raises :class:`ClaimLost`, :class:`TaskNotFound`, :class:`InvalidInput`.
+    """
+    task_id = check.task_id(task_id)
+    token = steps.token(claim_lock)
+    params = {"task_id": task_id, "token": token, "task_result": check.text(result, "result")}
+    run_summary = check.text(summary, "summary")
+    run_metadata = check.json_object(metadata, "metadata")
+
+    def work(s: Session) -> Task:
+        if s.execute(q.SUBMIT_FOR_REVIEW, params).first() is None:
+            steps.explain(s, task_id, Status.REVIEW, token)
+        run_id = steps.close_run(
+            s, task_id, "submitted", summary=run_summary, metadata=run_metadata
+        )
+        steps.record(s, task_id, "submitted", run_id)
+        return steps.load_task(s, task_id)
+
+    return run_write(session, work)
+
+
+def approve_task(session: Session, task_id: int, *, reviewer: str | None = None) -> Task:
+    """Accept a task in review: it is ``done`` and its waiting children are promoted.
+
+    Raises :class:`InvalidTransition` unless the task is in review, :class:`TaskNotFound`.
+    """
+    task_id = check.task_id(task_id)
+    who = check.name(reviewer, "reviewer")
+
+    def work(s: Session) -> Task:
+        if s.execute(q.APPROVE, {"task_id": task_id}).first() is None:
+            steps.explain(s, task_id, Status.DONE, None)
+        steps.record(s, task_id, "approved", payload={"reviewer": who})
+        steps.promote_children(s, task_id)
+        return steps.load_task(s, task_id)
+
+    return run_write(session, work)
+
+
+def request_changes(
+    session: Session, task_id: int, *, reason: str, reviewer: str | None = None
+) -> Task:
+    """Send a task in review back to ``ready``; the reason is kept in its event.
+
+    Raises :class:`InvalidTransition` unless the task is in review, :class:`TaskNotFound`.
+    """
+    task_id = check.task_id(task_id)
+    why = check.required_text(reason, "reason")
+    who = check.name(reviewer, "reviewer")
+
+    def work(s: Session) -> Task:
+        status = s.execute(q.REQUEST_CHANGES, {"task_id": task_id}).scalar()
+        if status is None:
+            steps.explain(s, task_id, Status.READY, None)
+        steps.record(s, task_id, "changes_requested", payload={"reason": why, "reviewer": who})
+        return steps.load_task(s, task_id)
+
+    return run_write(session, work)
+
+
+def reopen_task(session: Session, task_id: int, *, reason: str | None = None) -> Task:
+    """Send a done task back to ``ready``; its children that had not started wait again.
+
+    Raises :class:`InvalidTransition` unless the task is done, :class:`TaskNotFound`.
+    """
+    task_id = check.task_id(task_id)
+    why = check.text(reason, "reason")
+
+    def work(s: Session) -> Task:
+        status = s.execute(q.REOPEN, {"task_id": task_id}).scalar()
+        if status is None:
+            steps.explain(s, task_id, Status.READY, None)
+        steps.record(s, task_id, "reopened", payload={"reason": why, "status": status})
+        demoted = s.execute(q.DEMOTE_CHILDREN, {"task_id": task_id}).scalars().all()
+        steps.record_many(s, "waiting", [(c, None, {"parent_id": task_id}) for c in demoted])
+        return steps.load_task(s, task_id)
+
+    return run_write(session, work)
+
+
+def archive_task(session: Session, task_id: int, *, force: bool = False) -> Task:
+    """Archive a task: hidden from default lists, and finished as far as children go.
+
+    A running task is refused (:class:`InvalidTransition`) unless ``force=True``, which
+    closes its run as ``archived`` and voids the holder's claim (its later calls get
+    :class:`ClaimLost`). Raises :class:`InvalidTransition` for a task already archived,
+    :class:`TaskNotFound`.
+    """
+    task_id = check.task_id(task_id)
+    statement = q.ARCHIVE_ANY if force else q.ARCHIVE_IDLE
+
+    def work(s: Session) -> Task:
+        if s.execute(statement, {"task_id": task_id}).first() is None:
+            steps.explain(s, task_id, Status.ARCHIVED, None)
+        run_id = steps.close_run(s, task_id, "archived")
+        steps.record(s, task_id, "archived", run_id, {"forced": force})
+        steps.promote_children(s, task_id)
+        return steps.load_task(s, task_id)
+
+    return run_write(session, work)
+
+
+# -- edits ------------------------------------------------------------------------------
+
+_UNSET: Any = object()
+
+
+def update_task(
+    session: Session,
+    task_id: int,
+    *,
+    title: str = _UNSET,
+    body: str | None = _UNSET,
+    assignee: str | None = _UNSET,
+    priority: int = _UNSET,
+    max_attempts: int | None = _UNSET,
+    run_at: datetime | None = _UNSET,
+) -> Task:
+    """Edit the fields given (assign, reprioritise, retitle, reschedule) in any state.
+
+    One ``edited`` event records the new values. Raises :class:`InvalidInput`,
+    :class:`TaskNotFound`; with no field given, :class:`InvalidInput`.
+    """
+    task_id = check.task_id(task_id)
+    given = {
+        "title": (title, check.title),
+        "body": (body, lambda v: check.text(v, "body")),
+        "assignee": (assignee, lambda v: check.name(v, "assignee")),
+        "priority": (priority, lambda v: check.integer(v, "priority")),
+        "max_attempts": (
+            max_attempts,
+            lambda v: check.optional_integer(v, "max_attempts", minimum=1),
+        ),
+        "run_at": (run_at, lambda v: check.timestamp(v, "run_at")),
+    }
+    changes = {
+        name: validate(value) for name, (value, validate) in given.items() if value is not _UNSET
+    }
+    if not changes:
+        raise InvalidInput("update_task needs at least one field to change")
+    statement = q.edit_statement(tuple(sorted(changes)))
+    params = {"task_id": task_id, **{f"new_{k}": v for k, v in changes.items()}}
+    payload = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in changes.items()}
+
+    def work(s: Session) -> Task:
+        if s.execute(statement, params).first() is None:
+            steps.require_task(s, task_id)
+        steps.record(s, task_id, "edited", payload=payload)
+        return steps.load_task(s, task_id)
+
+    return run_write(session, work)
+
+
+# -- board overview ---------------------------------------------------------------------
+
+
+def board_stats(session: Session, tenant: str | None = None) -> dict[str, Any]:
+    """Counts by status, open (unfinished) tasks by assignee, and the oldest ready task's age.
+
+    ``{"by_status": {"ready": 3, ...}, "by_assignee": {"agents": 2, None: 1},
+    "oldest_ready_age_seconds": 12.5 | None}``, every status present (0 when empty). Ages
+    are measured with the database's clock.
+    """
+    scoped = tenant is not None
+    params = {"only_tenant": check.name(tenant, "tenant")} if scoped else {}
+    by_status_q, by_assignee_q, oldest_q = q.stats_statements(scoped)
+    by_status = dict.fromkeys((s.value for s in Status), 0)
+    by_status.update({status: n for status, n in session.execute(by_status_q, params).all()})
+    by_assignee = {who: n for who, n in session.execute(by_assignee_q, params).all()}
+    oldest, now = session.execute(oldest_q, params).one()
+    age = None if oldest is None else max(0.0, (now - oldest).total_seconds())
+    return {"by_status": by_status, "by_assignee": by_assignee, "oldest_ready_age_seconds": age}
