@@ -40,3 +40,20 @@ def drain_with_claim_many(url: str, name: str, batch: int, barrier: Barrier, out
     finally:
         session.close()
     Path(out).write_text(json.dumps(completed))
+
+
+def churn(url: str, name: str) -> None:
+    """Claim, then complete, fail or release, as fast as possible, until killed."""
+    session = kb.connect(url)
+    step = 0
+    while True:
+        task = kb.claim_next(session, claimer=name)
+        if task is None or task.claim_lock is None:
+            continue
+        step += 1
+        if step % 3 == 0:
+            kb.release_task(session, task.id, claim_lock=task.claim_lock, reason="churn")
+        elif step % 3 == 1:
+            kb.complete_task(session, task.id, claim_lock=task.claim_lock, result="ok")
+        else:
+            kb.fail_task(session, task.id, claim_lock=task.claim_lock, error="churn", retry=False)
