@@ -29,7 +29,16 @@ from .errors import (
     KanbanError,
     TaskNotFound,
 )
-from .migrate import SchemaOutOfDate, check, current, downgrade, head, init_db, upgrade
+from .migrate import (
+    MigrationError,
+    SchemaOutOfDate,
+    check,
+    current,
+    downgrade,
+    head,
+    init_db,
+    upgrade,
+)
 from .models import Base, Task, TaskEvent, TaskLink, TaskRun
 from .service import (
     block_task,
@@ -73,6 +82,7 @@ __all__ = [
     "InvalidInput",
     "InvalidTransition",
     "KanbanError",
+    "MigrationError",
     "RetryPolicy",
     "SchemaOutOfDate",
     "Status",

@@ -36,7 +36,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransactionOrigin, sessionmaker
 
-from .errors import DatabaseBusy, KanbanError
+from .errors import DatabaseBusy, InvalidInput, KanbanError
 
 T = TypeVar("T")
 
@@ -98,7 +98,10 @@ def create_engine(
     psycopg 3. ``synchronous``, ``busy_timeout_ms`` and ``retry`` are as for
     :func:`configure_engine`; other keyword arguments go to :func:`sqlalchemy.create_engine`.
     """
-    parsed = sa.make_url(url or default_url())
+    try:
+        parsed = sa.make_url(url or default_url())
+    except exc.ArgumentError:
+        raise InvalidInput(f"not a database URL: {url!r}") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
@@ -311,6 +314,32 @@ def run_write(
     if policy is None:
         policy = retry_policy(session)
     return with_retry(lambda: _attempt_write(session, work), policy=policy)
+
+
+def run_read(session: Session, work: Callable[[Session], T]) -> T:
+    """Run ``work(session)`` on a fresh snapshot and end the transaction it began.
+
+    Inside a transaction the caller opened with ``session.begin()`` the read simply joins
+    it. Otherwise an auto-begun transaction is committed first and the read's own one
+    after it: on SQLite a deferred transaction keeps the snapshot of its first read, so a
+    session left inside one would never see another worker's commit (and would hold back
+    WAL checkpoints). Reads are retried like writes when the connection drops.
+    """
+    if joins_caller_transaction(session):
+        return work(session)
+    if session.in_transaction():
+        session.commit()
+    return with_retry(lambda: _attempt_read(session, work), policy=retry_policy(session))
+
+
+def _attempt_read(session: Session, work: Callable[[Session], T]) -> T:
+    try:
+        result = work(session)
+    except BaseException:
+        session.rollback()
+        raise
+    session.commit()
+    return result
 
 
 def retry_policy(session: Session) -> RetryPolicy:

@@ -29,13 +29,24 @@ class TaskNotFound(KanbanError):
 class InvalidTransition(KanbanError):
     """The task cannot move from its current state to the requested one."""
 
-    def __init__(self, task_id: int, from_status: str, to_status: str) -> None:
+    def __init__(
+        self,
+        task_id: int,
+        from_status: str,
+        to_status: str,
+        *,
+        needs: tuple[str, ...] = (),
+    ) -> None:
         self.task_id = task_id
         self.from_status = str(from_status)
         self.to_status = str(to_status)
-        super().__init__(
-            f"task {task_id} cannot move from {self.from_status!r} to {self.to_status!r}"
-        )
+        #: the states the call moves a task from, when that is the narrower reason
+        self.needs = tuple(str(s) for s in needs)
+        message = f"task {task_id} cannot move from {self.from_status!r} to {self.to_status!r}"
+        if self.needs:
+            wanted = " or ".join(repr(s) for s in self.needs)
+            message = f"task {task_id} is {self.from_status!r}; this moves only a {wanted} task"
+        super().__init__(message)
 
 
 class ClaimLost(KanbanError):

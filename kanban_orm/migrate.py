@@ -22,6 +22,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
@@ -41,6 +42,10 @@ Bind = Engine | Connection | str | None
 
 class SchemaOutOfDate(KanbanError):
     """The database schema is not at the library's head revision."""
+
+
+class MigrationError(KanbanError):
+    """Alembic refused the migration (an unknown revision, for instance)."""
 
 
 def script_location() -> str:
@@ -121,16 +126,23 @@ def schema_differences(context: MigrationContext) -> list[Any]:
     """Alembic's autogenerate diff of the database against the models (kanban tables)."""
     differences: list[Any] = compare_metadata(context, Base.metadata)
     if context.dialect.name == "sqlite":
-        differences = [d for d in differences if not _is_sort_order_artifact(d)]
+        artifacts = _sort_order_artifacts(differences)
+        differences = [d for d in differences if id(d) not in artifacts]
     return differences
 
 
-def _is_sort_order_artifact(difference: Any) -> bool:
-    return (
-        isinstance(difference, tuple)
-        and difference[0] in ("add_index", "remove_index")
-        and difference[1].name in _SORT_ORDER_INDEXES
-    )
+def _sort_order_artifacts(differences: list[Any]) -> set[int]:
+    """The remove_index + add_index pairs SQLite reports for an index that is there.
+
+    Only a pair is an artifact: an index that is really missing shows up as an
+    add_index alone, and is still reported.
+    """
+    by_name: dict[str, dict[str, Any]] = {}
+    for d in differences:
+        is_index_change = isinstance(d, tuple) and d[0] in ("add_index", "remove_index")
+        if is_index_change and d[1].name in _SORT_ORDER_INDEXES:
+            by_name.setdefault(d[1].name, {})[d[0]] = d
+    return {id(d) for pair in by_name.values() if len(pair) == 2 for d in pair.values()}
 
 
 def init_db(url: str | None = None) -> Engine:
@@ -155,14 +167,25 @@ def _connect(bind: Bind) -> Iterator[Connection]:
 
 def _locked(bind: Bind, migrate: Callable[[Connection], T]) -> T:
     if isinstance(bind, Connection):  # the caller owns the transaction and its locking
-        return migrate(bind)
+        try:
+            return migrate(bind)
+        except CommandError as error:
+            raise MigrationError(str(error)) from error
 
     def attempt() -> T:
         with _connect(bind) as conn:
+            if conn.dialect.name == "postgresql":
+                # The lock must come before the snapshot: at REPEATABLE READ or above a
+                # waiter would otherwise see the schema as it was before the upgrader it
+                # waited for committed, and try to create the tables again.
+                conn.execution_options(isolation_level="READ COMMITTED")
             conn.execution_options(**{WRITE_OPTION: True})
             with conn.begin():
                 if conn.dialect.name == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
                 return migrate(conn)
 
-    return with_retry(attempt)
+    try:
+        return with_retry(attempt)
+    except CommandError as error:
+        raise MigrationError(str(error)) from error

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from . import config, steps
 from . import queries as q
 from . import validation as check
-from .db import run_write
+from .db import run_read, run_write
 from .errors import ClaimLost, InvalidInput, TaskNotFound
 from .models import Task, TaskEvent, TaskRun
 from .states import Status
@@ -455,7 +455,7 @@ def unblock_task(session: Session, task_id: int) -> Task:
     def work(s: Session) -> Task:
         status = s.execute(q.UNBLOCK, {"task_id": task_id}).scalar()
         if status is None:
-            steps.explain(s, task_id, Status.READY, None)
+            steps.explain(s, task_id, Status.READY, None, needs=(Status.BLOCKED,))
         steps.record(s, task_id, "unblocked", None, {"status": status})
         return steps.load_task(s, task_id)
 
@@ -466,37 +466,63 @@ def unblock_task(session: Session, task_id: int) -> Task:
 
 
 # -- reads ------------------------------------------------------------------------------
-# Reads take no write lock; they run in the session's ordinary (deferred) transaction.
+# Reads take no write lock, see a fresh snapshot and leave no transaction open
+# (kanban_orm.db.run_read). They refresh objects the session already holds
+# (populate_existing), since transitions change rows behind the ORM's back.
+
+_FRESH = {"populate_existing": True}
 
 
 def get_task(session: Session, task_id: int) -> Task:
     """The task with this id. Raises :class:`TaskNotFound`."""
-    task = session.get(Task, check.task_id(task_id), populate_existing=True)
-    if task is None:
-        raise TaskNotFound(task_id)
-    return task
+    task_id = check.task_id(task_id)
+
+    def read(s: Session) -> Task:
+        task = s.get(Task, task_id, populate_existing=True)
+        if task is None:
+            raise TaskNotFound(task_id)
+        return task
+
+    return run_read(session, read)
 
 
 def latest_run(session: Session, task_id: int) -> TaskRun | None:
     """The task's most recent run, or None if it was never claimed. Raises :class:`TaskNotFound`."""
     task_id = check.task_id(task_id)
-    run = session.scalars(
-        select(TaskRun).where(TaskRun.task_id == task_id).order_by(TaskRun.id.desc()).limit(1)
-    ).first()
-    if run is None:
-        steps.require_task(session, task_id)
-    return run
+    statement = (
+        select(TaskRun)
+        .where(TaskRun.task_id == task_id)
+        .order_by(TaskRun.id.desc())
+        .limit(1)
+        .execution_options(**_FRESH)
+    )
+
+    def read(s: Session) -> TaskRun | None:
+        run = s.scalars(statement).first()
+        if run is None:
+            steps.require_task(s, task_id)
+        return run
+
+    return run_read(session, read)
 
 
 def list_runs(session: Session, task_id: int) -> list[TaskRun]:
     """Every run of the task, oldest first. Raises :class:`TaskNotFound`."""
     task_id = check.task_id(task_id)
-    runs = list(
-        session.scalars(select(TaskRun).where(TaskRun.task_id == task_id).order_by(TaskRun.id))
+    statement = (
+        select(TaskRun)
+        .where(TaskRun.task_id == task_id)
+        .order_by(TaskRun.id)
+        .execution_options(**_FRESH)
     )
-    if not runs:
-        steps.require_task(session, task_id)
-    return runs
+
+    def read(s: Session) -> list[TaskRun]:
+        runs = list(s.scalars(statement))
+        if not runs:
+            steps.require_task(s, task_id)
+        return runs
+
+    return run_read(session, read)
 
 
 def list_tasks(
@@ -508,7 +534,7 @@ def list_tasks(
     limit: int | None = None,
 ) -> list[Task]:
     """Tasks in id order, filtered; archived tasks are left out unless ``status='archived'``."""
-    statement = select(Task).order_by(Task.id)
+    statement = select(Task).order_by(Task.id).execution_options(**_FRESH)
     if status is None:
         statement = statement.where(Task.status != Status.ARCHIVED.value)
     else:
@@ -520,22 +546,25 @@ def list_tasks(
     count = check.limit(limit)
     if count is not None:
         statement = statement.limit(count)
-    return list(session.scalars(statement))
+    return run_read(session, lambda s: list(s.scalars(statement)))
 
 
 def list_events(
     session: Session, *, task_id: int | None = None, after_id: int = 0, limit: int | None = None
 ) -> list[TaskEvent]:
     """Events with ``id > after_id`` in id order, optionally for one task."""
-    statement = select(TaskEvent).where(
-        TaskEvent.id > check.integer(after_id, "after_id", minimum=0)
+    statement = (
+        select(TaskEvent)
+        .where(TaskEvent.id > check.after_id(after_id))
+        .order_by(TaskEvent.id)
+        .execution_options(**_FRESH)
     )
     if task_id is not None:
         statement = statement.where(TaskEvent.task_id == check.task_id(task_id))
     count = check.limit(limit)
     if count is not None:
         statement = statement.limit(count)
-    return list(session.scalars(statement.order_by(TaskEvent.id)))
+    return run_read(session, lambda s: list(s.scalars(statement)))
 
 
 __all__ = [

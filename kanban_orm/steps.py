@@ -78,8 +78,15 @@ def explain(
     task_id: int,
     target: Status | None,
     token: str | None,
+    *,
+    needs: tuple[Status, ...] = (),
 ) -> NoReturn:
-    """Raise the error that says why a guarded UPDATE matched no row."""
+    """Raise the error that says why a guarded UPDATE matched no row.
+
+    ``needs`` names the states the guard accepts when they are narrower than "any state
+    the table lets move to ``target``" (unblock needs ``blocked``, not just any state
+    that may become ready).
+    """
     state = s.execute(q.TASK_STATE, {"task_id": task_id}).first()
     if state is None:
         raise TaskNotFound(task_id)
@@ -88,7 +95,7 @@ def explain(
     if token is None and state.status == Status.RUNNING and target is Status.BLOCKED:
         raise ClaimLost(task_id, f"task {task_id} is running: only its claim holder may do that")
     # Otherwise the task is not in a state this call may move it from.
-    raise InvalidTransition(task_id, state.status, target or state.status)
+    raise InvalidTransition(task_id, state.status, target or state.status, needs=needs)
 
 
 def load_task(s: Session, task_id: int) -> Task:

@@ -30,7 +30,16 @@ def text(
         raise InvalidInput(f"{field} is {len(value)} characters; the maximum is {max_length}")
     if "\x00" in value:
         raise InvalidInput(f"{field} must not contain NUL characters")
+    _require_utf8(value, field)
     return value
+
+
+def _require_utf8(value: str, field: str) -> None:
+    # A lone surrogate is a valid Python str that no UTF-8 database can store.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{field} is not valid Unicode (it holds a lone surrogate)") from None
 
 
 def required_text(value: object, field: str, *, max_length: int | None = None) -> str:
@@ -47,11 +56,19 @@ def name(value: object, field: str, *, required: bool = False) -> str | None:
     return text(value, field, required=required, max_length=NAME_MAX_LENGTH)
 
 
-def integer(value: object, field: str, *, minimum: int | None = None) -> int:
+INT32_MAX = 2**31 - 1  # priority, attempts, limits: INTEGER columns
+INT64_MAX = 2**63 - 1  # ids: BIGINT on PostgreSQL, SQLite's 64-bit integers
+
+
+def integer(
+    value: object, field: str, *, minimum: int | None = None, maximum: int = INT32_MAX
+) -> int:
+    """An int (not a bool) within ``minimum``..``maximum`` and the column's range."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"{field} must be an integer, not {type(value).__name__}")
-    if minimum is not None and value < minimum:
-        raise InvalidInput(f"{field} must be at least {minimum}, not {value}")
+    low = -maximum - 1 if minimum is None else minimum
+    if not low <= value <= maximum:
+        raise InvalidInput(f"{field} must be between {low} and {maximum}, not {value}")
     return value
 
 
@@ -60,7 +77,7 @@ def optional_integer(value: object, field: str, *, minimum: int | None = None) -
 
 
 def task_id(value: object, field: str = "task_id") -> int:
-    return integer(value, field, minimum=1)
+    return integer(value, field, minimum=1, maximum=INT64_MAX)
 
 
 def task_ids(values: Iterable[object], field: str) -> list[int]:
@@ -69,14 +86,21 @@ def task_ids(values: Iterable[object], field: str) -> list[int]:
     return list(dict.fromkeys(task_id(v, field) for v in values))
 
 
+#: A lease longer than a year is a mistake, and far enough out the databases' date
+#: arithmetic overflows (SQLite silently, into a NULL that would never expire).
+MAX_TTL_SECONDS = 365 * 24 * 3600
+
+
 def ttl(value: object) -> float:
     """Seconds a claim lasts without a heartbeat; defaults to the configured TTL."""
     if value is None:
         return claim_ttl_seconds()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInput(f"ttl_seconds must be a number, not {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidInput(f"ttl_seconds must be a positive number of seconds, not {value}")
+    if not math.isfinite(value) or not 0 < value <= MAX_TTL_SECONDS:
+        raise InvalidInput(
+            f"ttl_seconds must be more than 0 and at most {MAX_TTL_SECONDS} (a year), not {value}"
+        )
     return float(value)
 
 
@@ -87,11 +111,12 @@ def json_object(value: object, field: str) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise InvalidInput(f"{field} must be a JSON object (a dict), not {type(value).__name__}")
     try:
-        encoded = json.dumps(value, allow_nan=False)
+        encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as error:
         raise InvalidInput(f"{field} is not JSON-serialisable: {error}") from None
-    if "\\u0000" in encoded:
+    if "\x00" in encoded or "\\u0000" in encoded:
         raise InvalidInput(f"{field} must not contain NUL characters")
+    _require_utf8(encoded, field)
     return value
 
 
@@ -112,6 +137,10 @@ def status(value: object, field: str = "status") -> Status:
     except ValueError:
         allowed = ", ".join(s.value for s in Status)
         raise InvalidInput(f"{field} must be one of {allowed}, not {value!r}") from None
+
+
+def after_id(value: object) -> int:
+    return integer(value, "after_id", minimum=0, maximum=INT64_MAX)
 
 
 def limit(value: object) -> int | None:

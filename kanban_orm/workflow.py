@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from . import queries as q
 from . import steps
 from . import validation as check
-from .db import run_write
+from .db import run_read, run_write
 from .errors import InvalidInput
 from .models import Task
 from .states import Status
@@ -88,7 +88,7 @@ def specify_task(session: Session, task_id: int) -> Task:
     def work(s: Session) -> Task:
         status = s.execute(q.SPECIFY, {"task_id": task_id}).scalar()
         if status is None:
-            steps.explain(s, task_id, Status.READY, None)
+            steps.explain(s, task_id, Status.READY, None, needs=(Status.TRIAGE,))
         steps.record(s, task_id, "specified", payload={"status": status})
         return steps.load_task(s, task_id)
 
@@ -136,7 +136,7 @@ def approve_task(session: Session, task_id: int, *, reviewer: str | None = None)
 
     def work(s: Session) -> Task:
         if s.execute(q.APPROVE, {"task_id": task_id}).first() is None:
-            steps.explain(s, task_id, Status.DONE, None)
+            steps.explain(s, task_id, Status.DONE, None, needs=(Status.REVIEW,))
         steps.record(s, task_id, "approved", payload={"reviewer": who})
         steps.promote_children(s, task_id)
         return steps.load_task(s, task_id)
@@ -158,7 +158,7 @@ def request_changes(
     def work(s: Session) -> Task:
         status = s.execute(q.REQUEST_CHANGES, {"task_id": task_id}).scalar()
         if status is None:
-            steps.explain(s, task_id, Status.READY, None)
+            steps.explain(s, task_id, Status.READY, None, needs=(Status.REVIEW,))
         steps.record(s, task_id, "changes_requested", payload={"reason": why, "reviewer": who})
         return steps.load_task(s, task_id)
 
@@ -176,7 +176,7 @@ def reopen_task(session: Session, task_id: int, *, reason: str | None = None) ->
     def work(s: Session) -> Task:
         status = s.execute(q.REOPEN, {"task_id": task_id}).scalar()
         if status is None:
-            steps.explain(s, task_id, Status.READY, None)
+            steps.explain(s, task_id, Status.READY, None, needs=(Status.DONE,))
         steps.record(s, task_id, "reopened", payload={"reason": why, "status": status})
         demoted = s.execute(q.DEMOTE_CHILDREN, {"task_id": task_id}).scalars().all()
         steps.record_many(s, "waiting", [(c, None, {"parent_id": task_id}) for c in demoted])
@@ -271,9 +271,17 @@ def board_stats(session: Session, tenant: str | None = None) -> dict[str, Any]:
     scoped = tenant is not None
     params = {"only_tenant": check.name(tenant, "tenant")} if scoped else {}
     by_status_q, by_assignee_q, oldest_q = q.stats_statements(scoped)
-    by_status = dict.fromkeys((s.value for s in Status), 0)
-    by_status.update({status: n for status, n in session.execute(by_status_q, params).all()})
-    by_assignee = {who: n for who, n in session.execute(by_assignee_q, params).all()}
-    oldest, now = session.execute(oldest_q, params).one()
-    age = None if oldest is None else max(0.0, (now - oldest).total_seconds())
-    return {"by_status": by_status, "by_assignee": by_assignee, "oldest_ready_age_seconds": age}
+
+    def read(s: Session) -> dict[str, Any]:
+        by_status = dict.fromkeys((status.value for status in Status), 0)
+        by_status.update(dict(s.execute(by_status_q, params).tuples().all()))
+        by_assignee: dict[str | None, int] = dict(s.execute(by_assignee_q, params).tuples().all())
+        oldest, now = s.execute(oldest_q, params).one()
+        age = None if oldest is None else max(0.0, (now - oldest).total_seconds())
+        return {
+            "by_status": by_status,
+            "by_assignee": by_assignee,
+            "oldest_ready_age_seconds": age,
+        }
+
+    return run_read(session, read)

@@ -44,10 +44,29 @@ def _admin_url(url: str) -> sa.URL:
     return sa.make_url(url).set(database="postgres")
 
 
+def _per_worker_database(postgres_url: str) -> str:
+    """Under pytest-xdist each worker gets its own database (``<name>_gw0``, ...), created
+    on first use, so workers never truncate each other's tables."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return postgres_url
+    url = sa.make_url(postgres_url)
+    name = f"{url.database}_{worker}"
+    admin = sa.create_engine(_admin_url(postgres_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        exists = conn.exec_driver_sql(
+            "SELECT 1 FROM pg_database WHERE datname = %(name)s", {"name": name}
+        ).first()
+        if exists is None:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
 @pytest.fixture(scope="session")
 def postgres_engine(postgres_url: str) -> Iterator[Engine]:
     """The shared PostgreSQL test database, migrated to head once per session."""
-    engine = kb.create_engine(postgres_url, poolclass=sa.pool.NullPool)
+    engine = kb.create_engine(_per_worker_database(postgres_url), poolclass=sa.pool.NullPool)
     kb.upgrade(engine)
     yield engine
     engine.dispose()
