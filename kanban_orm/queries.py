@@ -203,13 +203,24 @@ HEARTBEAT = (
 )
 TOUCH_RUN = update(runs).where(runs.c.id == bindparam("run_id")).values(last_heartbeat_at=utcnow())
 
-EXPIRED_CLAIMS = (
-    select(tasks.c.id, tasks.c.claim_lock, tasks.c.attempts, tasks.c.max_attempts)
-    .where(tasks.c.status == Status.RUNNING.value, tasks.c.claim_expires < utcnow())
-    .order_by(tasks.c.claim_expires)
-    .limit(bindparam("limit", type_=Integer))
-    .with_for_update(skip_locked=True)
-)
+
+@cache
+def expired_claims_statement(by_assignee: bool, by_tenant: bool) -> Select[Any]:
+    """Up to ``:limit`` expired leases, oldest first, within the same filters a claim uses
+    (a claimer scoped to one tenant must not touch another tenant's tasks)."""
+    statement = select(
+        tasks.c.id, tasks.c.claim_lock, tasks.c.attempts, tasks.c.max_attempts
+    ).where(tasks.c.status == Status.RUNNING.value, tasks.c.claim_expires < utcnow())
+    if by_assignee:
+        statement = statement.where(tasks.c.assignee == bindparam("only_assignee"))
+    if by_tenant:
+        statement = statement.where(tasks.c.tenant == bindparam("only_tenant"))
+    return (
+        statement.order_by(tasks.c.claim_expires)
+        .limit(bindparam("limit", type_=Integer))
+        .with_for_update(skip_locked=True)
+    )
+
 
 # -- finishing a run --------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, Select, select
 from sqlalchemy.orm import Session
 
 from . import config, steps
@@ -72,6 +72,7 @@ def create_task(
         "run_at": check.timestamp(run_at, "run_at"),
     }
     parent_ids = check.task_ids(parents, "parents")
+    triage = check.boolean(triage, "triage")
 
     def work(s: Session) -> int:
         if idempotency_key is not None:
@@ -189,8 +190,10 @@ def claim_many(
         params["only_tenant"] = check.name(tenant, "tenant")
     statement = q.claim_next_statement(assignee is not None, tenant is not None)
 
+    expired = q.expired_claims_statement(assignee is not None, tenant is not None)
+
     def work(s: Session) -> list[Task]:
-        _reclaim_expired(s, count)
+        _reclaim_expired(s, expired, params)
         claimed = s.execute(statement, params).all()
         return _open_runs(s, claimed, who) if claimed else []
 
@@ -252,12 +255,13 @@ def release_stale_claims(session: Session) -> int:
     ``reclaimed`` event each. A lease renewed or finished after it was seen expired is
     left alone: the reclaim is a compare-and-swap on the token it saw.
     """
-    return run_write(session, lambda s: _reclaim_expired(s, RECLAIM_BATCH))
+    every_lease = q.expired_claims_statement(False, False)
+    return run_write(session, lambda s: _reclaim_expired(s, every_lease, {"limit": RECLAIM_BATCH}))
 
 
-def _reclaim_expired(s: Session, limit: int) -> int:
+def _reclaim_expired(s: Session, expired: Select[Any], params: dict[str, Any]) -> int:
     reclaimed = 0
-    for lease in s.execute(q.EXPIRED_CLAIMS, {"limit": limit}).all():
+    for lease in s.execute(expired, params).all():
         cap = lease.max_attempts or config.max_attempts()
         gave_up = lease.attempts >= cap
         next_status = Status.BLOCKED if gave_up else Status.READY
@@ -303,7 +307,7 @@ def complete_task(
     :class:`TaskNotFound`, :class:`InvalidTransition`.
     """
     task_id = check.task_id(task_id)
-    if claim_lock is None and not force:
+    if claim_lock is None and not check.boolean(force, "force"):
         raise InvalidInput(
             "complete_task needs the claim_lock of the claim it completes, or force=True"
         )
@@ -343,6 +347,7 @@ def fail_task(
     task_id = check.task_id(task_id)
     token = steps.token(claim_lock)
     message = check.required_text(error, "error")
+    retry = check.boolean(retry, "retry")
 
     def work(s: Session) -> Task:
         state = s.execute(q.TASK_STATE, {"task_id": task_id}).first()

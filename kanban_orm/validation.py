@@ -60,6 +60,12 @@ INT32_MAX = 2**31 - 1  # priority, attempts, limits: INTEGER columns
 INT64_MAX = 2**63 - 1  # ids: BIGINT on PostgreSQL, SQLite's 64-bit integers
 
 
+def boolean(value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{field} must be True or False, not {value!r}")
+    return value
+
+
 def integer(
     value: object, field: str, *, minimum: int | None = None, maximum: int = INT32_MAX
 ) -> int:

@@ -194,7 +194,7 @@ def archive_task(session: Session, task_id: int, *, force: bool = False) -> Task
     :class:`TaskNotFound`.
     """
     task_id = check.task_id(task_id)
-    statement = q.ARCHIVE_ANY if force else q.ARCHIVE_IDLE
+    statement = q.ARCHIVE_ANY if check.boolean(force, "force") else q.ARCHIVE_IDLE
 
     def work(s: Session) -> Task:
         if s.execute(statement, {"task_id": task_id}).first() is None:
@@ -274,8 +274,10 @@ def board_stats(session: Session, tenant: str | None = None) -> dict[str, Any]:
 
     def read(s: Session) -> dict[str, Any]:
         by_status = dict.fromkeys((status.value for status in Status), 0)
-        by_status.update(dict(s.execute(by_status_q, params).tuples().all()))
-        by_assignee: dict[str | None, int] = dict(s.execute(by_assignee_q, params).tuples().all())
+        by_status.update({status: n for status, n in s.execute(by_status_q, params)})
+        by_assignee: dict[str | None, int] = {
+            who: n for who, n in s.execute(by_assignee_q, params)
+        }
         oldest, now = s.execute(oldest_q, params).one()
         age = None if oldest is None else max(0.0, (now - oldest).total_seconds())
         return {
