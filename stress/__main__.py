@@ -1,0 +1,93 @@
+"""``python -m stress [scenario] [options]`` (``kanban-orm stress`` from a wheel)."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+
+import kanban_orm as kb
+
+from . import harness, report
+from .scenarios import SCENARIOS
+
+
+def _work_ms(text: str) -> tuple[float, float]:
+    low, sep, high = text.partition("-")
+    try:
+        bounds = (float(low), float(high if sep else low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN-MAX milliseconds, not {text!r}") from None
+    if not 0 <= bounds[0] <= bounds[1]:
+        raise argparse.ArgumentTypeError(f"expected 0 <= MIN <= MAX, not {text!r}")
+    return bounds
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m stress",
+        description="Prove kanban_orm's guarantees with real worker processes. "
+        "Scenarios: " + "; ".join(f"{n}: {m.DESCRIPTION}" for n, m in SCENARIOS.items()),
+    )
+    p.add_argument("scenario", nargs="?", default="claims", choices=sorted(SCENARIOS))
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        help="database to run against; its kanban tables are WIPED first "
+        "(default: a fresh temporary SQLite file)",
+    )
+    p.add_argument("--workers", type=_positive, default=5)
+    p.add_argument("--tasks", type=_positive, default=100)
+    p.add_argument("--work-ms", type=_work_ms, default=(1.0, 50.0), metavar="MIN-MAX")
+    p.add_argument("--seed", type=int, help="seed the workers' random choices (reproducible)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds before the run fails")
+    p.add_argument("--json", metavar="FILE", help="also write a machine-readable report")
+    p.add_argument("--keep-db", action="store_true", help="keep the temporary SQLite database")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--claim-impl", metavar="MODULE:FUNCTION", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    scenario = SCENARIOS[args.scenario]
+    seed = args.seed if args.seed is not None else random.randrange(1, 2**31)
+    try:
+        with (
+            harness.database(args.db, args.keep_db) as url,
+            tempfile.TemporaryDirectory(prefix="kanban_stress_logs_") as log_dir,
+        ):
+            config = harness.Config(
+                scenario=args.scenario,
+                db_url=url,
+                workers=args.workers,
+                tasks=args.tasks,
+                work_ms=args.work_ms,
+                seed=seed,
+                timeout=args.timeout,
+                log_dir=log_dir,
+                claim_impl=args.claim_impl,
+            )
+            outcome = harness.run(scenario, config, progress=not args.no_progress)
+            with kb.connect(url) as session:
+                checks = scenario.checks(outcome, session)
+            result = report.summary(outcome, checks)
+    except kb.KanbanError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(report.render(result))
+    if args.json:
+        report.write_json(result, args.json)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""The scenarios, by name. A scenario is a module with DESCRIPTION, setup, work, checks."""
+
+from __future__ import annotations
+
+from ..harness import Scenario
+from . import claims
+
+SCENARIOS: dict[str, Scenario] = {
+    "claims": claims,
+}

@@ -1,0 +1,62 @@
+"""A deliberately broken claim, to prove the stress suite's checker catches one.
+
+It checks the task's state in one transaction and then, a moment later, writes the claim
+with an UPDATE that does not repeat the check (no ``status = 'ready' AND claim_lock IS
+NULL`` guard): the check-then-act race the kernel's compare-and-swap exists to prevent.
+Two workers can both see the task ready and both "win"; the later one silently takes the
+claim over (closing the earlier run, since the schema allows one open run per task).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+import kanban_orm as kb
+from kanban_orm import queries as q
+from kanban_orm.clock import utcnow
+from kanban_orm.db import run_write
+
+
+def claim_task(
+    session: Session, task_id: int, *, claimer: str, ttl_seconds: float | None = None
+) -> kb.Task | None:
+    status = session.scalar(select(q.tasks.c.status).where(q.tasks.c.id == task_id))
+    session.commit()
+    if status != "ready":
+        return None
+    time.sleep(0.003)  # widen the window between the check and the act
+    token = uuid.uuid4().hex
+
+    def unguarded(s: Session) -> kb.Task:
+        s.execute(
+            update(q.runs)
+            .where(q.runs.c.task_id == task_id, q.runs.c.ended_at.is_(None))
+            .values(ended_at=utcnow(), outcome="reclaimed")
+        )
+        s.execute(
+            update(q.tasks)
+            .where(q.tasks.c.id == task_id)  # BROKEN: no status / claim_lock guard
+            .values(status="running", claim_lock=token, attempts=q.tasks.c.attempts + 1)
+        )
+        run_id = (
+            s.execute(
+                q.INSERT_RUN,
+                {"task_id": task_id, "attempt": 1, "claimer": claimer, "claim_lock": token},
+            )
+            .all()[0]
+            .id
+        )
+        s.execute(update(q.tasks).where(q.tasks.c.id == task_id).values(current_run_id=run_id))
+        s.execute(
+            q.INSERT_EVENT,
+            {"task_id": task_id, "run_id": run_id, "kind": "claimed", "payload": None},
+        )
+        task = s.get(kb.Task, task_id, populate_existing=True)
+        assert task is not None
+        return task
+
+    return run_write(session, unguarded)
