@@ -23,7 +23,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
 from .db import WRITE_OPTION, cached_engine, with_retry
@@ -128,7 +128,24 @@ def schema_differences(context: MigrationContext) -> list[Any]:
     if context.dialect.name == "sqlite":
         artifacts = _sort_order_artifacts(differences)
         differences = [d for d in differences if id(d) not in artifacts]
+        differences += _missing_sort_order_indexes(context)
     return differences
+
+
+def _missing_sort_order_indexes(context: MigrationContext) -> list[Any]:
+    # Alembic skips these indexes on SQLite when they are absent, so look them up by name.
+    inspector = inspect(context.bind)
+    missing = []
+    for table in Base.metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {ix["name"] for ix in inspector.get_indexes(table.name)}
+        missing += [
+            ("add_index", ix)
+            for ix in table.indexes
+            if ix.name in _SORT_ORDER_INDEXES and ix.name not in present
+        ]
+    return missing
 
 
 def _sort_order_artifacts(differences: list[Any]) -> set[int]:
