@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from . import db, migrate
 from .errors import KanbanError
@@ -25,6 +26,10 @@ def _kanban_errors() -> Iterator[None]:
         yield
     except KanbanError as error:
         click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    except DBAPIError as error:  # cannot connect, no such database, permission denied ...
+        first_line = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        click.echo(f"error: database: {first_line}", err=True)
         sys.exit(1)
 
 

@@ -26,7 +26,7 @@ from alembic.util import CommandError
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
-from .db import WRITE_OPTION, cached_engine, with_retry
+from .db import WRITE_OPTION, cached_engine, configure_engine, with_retry
 from .errors import KanbanError
 from .models import Base
 
@@ -107,6 +107,10 @@ def check(bind: Bind = None) -> None:
             },
         )
         at = context.get_current_revision()
+        if at is None:
+            raise SchemaOutOfDate(
+                f"database has no kanban schema yet (head is {latest}); run upgrade"
+            )
         if at != latest:
             raise SchemaOutOfDate(
                 f"database is at revision {at}, the library's head is {latest}; run upgrade"
@@ -177,7 +181,9 @@ def _connect(bind: Bind) -> Iterator[Connection]:
     if isinstance(bind, Connection):
         yield bind
         return
-    engine = bind if isinstance(bind, Engine) else cached_engine(bind)
+    # configure_engine: on SQLite the migration lock is the write lock BEGIN IMMEDIATE
+    # takes, which only a configured engine emits. Idempotent for engines already set up.
+    engine = configure_engine(bind) if isinstance(bind, Engine) else cached_engine(bind)
     with engine.connect() as conn:
         yield conn
 

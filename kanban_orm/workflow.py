@@ -275,9 +275,7 @@ def board_stats(session: Session, tenant: str | None = None) -> dict[str, Any]:
     def read(s: Session) -> dict[str, Any]:
         by_status = dict.fromkeys((status.value for status in Status), 0)
         by_status.update({status: n for status, n in s.execute(by_status_q, params)})
-        by_assignee: dict[str | None, int] = {
-            who: n for who, n in s.execute(by_assignee_q, params)
-        }
+        by_assignee: dict[str | None, int] = {who: n for who, n in s.execute(by_assignee_q, params)}
         oldest, now = s.execute(oldest_q, params).one()
         age = None if oldest is None else max(0.0, (now - oldest).total_seconds())
         return {
