@@ -39,7 +39,7 @@ from .migrate import (
     init_db,
     upgrade,
 )
-from .models import Base, Task, TaskEvent, TaskLink, TaskRun
+from .models import Base, Task, TaskComment, TaskEvent, TaskLink, TaskRun
 from .service import (
     block_task,
     claim_many,
@@ -60,10 +60,12 @@ from .service import (
 )
 from .states import TRANSITIONS, Status
 from .workflow import (
+    add_comment,
     approve_task,
     archive_task,
     board_stats,
     link_tasks,
+    list_comments,
     reopen_task,
     request_changes,
     specify_task,
@@ -87,11 +89,13 @@ __all__ = [
     "SchemaOutOfDate",
     "Status",
     "Task",
+    "TaskComment",
     "TaskEvent",
     "TaskLink",
     "TaskNotFound",
     "TaskRun",
     "__version__",
+    "add_comment",
     "approve_task",
     "archive_task",
     "block_task",
@@ -117,6 +121,7 @@ __all__ = [
     "init_db",
     "latest_run",
     "link_tasks",
+    "list_comments",
     "list_events",
     "list_runs",
     "list_tasks",

@@ -47,6 +47,8 @@ TOKEN_LENGTH = 32  # claim_lock: uuid4 hex
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 JsonDoc = JSON().with_variant(JSONB(), "postgresql")
 
+_KEY_WITH_TENANT = "idempotency_key IS NOT NULL AND tenant IS NOT NULL AND status <> 'archived'"
+_KEY_WITHOUT_TENANT = "idempotency_key IS NOT NULL AND tenant IS NULL AND status <> 'archived'"
 _STATUS_VALUES = ", ".join(f"'{s.value}'" for s in Status)
 
 
@@ -103,7 +105,23 @@ class Task(Base):
         Index("ix_kanban_tasks_claim_expires", "claim_expires"),
         Index("ix_kanban_tasks_assignee", "assignee"),
         Index("ix_kanban_tasks_tenant", "tenant"),
-        Index("ix_kanban_tasks_idempotency_key", "tenant", "idempotency_key"),
+        # A key is unique among live tasks of a tenant; NULL tenants need their own index
+        # because NULLs never collide in a unique index.
+        Index(
+            "ux_kanban_tasks_idempotency_tenant",
+            "tenant",
+            "idempotency_key",
+            unique=True,
+            sqlite_where=text(_KEY_WITH_TENANT),
+            postgresql_where=text(_KEY_WITH_TENANT),
+        ),
+        Index(
+            "ux_kanban_tasks_idempotency_no_tenant",
+            "idempotency_key",
+            unique=True,
+            sqlite_where=text(_KEY_WITHOUT_TENANT),
+            postgresql_where=text(_KEY_WITHOUT_TENANT),
+        ),
     )
 
     def __repr__(self) -> str:
@@ -184,6 +202,26 @@ class TaskLink(Base):
         CheckConstraint("parent_id <> child_id", name="not_self"),
         Index("ix_kanban_task_links_child_id", "child_id"),
     )
+
+
+class TaskComment(Base):
+    """A note on a task by a person or an agent; adding one writes a ``commented`` event."""
+
+    __tablename__ = "kanban_task_comments"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("kanban_tasks.id", ondelete="CASCADE"))
+    author: Mapped[str | None] = mapped_column(String(NAME_MAX_LENGTH))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow())
+
+    __table_args__ = (
+        CheckConstraint("length(body) > 0", name="body_not_empty"),
+        Index("ix_kanban_task_comments_task_id", "task_id", "id"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<TaskComment {self.id} task={self.task_id} by {self.author}>"
 
 
 KANBAN_TABLES = frozenset(Base.metadata.tables)

@@ -33,13 +33,14 @@ from sqlalchemy.sql import ColumnElement, Executable, Select
 from sqlalchemy.sql.dml import ReturningUpdate
 
 from .clock import new_claim_token, utcnow
-from .models import JsonDoc, Task, TaskEvent, TaskLink, TaskRun
+from .models import JsonDoc, Task, TaskComment, TaskEvent, TaskLink, TaskRun
 from .states import FINISHED, Status, can_move, sources_of
 
 tasks: Table = Task.__table__  # type: ignore[assignment]
 runs: Table = TaskRun.__table__  # type: ignore[assignment]
 events: Table = TaskEvent.__table__  # type: ignore[assignment]
 links: Table = TaskLink.__table__  # type: ignore[assignment]
+comments: Table = TaskComment.__table__  # type: ignore[assignment]
 
 _FINISHED = [s.value for s in FINISHED]
 
@@ -103,6 +104,7 @@ _RELEASE_CLAIM: dict[str, Any] = {"claim_lock": None, "claim_expires": None, "cu
 
 INSERT_TASK = insert(tasks).returning(tasks.c.id)
 INSERT_LINK = insert(links)
+INSERT_COMMENT = insert(comments).returning(comments.c.id)
 INSERT_EVENT = insert(events)
 INSERT_RUN = (
     insert(runs)

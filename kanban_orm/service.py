@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, Select, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import config, steps
@@ -101,7 +102,16 @@ def create_task(
         )
         return task_id
 
-    return run_write(session, work)
+    for attempt in range(3):
+        try:
+            return run_write(session, work)
+        except IntegrityError:
+            # Another creator inserted the same key between our lookup and our insert
+            # (PostgreSQL; SQLite's write lock serialises them). The unique index made
+            # this call fail and write nothing; run again and the lookup finds theirs.
+            if idempotency_key is None or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _initial_status(s: Session, parent_ids: list[int], triage: bool) -> Status:

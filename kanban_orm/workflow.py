@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import queries as q
@@ -17,7 +18,7 @@ from . import steps
 from . import validation as check
 from .db import run_read, run_write
 from .errors import InvalidInput
-from .models import Task
+from .models import Task, TaskComment
 from .states import Status
 
 # -- dependencies -----------------------------------------------------------------------
@@ -205,6 +206,51 @@ def archive_task(session: Session, task_id: int, *, force: bool = False) -> Task
         return steps.load_task(s, task_id)
 
     return run_write(session, work)
+
+
+# -- comments ---------------------------------------------------------------------------
+
+
+def add_comment(
+    session: Session, task_id: int, *, body: str, author: str | None = None
+) -> TaskComment:
+    """Add a comment to a task, in any state, with a ``commented`` event.
+
+    Raises :class:`TaskNotFound`, :class:`InvalidInput` (empty body); nothing is written.
+    """
+    task_id = check.task_id(task_id)
+    text = check.required_text(body, "body")
+    who = check.name(author, "author")
+
+    def work(s: Session) -> TaskComment:
+        steps.require_task(s, task_id)
+        values = {"task_id": task_id, "author": who, "body": text}
+        comment_id = s.execute(q.INSERT_COMMENT, values).scalar_one()
+        steps.record(s, task_id, "commented", payload={"comment_id": comment_id, "author": who})
+        comment = s.get(TaskComment, comment_id, populate_existing=True)
+        assert comment is not None
+        return comment
+
+    return run_write(session, work)
+
+
+def list_comments(session: Session, task_id: int) -> list[TaskComment]:
+    """The task's comments, oldest first. Raises :class:`TaskNotFound`."""
+    task_id = check.task_id(task_id)
+    statement = (
+        select(TaskComment)
+        .where(TaskComment.task_id == task_id)
+        .order_by(TaskComment.id)
+        .execution_options(populate_existing=True)
+    )
+
+    def read(s: Session) -> list[TaskComment]:
+        found = list(s.scalars(statement))
+        if not found:
+            steps.require_task(s, task_id)
+        return found
+
+    return run_read(session, read)
 
 
 # -- edits ------------------------------------------------------------------------------

@@ -155,7 +155,7 @@ def database(db_url: str | None, keep: bool) -> Iterator[str]:
     if db_url:
         kb.init_db(db_url)
         with kb.connect(db_url) as session:
-            for table in (q.events, q.links, q.runs, q.tasks):
+            for table in (q.comments, q.events, q.links, q.runs, q.tasks):
                 session.execute(delete(table))
             session.commit()
         yield db_url

@@ -22,7 +22,13 @@ import kanban_orm as kb
 
 POSTGRES_ENV = "KANBAN_TEST_POSTGRES_URL"
 BACKENDS = ["sqlite", "postgres"]
-KANBAN_TABLES = ("kanban_task_events", "kanban_task_links", "kanban_task_runs", "kanban_tasks")
+KANBAN_TABLES = (
+    "kanban_task_comments",
+    "kanban_task_events",
+    "kanban_task_links",
+    "kanban_task_runs",
+    "kanban_tasks",
+)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

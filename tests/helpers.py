@@ -7,13 +7,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kanban_orm.models import Task, TaskEvent, TaskLink, TaskRun
+from kanban_orm.models import Task, TaskComment, TaskEvent, TaskLink, TaskRun
 
 
 def snapshot(session: Session) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every kanban table, in a comparable form; ends the read transaction."""
     tables = {}
-    for model in (Task, TaskRun, TaskEvent, TaskLink):
+    for model in (Task, TaskRun, TaskEvent, TaskLink, TaskComment):
         table = model.__table__
         rows = session.execute(select(table).order_by(*table.primary_key.columns)).all()
         tables[table.name] = [tuple(row) for row in rows]

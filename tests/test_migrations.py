@@ -393,11 +393,62 @@ def seed_kb0001(conn: Connection) -> Seeded:
     )
 
 
+def seed_kb0002(conn: Connection) -> Seeded:
+    """Everything kb0001 holds, plus comments and tasks holding idempotency keys."""
+    seeded = seed_kb0001(conn)
+    task_id = seeded.rows["kanban_tasks"][0]["id"]
+    comment = {"task_id": task_id, "author": "ana", "body": "looks good", "created_at": T1}
+    comment["id"] = insert(conn, "kanban_task_comments", comment, "id")
+    keyed = {
+        "title": "keyed, no tenant",
+        "status": "ready",
+        "priority": 0,
+        "version": 1,
+        "attempts": 0,
+        "idempotency_key": "idem-2",
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    keyed["id"] = insert(conn, "kanban_tasks", keyed, "id")
+    seeded.rows["kanban_tasks"].append(keyed)
+    seeded.rows["kanban_task_comments"] = [comment]
+    return seeded
+
+
 #: revision -> a function that writes representative rows with SQL valid at that
 #: revision. A new revision must add its own (test_every_revision_has_a_seed_function).
 SEEDS: dict[str, Callable[[Connection], Seeded]] = {
     "kb0001": seed_kb0001,
+    "kb0002": seed_kb0002,
 }
+
+
+def test_kb0002_keeps_a_duplicated_idempotency_key_on_the_oldest_live_task(
+    empty_engine: Engine,
+) -> None:
+    # Before kb0002 concurrent creators on PostgreSQL could both insert a key.
+    kb.upgrade(empty_engine, "kb0001")
+    base = {"status": "ready", "priority": 0, "version": 1, "attempts": 0}
+    stamps = {"created_at": T0, "updated_at": T0}
+    with empty_engine.begin() as conn:
+        ids = [
+            insert(conn, "kanban_tasks", {**base, **stamps, "title": f"t{i}", **extra}, "id")
+            for i, extra in enumerate(
+                [
+                    {"idempotency_key": "k", "tenant": "a"},
+                    {"idempotency_key": "k", "tenant": "a"},
+                    {"idempotency_key": "k"},
+                    {"idempotency_key": "k"},
+                    {"idempotency_key": "k", "tenant": "a", "status": "archived"},
+                ]
+            )
+        ]
+    kb.upgrade(empty_engine)
+    with empty_engine.connect() as conn:
+        keys = dict(
+            conn.execute(sa.text("SELECT id, idempotency_key FROM kanban_tasks")).tuples().all()
+        )
+    assert [keys[i] for i in ids] == ["k", None, "k", None, "k"]
 
 
 def test_every_revision_has_a_seed_function() -> None:

@@ -19,7 +19,7 @@ boards = st.lists(
 
 
 def clear(session: Session) -> None:
-    for table in (q.events, q.links, q.runs, q.tasks):
+    for table in (q.comments, q.events, q.links, q.runs, q.tasks):
         session.execute(delete(table))
     session.commit()
 

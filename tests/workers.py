@@ -71,3 +71,16 @@ def hang_on_claim(session: object, task_id: int, **kw: object) -> None:
     import time
 
     time.sleep(3600)
+
+
+def create_idempotently(url: str, tenant: str | None, barrier: Barrier, out: str) -> None:
+    """Create the same task (same idempotency key) 20 times, racing the other creators."""
+    session = kb.connect(url)
+    ids = []
+    try:
+        barrier.wait(timeout=60)
+        for _ in range(20):
+            ids.append(kb.create_task(session, title="once", idempotency_key="k", tenant=tenant))
+    finally:
+        session.close()
+    Path(out).write_text(json.dumps(ids))
