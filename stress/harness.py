@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import multiprocessing as mp
+import os
 import random
 import shutil
 import sys
@@ -105,6 +106,7 @@ class WorkerContext:
         self.claim_task: Callable[..., kb.Task | None] = resolve(config.claim_impl)
         self._log = log_path.open("a", buffering=1)  # a line per event survives a kill
         self.started = time.monotonic()
+        self._parent = os.getppid()
 
     def log(self, kind: str, **fields: Any) -> None:
         entry = {"kind": kind, "worker": self.name, "t": time.monotonic() - self.started, **fields}
@@ -115,7 +117,9 @@ class WorkerContext:
         time.sleep(self.random.uniform(low, high) / 1000)
 
     def out_of_time(self) -> bool:
-        return time.monotonic() - self.started > self.config.timeout
+        """Past the timeout, or orphaned: a worker whose harness died stops by itself."""
+        orphaned = os.getppid() != self._parent
+        return orphaned or time.monotonic() - self.started > self.config.timeout
 
     def close(self) -> None:
         self._log.close()
