@@ -59,6 +59,7 @@ from .service import (
     unblock_task,
 )
 from .states import TRANSITIONS, Status
+from .worker import CommandHandler, TaskFailed, Worker, WorkerStats
 from .workflow import (
     add_comment,
     approve_task,
@@ -80,6 +81,7 @@ __all__ = [
     "TRANSITIONS",
     "Base",
     "ClaimLost",
+    "CommandHandler",
     "DatabaseBusy",
     "InvalidInput",
     "InvalidTransition",
@@ -91,9 +93,12 @@ __all__ = [
     "Task",
     "TaskComment",
     "TaskEvent",
+    "TaskFailed",
     "TaskLink",
     "TaskNotFound",
     "TaskRun",
+    "Worker",
+    "WorkerStats",
     "__version__",
     "add_comment",
     "approve_task",

@@ -1,0 +1,583 @@
+"""The worker loop: claim a task, run a handler on it, heartbeat meanwhile, record the outcome.
+
+:class:`Worker` runs in-process handlers (``handler(task) -> str | None``);
+``kanban-orm work -- CMD ARGS...`` is the same loop with a :class:`CommandHandler`, which
+runs CMD once per task. The rules, for both:
+
+* up to ``concurrency`` tasks at a time, each in its own thread and Session; claims go
+  through :func:`~kanban_orm.service.claim_next` with the worker's assignee/tenant filter;
+* while a handler runs, its lease is renewed every ``ttl/3`` seconds; if a heartbeat finds
+  the claim lost (the lease expired and was reclaimed), the handler's outcome is dropped
+  and a cancellable handler is cancelled;
+* a handler that returns completes the task with the returned string as its result; one
+  that raises fails it (:func:`~kanban_orm.service.fail_task`, so the task is retried with
+  backoff until ``max_attempts``, then blocked). :class:`TaskFailed` sets the error text
+  and whether to retry; any other exception records its traceback's tail. A result the
+  kernel refuses (not a string, NUL characters) fails the task with the reason;
+* :class:`~kanban_orm.errors.ClaimLost` while completing or failing is logged and skipped:
+  the task belongs to someone else now;
+* when nothing is claimable a slot sleeps with exponential backoff (``idle_min`` doubling
+  to ``idle_max``); with ``drain=True`` it stops instead, and :meth:`Worker.run` returns
+  once every slot has stopped;
+* :meth:`Worker.stop` stops claiming and gives running handlers ``grace_seconds`` to
+  finish. Those still running then are abandoned: a cancellable handler (one with a
+  ``cancel(task)`` method, like :class:`CommandHandler`) is cancelled, and the task is
+  handed back with :func:`~kanban_orm.service.release_task` (run outcome ``released``,
+  no attempt counted). An in-process handler that cannot be cancelled keeps running in
+  its (daemon) thread, but its outcome is ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from . import db, service
+from . import validation as check
+from .errors import ClaimLost, DatabaseBusy, InvalidInput, KanbanError
+from .models import Task, TaskEvent, TaskRun
+
+log = logging.getLogger("kanban_orm.worker")
+
+#: How much of a traceback or of a command's stderr is kept as a failed run's error.
+ERROR_TAIL_CHARS = 4000
+
+Handler = Callable[[Task], str | None]
+
+
+class TaskFailed(Exception):
+    """Raised by a handler to fail its task with exactly ``message`` as the error.
+
+    ``retry=False`` blocks the task at once instead of retrying it.
+    """
+
+    def __init__(self, message: str, *, retry: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry = retry
+
+
+@dataclass
+class WorkerStats:
+    """What a :meth:`Worker.run` did: tasks claimed and how each claim ended."""
+
+    claimed: int = 0
+    completed: int = 0
+    failed: int = 0
+    released: int = 0
+    lost: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.claimed} claimed, {self.completed} completed, {self.failed} failed, "
+            f"{self.released} released, {self.lost} lost"
+        )
+
+
+@dataclass
+class _Job:
+    task: Task
+    claim_lock: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: set once the outcome is decided (by the handler's thread, a lost heartbeat or
+    #: the end of the grace period); whoever sets it first records the outcome.
+    settled: bool = False
+
+
+def default_claimer() -> str:
+    """``host:pid``: unique among live workers, and readable in a run's ``claimer``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Worker:
+    """Claim tasks and run ``handler`` on each until drained or stopped.
+
+    ``url`` (else ``KANBAN_DATABASE_URL``, else the default SQLite file) or ``sessions``,
+    a callable returning a new Session (a ``sessionmaker`` from
+    :func:`~kanban_orm.db.session_factory`), says where the board is. Each slot thread
+    and the heartbeat thread use a Session of their own.
+
+    ``ttl_seconds`` is the lease asked for on every claim and heartbeat (default: the
+    configured claim TTL); heartbeats run every ``heartbeat_seconds`` (default
+    ``ttl/3``). See the module docstring for the outcome rules.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        url: str | None = None,
+        sessions: Callable[[], Session] | None = None,
+        claimer: str | None = None,
+        assignee: str | None = None,
+        tenant: str | None = None,
+        ttl_seconds: float | None = None,
+        concurrency: int = 1,
+        drain: bool = False,
+        grace_seconds: float = 30.0,
+        idle_min: float = 0.25,
+        idle_max: float = 5.0,
+        heartbeat_seconds: float | None = None,
+    ) -> None:
+        if url is not None and sessions is not None:
+            raise InvalidInput("give the Worker a url or a session factory, not both")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidInput(f"concurrency must be a positive integer, not {concurrency!r}")
+        if grace_seconds < 0 or idle_min <= 0 or idle_max < idle_min:
+            raise InvalidInput("grace_seconds must be >= 0 and 0 < idle_min <= idle_max")
+        self.handler = handler
+        self.url = url
+        self._sessions: Callable[[], Session] = sessions or (lambda: db.connect(url))
+        self.claimer = claimer or default_claimer()
+        self.assignee = assignee
+        self.tenant = tenant
+        self.ttl_seconds = ttl_seconds
+        lease = check.ttl(ttl_seconds)  # the claims would refuse a bad TTL anyway
+        if heartbeat_seconds is not None and not heartbeat_seconds > 0:
+            raise InvalidInput(f"heartbeat_seconds must be positive, not {heartbeat_seconds}")
+        self.heartbeat_seconds = heartbeat_seconds or lease / 3
+        self.concurrency = concurrency
+        self.drain = drain
+        self.grace_seconds = grace_seconds
+        self.idle_min = idle_min
+        self.idle_max = idle_max
+        self.stats = WorkerStats()
+        self._stop = threading.Event()
+        self._stop_at: float | None = None  # monotonic deadline of the grace period
+        self._jobs: dict[int, _Job] = {}
+        self._jobs_lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._done = threading.Event()  # run() is over: the heartbeat thread stops
+
+    # -- control --------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called (a long handler may poll this)."""
+        return self._stop.is_set()
+
+    def stop(self, *, immediately: bool = False) -> None:
+        """Stop claiming; running handlers get ``grace_seconds`` (none if ``immediately``).
+
+        Safe to call from a signal handler or another thread; calling it again with
+        ``immediately=True`` cuts the grace period short.
+        """
+        deadline = time.monotonic() + (0.0 if immediately else self.grace_seconds)
+        if self._stop_at is None or deadline < self._stop_at:
+            self._stop_at = deadline
+        self._stop.set()
+
+    def run(self) -> WorkerStats:
+        """Work until drained (``drain=True`` and nothing claimable) or stopped.
+
+        Returns the counts of what happened. An unexpected error while claiming stops
+        the worker (gracefully, as :meth:`stop`) and is raised from here. A Ctrl-C
+        (KeyboardInterrupt) while this waits acts as :meth:`stop`, a second one as
+        ``stop(immediately=True)``. A Worker runs once; make a new one to run again.
+        """
+        slots = [
+            threading.Thread(target=self._slot, name=f"kanban-worker-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        beats = threading.Thread(target=self._heartbeats, name="kanban-heartbeat", daemon=True)
+        for thread in slots:
+            thread.start()
+        beats.start()
+        try:
+            while any(t.is_alive() for t in slots):
+                if self._stop_at is not None and time.monotonic() >= self._stop_at:
+                    self._abandon_running()
+                    break
+                # A short sleep, not a blocking join: the main thread stays responsive
+                # to signals and to stop() from another thread.
+                try:
+                    time.sleep(0.05)
+                except KeyboardInterrupt:  # Ctrl-C: stop(); a second one: at once
+                    self.stop(immediately=self._stop.is_set())
+            # Slots whose command was cancelled return at once; a slot stuck in an
+            # in-process handler that cannot be cancelled is left behind (daemon).
+            cancellable = getattr(self.handler, "cancel", None) is not None
+            budget = time.monotonic() + (2.0 if cancellable else 0.5)
+            for thread in slots:
+                thread.join(max(0.0, budget - time.monotonic()))
+        finally:
+            self._stop.set()
+            self._done.set()
+            beats.join(5.0)
+        if self._error is not None:
+            raise self._error
+        return self.stats
+
+    def _count(self, outcome: str) -> None:
+        with self._jobs_lock:
+            setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+
+    # -- the loop of one slot -----------------------------------------------------------
+
+    def _slot(self) -> None:
+        session = self._sessions()
+        idle = self.idle_min
+        try:
+            while not self._stop.is_set():
+                try:
+                    task = service.claim_next(
+                        session,
+                        claimer=self.claimer,
+                        assignee=self.assignee,
+                        tenant=self.tenant,
+                        ttl_seconds=self.ttl_seconds,
+                    )
+                except DatabaseBusy as error:
+                    log.warning("claim: %s; backing off", error)
+                    task = None
+                if task is None:
+                    if self.drain:
+                        return
+                    self._stop.wait(idle)
+                    idle = min(self.idle_max, idle * 2)
+                    continue
+                idle = self.idle_min
+                if self._stop.is_set():  # stop() came while the claim was in flight
+                    self._hand_back(session, task)
+                    return
+                self._work_on(session, task)
+        except BaseException as error:
+            if self._error is None:
+                self._error = error
+            # run() raises it; logged here only for the record of when it happened.
+            log.debug("worker slot stopped by an unexpected error: %r", error)
+            self.stop()
+        finally:
+            session.close()
+
+    def _hand_back(self, session: Session, task: Task) -> None:
+        assert task.claim_lock is not None
+        job = _Job(task=task, claim_lock=task.claim_lock, settled=True)
+        self._count("claimed")
+        self._release(session, job, "worker stopping")
+
+    def _work_on(self, session: Session, task: Task) -> None:
+        assert task.claim_lock is not None  # a claimed task holds its token
+        job = _Job(task=task, claim_lock=task.claim_lock)
+        with self._jobs_lock:
+            self._jobs[task.id] = job
+            self.stats.claimed += 1
+        log.info("task %s: claimed (attempt %s): %s", task.id, task.attempts, task.title)
+        try:
+            try:
+                result = self.handler(task)
+            except TaskFailed as failure:
+                self._finish(session, job, error=failure.message, retry=failure.retry)
+            except Exception as error:
+                self._finish(session, job, error=_traceback_tail(error), retry=True)
+            except BaseException:
+                # SystemExit / KeyboardInterrupt inside a handler: hand the task back.
+                if self._settle(job):
+                    self._release(session, job, "the handler was interrupted")
+                raise
+            else:
+                self._finish(session, job, result=result)
+        finally:
+            with self._jobs_lock:
+                self._jobs.pop(task.id, None)
+
+    def _settle(self, job: _Job) -> bool:
+        """Claim the right to record the job's outcome; False if it was decided already."""
+        with job.lock:
+            if job.settled:
+                return False
+            job.settled = True
+            return True
+
+    def _finish(
+        self,
+        session: Session,
+        job: _Job,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        retry: bool = True,
+    ) -> None:
+        task_id = job.task.id
+        if not self._settle(job):
+            log.info("task %s: handler finished after its claim was given up; ignored", task_id)
+            return
+        try:
+            if error is None:
+                try:
+                    service.complete_task(
+                        session, task_id, claim_lock=job.claim_lock, result=result
+                    )
+                except InvalidInput as refused:
+                    error, retry = f"result refused: {refused}", False
+                else:
+                    self._count("completed")
+                    log.info("task %s: completed", task_id)
+                    return
+            failed = service.fail_task(
+                session, task_id, claim_lock=job.claim_lock, error=error, retry=retry
+            )
+            self._count("failed")
+            log.info("task %s: failed, now %s: %s", task_id, failed.status, _last_line(error))
+        except ClaimLost:
+            self._count("lost")
+            log.warning("task %s: claim lost before the outcome was recorded; skipped", task_id)
+        except KanbanError as failure:
+            # The lease was not renewed; the task will be reclaimed when it expires.
+            log.error("task %s: could not record the outcome: %s", task_id, failure)
+
+    def _release(self, session: Session, job: _Job, reason: str) -> None:
+        """Hand the task back (the caller has settled the job)."""
+        try:
+            service.release_task(session, job.task.id, claim_lock=job.claim_lock, reason=reason)
+            self._count("released")
+            log.info("task %s: released (%s)", job.task.id, reason)
+        except ClaimLost:
+            self._count("lost")
+            log.warning("task %s: claim lost before it could be released", job.task.id)
+        except KanbanError as failure:
+            log.error("task %s: could not release: %s", job.task.id, failure)
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    def _abandon_running(self) -> None:
+        """End of the grace period: cancel what still runs, then release its task."""
+        with self._jobs_lock:
+            jobs = list(self._jobs.values())
+        if not jobs:
+            return
+        session = self._sessions()
+        try:
+            for job in jobs:
+                # Settled first, so the killed command is not recorded as a failure by
+                # its own thread; cancelled before the release, so the command is gone
+                # before another worker can claim the task.
+                if not self._settle(job):
+                    continue
+                self._cancel(job)
+                why = f"worker stopped; grace period of {self.grace_seconds:g}s over"
+                self._release(session, job, why)
+        finally:
+            session.close()
+
+    def _cancel(self, job: _Job) -> None:
+        cancel = getattr(self.handler, "cancel", None)
+        if cancel is None:
+            return
+        try:
+            cancel(job.task)
+        except Exception as error:
+            log.error("task %s: cancelling the handler failed: %r", job.task.id, error)
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def _heartbeats(self) -> None:
+        session: Session | None = None
+        try:
+            while not self._done.wait(self.heartbeat_seconds):
+                with self._jobs_lock:
+                    jobs = [job for job in self._jobs.values() if not job.settled]
+                if jobs and session is None:
+                    session = self._sessions()
+                for job in jobs:
+                    assert session is not None
+                    self._beat(session, job)
+        finally:
+            if session is not None:
+                session.close()
+
+    def _beat(self, session: Session, job: _Job) -> None:
+        try:
+            service.heartbeat(
+                session, job.task.id, claim_lock=job.claim_lock, ttl_seconds=self.ttl_seconds
+            )
+        except ClaimLost:
+            if self._settle(job):
+                self._count("lost")
+                log.warning("task %s: lease lost (reclaimed); cancelling its handler", job.task.id)
+                # In a thread of its own: cancelling waits for the command to exit, and
+                # the other leases must not wait for that.
+                threading.Thread(target=self._cancel, args=(job,), daemon=True).start()
+        except Exception as error:  # DatabaseBusy, a dropped connection: try next beat
+            log.warning("task %s: heartbeat failed: %s; will retry", job.task.id, error)
+
+
+# -- running a command per task -----------------------------------------------------------
+
+
+class CommandHandler:
+    """A handler that runs ``argv`` once per task (what ``kanban-orm work`` runs).
+
+    The command gets the task as JSON on stdin (see :func:`task_json`) and in its
+    environment ``KANBAN_TASK_ID``, ``KANBAN_CLAIM_LOCK``, ``KANBAN_RUN_ID``,
+    ``KANBAN_TASK_ATTEMPT`` and ``KANBAN_DATABASE_URL``. Exit status 0 completes the task
+    with stdout as its result (one trailing newline dropped; empty means no result);
+    any other status fails it with the tail of stderr as the error.
+
+    The command runs in a session (process group) of its own, so a Ctrl-C at the
+    terminal reaches the worker only, which then lets the command finish within the
+    grace period. :meth:`cancel` sends SIGTERM to the group, then SIGKILL after
+    ``kill_after`` seconds.
+    """
+
+    def __init__(self, argv: Sequence[str], *, url: str, kill_after: float = 5.0) -> None:
+        if not argv:
+            raise InvalidInput("CommandHandler needs a command to run")
+        self.argv = list(argv)
+        self.url = url
+        self.kill_after = kill_after
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, task: Task) -> str | None:
+        env = {
+            **os.environ,
+            "KANBAN_TASK_ID": str(task.id),
+            "KANBAN_CLAIM_LOCK": task.claim_lock or "",
+            "KANBAN_RUN_ID": str(task.current_run_id or ""),
+            "KANBAN_TASK_ATTEMPT": str(task.attempts),
+            db.ENV_URL: self.url,
+        }
+        stdin = json.dumps(task_json(task), ensure_ascii=False).encode() + b"\n"
+        proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+        with self._lock:
+            self._procs[task.id] = proc
+        try:
+            try:
+                out, err = proc.communicate(stdin)
+            except BrokenPipeError:  # the command exited without reading its stdin
+                out, err = proc.communicate()
+        finally:
+            with self._lock:
+                self._procs.pop(task.id, None)
+        if proc.returncode != 0:
+            raise TaskFailed(_exit_error(proc.returncode, err))
+        result = out.decode("utf-8", errors="replace")
+        result = result[:-1] if result.endswith("\n") else result
+        return result or None
+
+    def cancel(self, task: Task) -> None:
+        """Terminate the task's command (its whole process group) and wait for it."""
+        with self._lock:
+            proc = self._procs.get(task.id)
+        if proc is None or proc.poll() is not None:
+            return
+        log.info("task %s: terminating %s (pid %s)", task.id, self.argv[0], proc.pid)
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(self.kill_after)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it has exited already
+        os.killpg(proc.pid, signum)
+
+
+def _exit_error(returncode: int, stderr: bytes) -> str:
+    status = (
+        f"killed by signal {-returncode}" if returncode < 0 else f"exited with status {returncode}"
+    )
+    tail = stderr.decode("utf-8", errors="replace").strip()[-ERROR_TAIL_CHARS:]
+    return f"command {status}: {tail}" if tail else f"command {status}"
+
+
+def _traceback_tail(error: BaseException) -> str:
+    text = "".join(traceback.format_exception(error)).strip()
+    return text[-ERROR_TAIL_CHARS:]
+
+
+def _last_line(text: str) -> str:
+    """A traceback's last line names the exception: the line worth logging."""
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+# -- JSON shapes --------------------------------------------------------------------------
+# Shared with the command line: the same shapes on a command's stdin and in --json output.
+
+
+def iso(value: datetime | None) -> str | None:
+    """A naive UTC timestamp as ISO 8601 with a ``Z``: ``2024-05-01T12:00:00.123456Z``."""
+    return None if value is None else value.isoformat() + "Z"
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    """A task as a JSON object (every column; timestamps as :func:`iso`)."""
+    return {
+        "id": task.id,
+        "title": task.title,
+        "body": task.body,
+        "status": task.status,
+        "priority": task.priority,
+        "assignee": task.assignee,
+        "tenant": task.tenant,
+        "created_by": task.created_by,
+        "attempts": task.attempts,
+        "max_attempts": task.max_attempts,
+        "claim_lock": task.claim_lock,
+        "claim_expires": iso(task.claim_expires),
+        "current_run_id": task.current_run_id,
+        "run_at": iso(task.run_at),
+        "idempotency_key": task.idempotency_key,
+        "result": task.result,
+        "block_reason": task.block_reason,
+        "version": task.version,
+        "created_at": iso(task.created_at),
+        "updated_at": iso(task.updated_at),
+        "started_at": iso(task.started_at),
+        "completed_at": iso(task.completed_at),
+    }
+
+
+def run_json(run: TaskRun) -> dict[str, Any]:
+    """A run (one attempt) as a JSON object."""
+    return {
+        "id": run.id,
+        "task_id": run.task_id,
+        "attempt": run.attempt,
+        "claimer": run.claimer,
+        "claim_lock": run.claim_lock,
+        "started_at": iso(run.started_at),
+        "last_heartbeat_at": iso(run.last_heartbeat_at),
+        "ended_at": iso(run.ended_at),
+        "outcome": run.outcome,
+        "summary": run.summary,
+        "metadata": run.metadata_,
+        "error": run.error,
+    }
+
+
+def event_json(event: TaskEvent) -> dict[str, Any]:
+    """An event as a JSON object."""
+    return {
+        "id": event.id,
+        "task_id": event.task_id,
+        "run_id": event.run_id,
+        "kind": event.kind,
+        "payload": event.payload,
+        "created_at": iso(event.created_at),
+    }
