@@ -6,6 +6,9 @@ import argparse
 import random
 import sys
 import tempfile
+from pathlib import Path
+
+import sqlalchemy as sa
 
 import kanban_orm as kb
 
@@ -25,34 +28,87 @@ def _work_ms(text: str) -> tuple[float, float]:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
 
 
+def _claim_impl(text: str) -> str:
+    """Import it now: a typo is a usage error, not five workers dying at start-up."""
+    try:
+        harness.resolve(text)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"cannot use {text!r}: {error}") from None
+    return text
+
+
+def _prog() -> str:
+    # The same code ships in the wheel as kanban_orm._stress, run as `kanban-orm stress`.
+    if __package__ != "stress" or Path(sys.argv[0]).name == "kanban-orm":
+        return "kanban-orm stress"
+    return "python -m stress"
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m stress",
+        prog=_prog(),
         description="Prove kanban_orm's guarantees with real worker processes. "
         "Scenarios: " + "; ".join(f"{n}: {m.DESCRIPTION}" for n, m in SCENARIOS.items()),
+        epilog="--db points at a database the stress suite may wipe: every row of its "
+        "kanban_* tables is deleted before the run (other tables are left alone).",
     )
-    p.add_argument("scenario", nargs="?", default="claims", choices=sorted(SCENARIOS))
+    p.add_argument(
+        "scenario", nargs="?", default="claims", choices=sorted(SCENARIOS), help="default: claims"
+    )
     p.add_argument(
         "--db",
         metavar="URL",
         help="database to run against; its kanban tables are WIPED first "
         "(default: a fresh temporary SQLite file)",
     )
-    p.add_argument("--workers", type=_positive, default=5)
-    p.add_argument("--tasks", type=_positive, default=100)
-    p.add_argument("--work-ms", type=_work_ms, default=(1.0, 50.0), metavar="MIN-MAX")
-    p.add_argument("--seed", type=int, help="seed the workers' random choices (reproducible)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds before the run fails")
+    p.add_argument(
+        "--workers", type=_positive, default=5, metavar="N", help="worker processes (default 5)"
+    )
+    p.add_argument(
+        "--tasks", type=_positive, default=100, metavar="N", help="tasks to seed (default 100)"
+    )
+    p.add_argument(
+        "--work-ms",
+        type=_work_ms,
+        default=(1.0, 50.0),
+        metavar="MIN-MAX",
+        help="simulated work per task, uniform in milliseconds (default 1-50)",
+    )
+    p.add_argument(
+        "--seed", type=int, metavar="N", help="seed the workers' random choices (reproducible)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="seconds the workers may run after the start (default 300); then they stop, "
+        f"stragglers are killed {harness.GRACE_SECONDS:g} s later and the run fails",
+    )
     p.add_argument("--json", metavar="FILE", help="also write a machine-readable report")
     p.add_argument("--keep-db", action="store_true", help="keep the temporary SQLite database")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--claim-impl", metavar="MODULE:FUNCTION", help=argparse.SUPPRESS)
+    # Testing only: workers call this instead of kb.claim_task (tests/racy_claim.py).
+    p.add_argument("--claim-impl", type=_claim_impl, help=argparse.SUPPRESS)
     return p
 
 
@@ -80,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             with kb.connect(url) as session:
                 checks = scenario.checks(outcome, session)
             result = report.summary(outcome, checks)
-    except kb.KanbanError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (kb.KanbanError, sa.exc.SQLAlchemyError, OSError) as error:
+        # An unreachable or unusable database: one line, not a traceback.
+        print(f"error: {harness.one_line(error, 500)}", file=sys.stderr)
         return 1
     print(report.render(result))
     if args.json:

@@ -2,8 +2,14 @@
 
 A scenario module supplies ``setup`` (seed the board), ``work`` (one worker's loop, run
 in a spawned process) and ``checks`` (invariants over the logs and the database); the
-harness does the rest: spawning with a common start signal, a global timeout, naming
+harness does the rest: spawning, a common start signal, a global timeout, naming
 workers that died or hung, collecting logs, timing and reporting.
+
+A run has two phases. Start-up: every worker imports its code, opens its log and says
+it is ready; a worker that dies here aborts the run at once (nothing was tested, and
+waiting for it would only hang). Work: the start signal releases everyone together and
+the clock starts; ``--timeout`` seconds later workers stop taking new work, and
+``GRACE_SECONDS`` after that any worker still alive is killed and named as hung.
 """
 
 from __future__ import annotations
@@ -17,26 +23,38 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+import traceback
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from multiprocessing.synchronize import Barrier
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event, Semaphore
 from pathlib import Path
 from typing import Any, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
-from kanban_orm import queries as q
 
 SPAWN = mp.get_context("spawn")
-#: Workers stop starting new work at the timeout; past it by this much they are killed.
-GRACE_SECONDS = 10.0
+#: Past the timeout workers finish the task in hand; this much later they are killed.
+GRACE_SECONDS = 5.0
+#: Start-up (spawn + imports) gets at least this long, whatever ``--timeout`` says: a
+#: loaded machine can take seconds to import, and that is not what the timeout limits.
+STARTUP_SECONDS = 60.0
+#: How often the parent looks at its workers (and redraws the progress bar).
+POLL_SECONDS = 0.1
 
-#: Worker log entries whose kind starts with this count against "no escaped lock errors".
+#: Worker log kind for a database error that reached the worker (raw driver error or
+#: DatabaseBusy): what the seed's invariant 6 counts.
 DB_ERROR = "db_error"
+#: Worker log kinds the harness itself writes.
+READY, EXIT, CRASH, TIMED_OUT = "ready", "exit", "crash", "timed_out"
+#: The casualty line added when a worker could not start: no work ran at all.
+ABORTED = "run aborted before the start signal: nothing was tested"
+
+Procs = Mapping[str, BaseProcess]
 
 
 @dataclass(frozen=True)
@@ -52,6 +70,7 @@ class Config:
     claim_impl: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        # A plain dict crosses the spawn boundary without pickling this module's classes.
         return {**self.__dict__, "work_ms": list(self.work_ms)}
 
     @classmethod
@@ -73,7 +92,9 @@ class Outcome:
     config: Config
     logs: dict[str, list[dict[str, Any]]]
     elapsed: float
-    casualties: list[str] = field(default_factory=list)  # "worker-3 died with exit code -9"
+    #: Workers that died, hung, ran out of time or never started, one sentence each
+    #: ("worker-3 died with exit code -9"); any entry fails the run.
+    casualties: list[str] = field(default_factory=list)
 
     def entries(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
         for worker_log in self.logs.values():
@@ -92,6 +113,12 @@ class Scenario(Protocol):
     def checks(self, outcome: Outcome, session: Session) -> list[Check]: ...
 
 
+def one_line(error: BaseException, limit: int = 200) -> str:
+    """An error as one short line: driver errors carry the SQL and a blank line after."""
+    text = f"{type(error).__name__}: {error}".splitlines()[0]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 # -- inside a worker process ------------------------------------------------------------
 
 
@@ -103,10 +130,13 @@ class WorkerContext:
         self.name = f"worker-{index}"
         self.config = config
         self.random = random.Random(config.seed * 1000 + index)
-        self.claim_task: Callable[..., kb.Task | None] = resolve(config.claim_impl)
-        self._log = log_path.open("a", buffering=1)  # a line per event survives a kill
+        # One JSON line per event, line-buffered: a killed worker's log survives up to
+        # its last complete line (the chaos scenarios depend on it).
+        self._log = log_path.open("a", buffering=1)
         self.started = time.monotonic()
+        self.timed_out = False
         self._parent = os.getppid()
+        self.claim_task: Callable[..., kb.Task | None] = kb.claim_task
 
     def log(self, kind: str, **fields: Any) -> None:
         entry = {"kind": kind, "worker": self.name, "t": time.monotonic() - self.started, **fields}
@@ -116,10 +146,19 @@ class WorkerContext:
         low, high = self.config.work_ms
         time.sleep(self.random.uniform(low, high) / 1000)
 
+    def orphaned(self) -> bool:
+        return os.getppid() != self._parent
+
     def out_of_time(self) -> bool:
-        """Past the timeout, or orphaned: a worker whose harness died stops by itself."""
-        orphaned = os.getppid() != self._parent
-        return orphaned or time.monotonic() - self.started > self.config.timeout
+        """Past the timeout, or orphaned: a worker whose harness died stops by itself.
+
+        Scenarios call this before taking new work; the first True is logged, so the
+        report can say the run stopped with work left rather than just "tasks not done".
+        """
+        if not self.timed_out and time.monotonic() - self.started > self.config.timeout:
+            self.timed_out = True
+            self.log(TIMED_OUT)
+        return self.timed_out or self.orphaned()
 
     def close(self) -> None:
         self._log.close()
@@ -129,25 +168,50 @@ def resolve(claim_impl: str | None) -> Callable[..., kb.Task | None]:
     """``module:function`` to use instead of kb.claim_task (the checker's own test)."""
     if not claim_impl:
         return kb.claim_task
-    module, _, name = claim_impl.partition(":")
-    function: Callable[..., kb.Task | None] = getattr(importlib.import_module(module), name)
-    return function
+    module, sep, name = claim_impl.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"expected MODULE:FUNCTION, not {claim_impl!r}")
+    function = getattr(importlib.import_module(module), name)
+    if not callable(function):
+        raise ValueError(f"{claim_impl} is not callable")
+    return function  # type: ignore[no-any-return]
 
 
-def worker_main(config_raw: dict[str, Any], index: int, start: Barrier) -> None:
-    """Entry point of a spawned worker process."""
+def worker_main(config_raw: dict[str, Any], index: int, ready: Semaphore, start: Event) -> None:
+    """Entry point of a spawned worker process (module level, so spawn can pickle it)."""
     from .scenarios import SCENARIOS
 
     config = Config.from_dict(config_raw)
-    scenario = SCENARIOS[config.scenario]
-    worker = WorkerContext(index, config, Path(config.log_dir) / f"worker-{index}.jsonl")
+    worker = WorkerContext(index, config, _log_path(config, f"worker-{index}"))
     try:
-        start.wait(timeout=config.timeout)  # everyone imported and ready: go together
-        worker.started = time.monotonic()
+        worker.claim_task = resolve(config.claim_impl)
+        scenario = SCENARIOS[config.scenario]
+        worker.log(READY)
+        ready.release()
+        if not _wait_for_start(worker, start):
+            return
+        worker.started = time.monotonic()  # every worker's clock starts at the signal
         scenario.work(worker)
-        worker.log("exit")
+        worker.log(EXIT)
+    except BaseException as error:
+        # The traceback goes to stderr as usual; the log keeps the gist for the report.
+        worker.log(CRASH, error=one_line(error), where=_where(error))
+        raise
     finally:
         worker.close()
+
+
+def _wait_for_start(worker: WorkerContext, start: Event) -> bool:
+    deadline = time.monotonic() + max(worker.config.timeout, STARTUP_SECONDS)
+    while not start.wait(timeout=1.0):
+        if worker.orphaned() or time.monotonic() > deadline:
+            return False
+    return True
+
+
+def _where(error: BaseException) -> str:
+    frames = traceback.extract_tb(error.__traceback__)
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
 
 
 # -- in the parent ----------------------------------------------------------------------
@@ -158,16 +222,16 @@ def database(db_url: str | None, keep: bool) -> Iterator[str]:
     """A fresh temporary SQLite database, or the given one with its kanban rows wiped."""
     if db_url:
         kb.init_db(db_url)
-        with kb.connect(db_url) as session:
-            for table in (q.comments, q.events, q.links, q.runs, q.tasks):
-                session.execute(delete(table))
-            session.commit()
-        yield db_url
+        _wipe(db_url)
+        try:
+            yield db_url
+        finally:
+            kb.dispose_engines()
         return
     home = tempfile.mkdtemp(prefix="kanban_stress_")
     url = f"sqlite:///{home}/kanban.db"
-    kb.init_db(url)
     try:
+        kb.init_db(url)
         yield url
     finally:
         kb.dispose_engines()
@@ -177,41 +241,141 @@ def database(db_url: str | None, keep: bool) -> Iterator[str]:
             shutil.rmtree(home, ignore_errors=True)
 
 
+def _wipe(db_url: str) -> None:
+    """Delete every row of every kanban table, children first, so runs are repeatable.
+
+    Rows only: the schema (and its version table) stays, and other tables in the
+    database are not touched.
+    """
+    with kb.connect(db_url) as session:
+        for table in reversed(kb.Base.metadata.sorted_tables):
+            session.execute(table.delete())
+        session.commit()
+
+
 def run(scenario: Scenario, config: Config, *, progress: bool) -> Outcome:
     """Seed the board, run the workers to the end or the timeout, collect their logs."""
     with kb.connect(config.db_url) as session:
         scenario.setup(session, config)
-    start = SPAWN.Barrier(config.workers + 1)
+    ready, start = SPAWN.Semaphore(0), SPAWN.Event()
     procs = {
         f"worker-{i}": SPAWN.Process(
-            target=worker_main, args=(config.as_dict(), i, start), name=f"worker-{i}"
+            target=worker_main, args=(config.as_dict(), i, ready, start), name=f"worker-{i}"
         )
         for i in range(config.workers)
     }
-    for proc in procs.values():
-        proc.start()
-    start.wait(timeout=config.timeout)  # the clock starts once every worker is ready
-    began = time.monotonic()
-    with _progress(config, progress) as tick:
-        casualties = _wait(procs, began + config.timeout + GRACE_SECONDS, tick)
-    elapsed = time.monotonic() - began
-    logs = {name: _read_log(Path(config.log_dir) / f"{name}.jsonl") for name in procs}
-    return Outcome(config, logs, elapsed, casualties)
+    try:
+        for proc in procs.values():
+            proc.start()
+        not_started = _await_ready(config, procs, ready, max(config.timeout, STARTUP_SECONDS))
+        if not_started:
+            _kill(procs)
+            return Outcome(config, _read_logs(config, procs), 0.0, [*not_started, ABORTED])
+        start.set()
+        began = time.monotonic()
+        with _progress(config, progress) as tick:
+            hung = _wait(procs, began + config.timeout + GRACE_SECONDS, tick)
+        wall = time.monotonic() - began
+    finally:
+        _kill(procs)  # Ctrl-C or a harness bug must not leave workers behind
+    logs = _read_logs(config, procs)
+    casualties = _fates(procs, logs, hung) + _timed_out(config, logs)
+    return Outcome(config, logs, _elapsed(logs, wall, casualties), casualties)
 
 
-def _wait(procs: dict[str, Any], deadline: float, tick: Callable[[], None]) -> list[str]:
+def _await_ready(config: Config, procs: Procs, ready: Semaphore, limit: float) -> list[str]:
+    """Wait until every worker is ready; else say which were not, one sentence each.
+
+    Returns as soon as a worker dies (the run is lost; waiting would only hang), or
+    after ``limit`` seconds naming the workers that have not said they are ready.
+    """
+    deadline = time.monotonic() + limit
+    waiting = len(procs)
+    while waiting:
+        if ready.acquire(timeout=POLL_SECONDS):
+            waiting -= 1
+            continue
+        logs = {name: _read_log(_log_path(config, name)) for name in procs}
+        dead = [
+            f"{name} died with exit code {p.exitcode} before the start{_crash(logs[name])}"
+            for name, p in procs.items()
+            if not p.is_alive()
+        ]
+        if dead:
+            return dead
+        if time.monotonic() > deadline:
+            return [
+                f"{name} was not ready to start after {limit:g} s"
+                for name in procs
+                if not any(e["kind"] == READY for e in logs[name])
+            ]
+    return []
+
+
+def _wait(procs: Procs, deadline: float, tick: Callable[[], None]) -> set[str]:
+    """Wait for every worker to exit; kill and return those still alive at ``deadline``."""
     while any(p.is_alive() for p in procs.values()) and time.monotonic() < deadline:
         tick()
-        time.sleep(0.1)
-    casualties = []
-    for name, proc in procs.items():
+        time.sleep(POLL_SECONDS)
+    hung = {name for name, p in procs.items() if p.is_alive()}
+    _kill(procs)
+    return hung
+
+
+def _kill(procs: Procs) -> None:
+    for proc in procs.values():
         if proc.is_alive():
             proc.kill()
-            proc.join()
-            casualties.append(f"{name} hung past the timeout and was killed")
+    for proc in procs.values():
+        if proc.pid is not None:
+            proc.join(timeout=10)
+
+
+def _fates(procs: Procs, logs: dict[str, list[dict[str, Any]]], hung: set[str]) -> list[str]:
+    """One sentence per worker that did not end cleanly, named."""
+    fates = []
+    for name, proc in procs.items():
+        if name in hung:
+            fates.append(f"{name} hung past the timeout and was killed")
         elif proc.exitcode != 0:
-            casualties.append(f"{name} died with exit code {proc.exitcode}")
-    return casualties
+            fates.append(f"{name} died with exit code {proc.exitcode}{_crash(logs[name])}")
+        elif not any(e["kind"] == EXIT for e in logs[name]):
+            fates.append(f"{name} exited without finishing its log")
+    return fates
+
+
+def _crash(entries: list[dict[str, Any]]) -> str:
+    """Why a worker died, when it lived long enough to log the exception."""
+    crash = next((e for e in entries if e["kind"] == CRASH), None)
+    return f": {crash['error']} ({crash['where']})" if crash else ""
+
+
+def _timed_out(config: Config, logs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    late = [name for name, entries in logs.items() if any(e["kind"] == TIMED_OUT for e in entries)]
+    if not late:
+        return []
+    return [f"run timed out after {config.timeout:g} s; stopped by the timeout: {', '.join(late)}"]
+
+
+def _elapsed(logs: dict[str, list[dict[str, Any]]], wall: float, casualties: list[str]) -> float:
+    """Seconds from the start signal to the last worker's exit entry.
+
+    Measured by the workers, because the parent only notices an exit after the
+    interpreter's teardown (a second or two on a loaded machine). A run with casualties
+    has no clean ending to measure: the parent's clock then stands.
+    """
+    exits = [e["t"] for entries in logs.values() for e in entries if e["kind"] == EXIT]
+    if casualties or len(exits) != len(logs):
+        return wall
+    return max(exits, default=wall)
+
+
+def _log_path(config: Config, name: str) -> Path:
+    return Path(config.log_dir) / f"{name}.jsonl"
+
+
+def _read_logs(config: Config, procs: Procs) -> dict[str, list[dict[str, Any]]]:
+    return {name: _read_log(_log_path(config, name)) for name in procs}
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:
@@ -235,18 +399,21 @@ def _progress(config: Config, enabled: bool) -> Iterator[Callable[[], None]]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     engine = kb.cached_engine(config.db_url)
-    finished = sa.select(sa.func.count()).where(q.tasks.c.status == kb.Status.DONE.value)
+    finished = sa.select(sa.func.count()).where(kb.Task.status == kb.Status.DONE.value)
     columns = (
         TextColumn(f"[bold]{config.scenario}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total} tasks done"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns) as bar:
+    with Progress(*columns, transient=True) as bar:
         task = bar.add_task("tasks", total=config.tasks)
 
         def tick() -> None:
-            with engine.connect() as conn:
-                bar.update(task, completed=conn.execute(finished).scalar_one())
+            try:
+                with engine.connect() as conn:
+                    bar.update(task, completed=conn.execute(finished).scalar_one())
+            except sa.exc.DBAPIError:
+                pass  # a progress bar must never fail the run it decorates
 
         yield tick

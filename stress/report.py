@@ -17,11 +17,12 @@ def summary(outcome: Outcome, checks: list[Check]) -> dict[str, Any]:
     per_worker = Counter(e["worker"] for e in outcome.entries("completed"))
     completes = sum(per_worker.values())
     # Throughput counts up to the last completion, not the workers' idle polls after it.
-    busy = max((e["t"] for e in outcome.entries("completed")), default=outcome.elapsed)
+    busy = max((e["t"] for e in outcome.entries("completed")), default=None)
     return {
         "scenario": config.scenario,
         "backend": sa.make_url(config.db_url).get_backend_name(),
-        "ok": all(c.ok for c in checks),
+        # Casualties fail the run even if a scenario's checks forgot to look at them.
+        "ok": all(c.ok for c in checks) and not outcome.casualties,
         "invariants": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks],
         "workers": config.workers,
         "tasks": config.tasks,
@@ -31,7 +32,7 @@ def summary(outcome: Outcome, checks: list[Check]) -> dict[str, Any]:
         "completes": completes,
         "lost_races": sum(1 for _ in outcome.entries("lost_claim_race")),
         "elapsed_seconds": round(outcome.elapsed, 3),
-        "seconds_to_last_completion": round(busy, 3),
+        "seconds_to_last_completion": round(busy, 3) if busy is not None else None,
         "throughput_tasks_per_second": round(completes / busy, 1) if busy else None,
         "per_worker_completions": {
             w: per_worker.get(w, 0) for w in sorted(outcome.logs, key=_worker_number)
@@ -55,20 +56,34 @@ def render(report: dict[str, Any]) -> str:
         mark = "✔" if check["ok"] else "✘"
         detail = f" — {check['detail']}" if check["detail"] else ""
         lines.append(f"{mark} {check['name']}{detail}")
+    # Casualties a scenario's checks did not already name get lines of their own.
+    unmentioned = [
+        c for c in report["casualties"] if not any(c in i["detail"] for i in report["invariants"])
+    ]
+    lines += [f"✘ {c}" for c in unmentioned]
     lines += [
         "",
         f"claims:      {report['claims']}",
         f"completes:   {report['completes']}",
         f"lost races:  {report['lost_races']} (contention, not errors)",
-        f"elapsed:     {report['elapsed_seconds']:.2f} s "
-        f"({report['seconds_to_last_completion']:.2f} s to the last completion)",
-        f"throughput:  {report['throughput_tasks_per_second']} tasks/s",
+        f"elapsed:     {report['elapsed_seconds']:.2f} s ({_to_last(report)})",
+        f"throughput:  {_throughput(report)}",
         "per-worker completions: "
         + ", ".join(f"{w} {n}" for w, n in report["per_worker_completions"].items()),
         "",
         "ALL INVARIANTS HELD" if report["ok"] else "INVARIANTS VIOLATED",
     ]
     return "\n".join(lines)
+
+
+def _to_last(report: dict[str, Any]) -> str:
+    busy = report["seconds_to_last_completion"]
+    return "no completions" if busy is None else f"{busy:.2f} s to the last completion"
+
+
+def _throughput(report: dict[str, Any]) -> str:
+    rate = report["throughput_tasks_per_second"]
+    return "n/a" if rate is None else f"{rate} tasks/s"
 
 
 def write_json(report: dict[str, Any], path: str) -> None:

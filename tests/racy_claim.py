@@ -1,14 +1,21 @@
-"""A deliberately broken claim, to prove the stress suite's checker catches one.
+"""Deliberately broken claims, to prove the stress suite's checker and harness catch them.
 
-It checks the task's state in one transaction and then, a moment later, writes the claim
-with an UPDATE that does not repeat the check (no ``status = 'ready' AND claim_lock IS
-NULL`` guard): the check-then-act race the kernel's compare-and-swap exists to prevent.
-Two workers can both see the task ready and both "win"; the later one silently takes the
+Each is passed to ``python -m stress --claim-impl tests.racy_claim:NAME`` and called by
+the workers instead of ``kb.claim_task``.
+
+``claim_task``, the racy one, checks the task's state in one transaction and then, a
+moment later, writes the claim with an UPDATE that does not repeat the check (no
+``status = 'ready' AND claim_lock IS NULL`` guard): the check-then-act race the kernel's
+compare-and-swap exists to prevent. The check is a plain read, so on SQLite it takes no
+write lock and nothing serialises it with the act; the act goes through the kernel's
+retry layer, so a busy SQLite yields double claims rather than only lock errors. Two
+workers can both see the task ready and both "win"; the later one silently takes the
 claim over (closing the earlier run, since the schema allows one open run per task).
 """
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -60,3 +67,18 @@ def claim_task(
         return task
 
     return run_write(session, unguarded)
+
+
+def die_on_first_claim(
+    session: Session, task_id: int, *, claimer: str, ttl_seconds: float | None = None
+) -> kb.Task | None:
+    """Kill the worker process at its first claim (the harness must name the dead worker)."""
+    os._exit(9)
+
+
+def hang_on_claim(
+    session: Session, task_id: int, *, claimer: str, ttl_seconds: float | None = None
+) -> kb.Task | None:
+    """Never return (the harness's timeout must end the run and name the hung worker)."""
+    while True:
+        time.sleep(60)

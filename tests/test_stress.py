@@ -101,12 +101,14 @@ def test_a_dead_worker_is_named_and_fails_the_run(tmp_path: Path) -> None:
         "--work-ms",
         "0-1",
         "--claim-impl",
-        "tests.workers:die_on_first_claim",
+        "tests.racy_claim:die_on_first_claim",
         tmp_path=tmp_path,
     )
     assert code == 1, output
-    assert any("died with exit code 9" in c for c in report["casualties"]), output
-    assert "worker-" in output and "died with exit code 9" in output
+    dead = [c for c in report["casualties"] if c.endswith("died with exit code 9")]
+    assert dead and all(c.startswith("worker-") for c in dead), output
+    assert dead[0] in output
+    assert "✘ 6." in output
 
 
 def test_a_hung_worker_is_killed_at_the_timeout(tmp_path: Path) -> None:
@@ -117,21 +119,49 @@ def test_a_hung_worker_is_killed_at_the_timeout(tmp_path: Path) -> None:
         "--tasks",
         "3",
         "--timeout",
-        "2",
+        "1",
         "--claim-impl",
-        "tests.workers:hang_on_claim",
+        "tests.racy_claim:hang_on_claim",
         tmp_path=tmp_path,
     )
     assert code == 1, output
-    assert report["casualties"] == ["worker-0 hung past the timeout and was killed"]
+    assert report["casualties"] == ["worker-0 hung past the timeout and was killed"], output
 
 
-def test_bad_options_are_usage_errors(tmp_path: Path) -> None:
-    for args in (["--work-ms", "5-1"], ["--workers", "0"], ["nonsense"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "stress", *args], cwd=REPO_ROOT, capture_output=True, text=True
-        )
-        assert done.returncode == 2, (args, done.stderr)
+def test_a_run_past_its_timeout_stops_and_says_so(tmp_path: Path) -> None:
+    # One worker, 200 tasks of 20 ms: about 4 s of work against a 1 s limit.
+    code, report, output = run_stress(
+        "--workers", "1", "--tasks", "200", "--work-ms", "20-20", "--timeout", "1",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert code == 1, output
+    expected = "run timed out after 1 s; stopped by the timeout: worker-0"
+    assert report["casualties"] == [expected], output
+    assert 0 < report["completes"] < 200
+    assert report["elapsed_seconds"] < 30
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--work-ms", "5-1"],
+        ["--workers", "0"],
+        ["--timeout", "0"],
+        ["nonsense"],
+        ["--claim-impl", "tests.no_such_module:claim_task"],
+        ["--claim-impl", "tests.racy_claim:no_such_function"],
+    ],
+)
+def test_bad_options_are_usage_errors(
+    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stress.__main__ import main
+
+    monkeypatch.syspath_prepend(str(REPO_ROOT))  # where --claim-impl modules are imported
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2, args
+    assert "error:" in capsys.readouterr().err
 
 
 def test_keep_db_prints_the_path_of_a_database_that_holds_the_run(tmp_path: Path) -> None:

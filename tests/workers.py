@@ -59,20 +59,6 @@ def churn(url: str, name: str) -> None:
             kb.fail_task(session, task.id, claim_lock=task.claim_lock, error="churn", retry=False)
 
 
-def die_on_first_claim(session: object, task_id: int, **kw: object) -> None:
-    """A claim function that kills its worker process (the harness must name it)."""
-    import os
-
-    os._exit(9)
-
-
-def hang_on_claim(session: object, task_id: int, **kw: object) -> None:
-    """A claim function that never returns (the harness's timeout must end the run)."""
-    import time
-
-    time.sleep(3600)
-
-
 def create_idempotently(url: str, tenant: str | None, barrier: Barrier, out: str) -> None:
     """Create the same task (same idempotency key) 20 times, racing the other creators."""
     session = kb.connect(url)

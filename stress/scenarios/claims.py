@@ -16,13 +16,19 @@ from sqlalchemy import exc, func, select
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
-from kanban_orm import queries as q
 
-from ..harness import DB_ERROR, Check, Config, Outcome, WorkerContext
+from ..harness import DB_ERROR, Check, Config, Outcome, WorkerContext, one_line
 
 DESCRIPTION = "workers race claim_task on the same ready tasks, then complete them"
+#: The seed's exit rule: the ready pool must stay empty this many polls in a row.
 EMPTY_POLLS_BEFORE_EXIT = 20
+#: Candidates a worker picks among: few enough that workers collide (lost races are
+#: the point), more than one so they do not all march in lockstep on the same id.
 PICK_AMONG = 3
+#: Log kinds: a claim taken away before completion, and any other kernel error.
+CLAIM_LOST, KANBAN_ERROR = "claim_lost", "kanban_error"
+#: Errors a worker survives and logs: each is a finding for the checks, not a crash.
+DB_ERRORS = (exc.DBAPIError, kb.DatabaseBusy)
 
 
 def setup(session: Session, config: Config) -> None:
@@ -33,15 +39,20 @@ def setup(session: Session, config: Config) -> None:
 def work(worker: WorkerContext) -> None:
     session = kb.connect(worker.config.db_url)
     pick = (
-        select(q.tasks.c.id)
-        .where(q.tasks.c.status == "ready", q.tasks.c.claim_lock.is_(None))
+        select(kb.Task.id)
+        .where(kb.Task.status == kb.Status.READY.value, kb.Task.claim_lock.is_(None))
         .limit(PICK_AMONG)
     )
     empty_polls = 0
     try:
         while not worker.out_of_time() and empty_polls <= EMPTY_POLLS_BEFORE_EXIT:
-            candidates = session.scalars(pick).all()
-            session.rollback()  # end the read: no snapshot held between polls
+            try:
+                candidates = session.scalars(pick).all()
+            except DB_ERRORS as error:
+                worker.log(DB_ERROR, task=None, during="pick of a task", error=one_line(error))
+                candidates = []
+            finally:
+                session.rollback()  # end the read: no snapshot held between polls
             if not candidates:
                 empty_polls += 1
                 worker.work_pause()
@@ -55,9 +66,13 @@ def work(worker: WorkerContext) -> None:
 def claim_and_complete(worker: WorkerContext, session: Session, task_id: int) -> None:
     try:
         task = worker.claim_task(session, task_id, claimer=worker.name)
-    except (exc.DBAPIError, kb.DatabaseBusy) as error:
+    except DB_ERRORS as error:
         session.rollback()
-        worker.log(DB_ERROR, task=task_id, during="claim", error=str(error)[:300])
+        worker.log(DB_ERROR, task=task_id, during="claim", error=one_line(error))
+        return
+    except kb.KanbanError as error:  # claim_task answers contention with None, not this
+        session.rollback()
+        worker.log(KANBAN_ERROR, task=task_id, during="claim", error=one_line(error))
         return
     if task is None:
         worker.log("lost_claim_race", task=task_id)
@@ -74,79 +89,98 @@ def claim_and_complete(worker: WorkerContext, session: Session, task_id: int) ->
             summary=f"{worker.name} finished task {task_id}",
             metadata={"worker": worker.name, "run_id": run_id},
         )
-    except kb.ClaimLost as error:
-        worker.log("claim_lost", task=task_id, claim_lock=token, error=str(error))
-        return
-    except (exc.DBAPIError, kb.DatabaseBusy) as error:
+    except kb.ClaimLost as error:  # nobody reclaims in this scenario: always a finding
         session.rollback()
-        worker.log(DB_ERROR, task=task_id, during="complete", error=str(error)[:300])
+        worker.log(CLAIM_LOST, task=task_id, claim_lock=token, error=one_line(error))
+        return
+    except DB_ERRORS as error:
+        session.rollback()
+        worker.log(DB_ERROR, task=task_id, during="complete", error=one_line(error))
+        return
+    except kb.KanbanError as error:
+        session.rollback()
+        worker.log(KANBAN_ERROR, task=task_id, during="complete", error=one_line(error))
         return
     worker.log("completed", task=task_id, run_id=run_id, claim_lock=token)
 
 
 # -- invariants -------------------------------------------------------------------------
 
+Entry = dict[str, Any]
+
 
 def checks(outcome: Outcome, session: Session) -> list[Check]:
     claims = list(outcome.entries("claimed"))
     completions = list(outcome.entries("completed"))
     tasks = session.execute(
-        select(q.tasks.c.id, q.tasks.c.status, q.tasks.c.claim_lock, q.tasks.c.current_run_id)
+        select(kb.Task.id, kb.Task.status, kb.Task.claim_lock, kb.Task.current_run_id)
     ).all()
     runs = session.execute(
         select(
-            q.runs.c.id, q.runs.c.task_id, q.runs.c.claim_lock, q.runs.c.ended_at, q.runs.c.outcome
+            kb.TaskRun.id,
+            kb.TaskRun.task_id,
+            kb.TaskRun.claimer,
+            kb.TaskRun.claim_lock,
+            kb.TaskRun.ended_at,
+            kb.TaskRun.outcome,
         )
     ).all()
-    event_kinds: Counter[str] = Counter(
-        {
-            kind: n
-            for kind, n in session.execute(
-                select(q.events.c.kind, func.count()).group_by(q.events.c.kind)
-            )
-        }
-    )
-    completed_events = Counter(
-        session.scalars(select(q.events.c.task_id).where(q.events.c.kind == "completed"))
-    )
+    events = session.execute(
+        select(kb.TaskEvent.kind, kb.TaskEvent.task_id, func.count()).group_by(
+            kb.TaskEvent.kind, kb.TaskEvent.task_id
+        )
+    ).all()
     session.rollback()
+    claimed_events = Counter({task_id: n for kind, task_id, n in events if kind == "claimed"})
+    completed_events = Counter({task_id: n for kind, task_id, n in events if kind == "completed"})
     return [
-        no_double_claim(claims, runs),
-        completed_once_by_holder(claims, completions, completed_events, len(tasks)),
+        no_double_claim(claims, runs, claimed_events),
+        completed_once_by_holder(
+            claims, completions, list(outcome.entries(CLAIM_LOST)), completed_events, len(tasks)
+        ),
         one_run_per_claim(claims, completions, runs),
         all_done_and_released(tasks, outcome.config.tasks),
-        event_counts(claims, completions, runs, event_kinds),
+        event_counts(claims, completions, runs, claimed_events, completed_events),
         no_escaped_errors(outcome),
     ]
 
 
-def _sample(items: list[Any], n: int = 3) -> str:
-    shown = ", ".join(str(i) for i in items[:n])
+def _sample(items: list[str], n: int = 3) -> str:
+    shown = ", ".join(items[:n])
     return shown + (f" … ({len(items)} in all)" if len(items) > n else "")
 
 
-def no_double_claim(claims: list[dict[str, Any]], runs: Sequence[Any]) -> Check:
-    by_task: dict[int, set[str]] = defaultdict(set)
+def no_double_claim(
+    claims: list[Entry], runs: Sequence[Any], claimed_events: Counter[int]
+) -> Check:
+    """Logs: each task claimed once (nobody releases here, so twice is one too many).
+    Database: one run and one ``claimed`` event per task."""
+    by_task: dict[int, list[str]] = defaultdict(list)
     for claim in claims:
-        by_task[claim["task"]].add(claim["worker"])
+        by_task[claim["task"]].append(claim["worker"])
     doubles = [f"task {t} by {sorted(w)}" for t, w in by_task.items() if len(w) > 1]
     runs_per_task = Counter(run.task_id for run in runs)
     doubles += [f"task {t} has {n} runs" for t, n in runs_per_task.items() if n > 1]
+    doubles += [f"task {t} has {n} claimed events" for t, n in claimed_events.items() if n > 1]
     return Check("1. no task claimed by two workers", not doubles, _sample(doubles))
 
 
 def completed_once_by_holder(
-    claims: list[dict[str, Any]],
-    completions: list[dict[str, Any]],
+    claims: list[Entry],
+    completions: list[Entry],
+    lost: list[Entry],
     completed_events: Counter[int],
     total: int,
 ) -> Check:
-    holder = {c["task"]: (c["worker"], c["claim_lock"]) for c in claims}
+    """Every completion matches a claim by the same worker with the same fencing token,
+    no holder had its claim refused (ClaimLost), and each task completed exactly once."""
+    held = {(c["task"], c["worker"], c["claim_lock"]) for c in claims}
     problems = [
         f"task {c['task']} completed by {c['worker']} without holding its claim"
         for c in completions
-        if holder.get(c["task"]) != (c["worker"], c["claim_lock"])
+        if (c["task"], c["worker"], c["claim_lock"]) not in held
     ]
+    problems += [f"task {e['task']}: {e['worker']}'s completion refused (ClaimLost)" for e in lost]
     logged = Counter(c["task"] for c in completions)
     problems += [f"task {t} completed {n} times (logs)" for t, n in logged.items() if n > 1]
     problems += [f"task {t}: {n} completed events" for t, n in completed_events.items() if n > 1]
@@ -157,14 +191,18 @@ def completed_once_by_holder(
     )
 
 
-def one_run_per_claim(
-    claims: list[dict[str, Any]], completions: list[dict[str, Any]], runs: Sequence[Any]
-) -> Check:
+def one_run_per_claim(claims: list[Entry], completions: list[Entry], runs: Sequence[Any]) -> Check:
+    """Each logged claim made exactly one run (matched by fencing token and claimer),
+    and every run is closed with outcome ``completed``."""
     problems = []
     if len(runs) != len(claims):
         problems.append(f"{len(runs)} runs for {len(claims)} claims")
-    logged_runs = {c["run_id"] for c in claims}
-    problems += [f"run {r.id} was never logged as claimed" for r in runs if r.id not in logged_runs]
+    logged = {(c["run_id"], c["claim_lock"], c["worker"]) for c in claims}
+    problems += [
+        f"run {r.id} (task {r.task_id}, {r.claimer}) matches no logged claim"
+        for r in runs
+        if (r.id, r.claim_lock, r.claimer) not in logged
+    ]
     problems += [
         f"run {r.id} (task {r.task_id}) ended={r.ended_at} outcome={r.outcome}"
         for r in runs
@@ -179,7 +217,9 @@ def all_done_and_released(tasks: Sequence[Any], expected: int) -> Check:
     problems = [
         f"task {t.id} status={t.status} claim_lock={t.claim_lock} current_run_id={t.current_run_id}"
         for t in tasks
-        if t.status != "done" or t.claim_lock is not None or t.current_run_id is not None
+        if t.status != kb.Status.DONE.value
+        or t.claim_lock is not None
+        or t.current_run_id is not None
     ]
     if len(tasks) != expected:
         problems.append(f"{len(tasks)} tasks on the board, {expected} seeded")
@@ -189,17 +229,18 @@ def all_done_and_released(tasks: Sequence[Any], expected: int) -> Check:
 
 
 def event_counts(
-    claims: list[dict[str, Any]],
-    completions: list[dict[str, Any]],
+    claims: list[Entry],
+    completions: list[Entry],
     runs: Sequence[Any],
-    kinds: Counter[str],
+    claimed_events: Counter[int],
+    completed_events: Counter[int],
 ) -> Check:
     numbers = {
         "runs": len(runs),
         "claims logged": len(claims),
         "completions logged": len(completions),
-        "claimed events": kinds["claimed"],
-        "completed events": kinds["completed"],
+        "claimed events": claimed_events.total(),
+        "completed events": completed_events.total(),
     }
     ok = len(set(numbers.values())) == 1
     detail = ", ".join(f"{k} {v}" for k, v in numbers.items())
@@ -207,11 +248,20 @@ def event_counts(
 
 
 def no_escaped_errors(outcome: Outcome) -> Check:
-    errors = list(outcome.entries(DB_ERROR)) + list(outcome.entries("claim_lost"))
-    details = [
-        f"{e['worker']} {e['kind']} on task {e['task']}: {e.get('error', '')}" for e in errors
+    """No database error reached a worker, and every worker ended cleanly.
+
+    Casualties come first and are all shown: a report must name every dead worker.
+    """
+    errors = [
+        f"{e['worker']} {e['kind']} during {e['during']}"
+        + (f" of task {e['task']}" if e["task"] is not None else "")
+        + f": {e['error']}"
+        for e in outcome.entries()
+        if e["kind"] in (DB_ERROR, KANBAN_ERROR)
     ]
-    details += outcome.casualties
+    detail = "; ".join([*outcome.casualties, _sample(errors, 2)] if errors else outcome.casualties)
     return Check(
-        "6. zero lock errors escaped; every worker finished", not details, _sample(details, 2)
+        "6. zero lock errors escaped; every worker finished",
+        not errors and not outcome.casualties,
+        detail,
     )
