@@ -53,9 +53,9 @@ from . import board as board_view
 from . import db, migrate, service, workflow
 from .clock import utcnow
 from .errors import KanbanError
-from .models import Task, TaskComment, TaskLink
+from .models import Task, TaskLink
 from .states import Status
-from .worker import CommandHandler, Worker, event_json, iso, run_json, task_json
+from .worker import CommandHandler, Worker, comment_json, event_json, iso, run_json, task_json
 
 
 @contextmanager
@@ -358,7 +358,7 @@ def show(ctx: click.Context, task_id: int, as_json: bool) -> None:
                 "task": task_json(task),
                 "runs": [run_json(r) for r in runs],
                 "events": [event_json(e) for e in events],
-                "comments": [_comment_json(c) for c in comments],
+                "comments": [comment_json(c) for c in comments],
                 "parents": parents,
                 "children": children,
             }
@@ -407,16 +407,6 @@ def show(ctx: click.Context, task_id: int, as_json: bool) -> None:
     click.echo(f"events ({len(events)}):")
     for e in events:
         click.echo("  " + _event_line(e))
-
-
-def _comment_json(comment: TaskComment) -> dict[str, Any]:
-    return {
-        "id": comment.id,
-        "task_id": comment.task_id,
-        "author": comment.author,
-        "body": comment.body,
-        "created_at": iso(comment.created_at),
-    }
 
 
 def _indent(text: str, prefix: str = "  ") -> str:
@@ -714,7 +704,7 @@ def comment(ctx: click.Context, task_id: int, body: str, author: str | None, as_
     """
     added = workflow.add_comment(_session(ctx), task_id, body=body, author=author)
     if as_json:
-        _emit_json(_comment_json(added))
+        _emit_json(comment_json(added))
     else:
         click.echo(f"comment {added.id} on task {task_id}")
 

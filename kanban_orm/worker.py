@@ -49,7 +49,7 @@ from sqlalchemy.orm import Session
 from . import db, service
 from . import validation as check
 from .errors import ClaimLost, DatabaseBusy, InvalidInput, KanbanError
-from .models import Task, TaskEvent, TaskRun
+from .models import Task, TaskComment, TaskEvent, TaskRun
 
 log = logging.getLogger("kanban_orm.worker")
 
@@ -550,6 +550,17 @@ def task_json(task: Task) -> dict[str, Any]:
         "updated_at": iso(task.updated_at),
         "started_at": iso(task.started_at),
         "completed_at": iso(task.completed_at),
+    }
+
+
+def comment_json(comment: TaskComment) -> dict[str, Any]:
+    """A comment as a JSON object."""
+    return {
+        "id": comment.id,
+        "task_id": comment.task_id,
+        "author": comment.author,
+        "body": comment.body,
+        "created_at": iso(comment.created_at),
     }
 
 
