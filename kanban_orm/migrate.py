@@ -26,9 +26,10 @@ from alembic.util import CommandError
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
+from . import queries as q
 from .db import WRITE_OPTION, cached_engine, configure_engine, with_retry
 from .errors import KanbanError
-from .models import Base
+from .models import EVENT_LOG_GUARD_TRIGGER, Base, TaskEvent
 
 T = TypeVar("T")
 
@@ -133,7 +134,19 @@ def schema_differences(context: MigrationContext) -> list[Any]:
         artifacts = _sort_order_artifacts(differences)
         differences = [d for d in differences if id(d) not in artifacts]
         differences += _missing_sort_order_indexes(context)
+    if _missing_event_log_guard(context):
+        differences.append(("missing_trigger", EVENT_LOG_GUARD_TRIGGER))
     return differences
+
+
+def _missing_event_log_guard(context: MigrationContext) -> bool:
+    """PostgreSQL: the event table exists without its commit-order trigger (kb0003)."""
+    bind = context.bind
+    if bind is None or context.dialect.name != "postgresql":
+        return False
+    if not inspect(bind).has_table(TaskEvent.__tablename__):
+        return False
+    return bind.execute(q.EVENT_LOG_GUARD_PRESENT).first() is None
 
 
 def _missing_sort_order_indexes(context: MigrationContext) -> list[Any]:

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    DDL,
     JSON,
     BigInteger,
     CheckConstraint,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    event,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -185,6 +187,26 @@ class TaskEvent(Base):
         return f"<TaskEvent {self.id} task={self.task_id} {self.kind}>"
 
 
+#: PostgreSQL only: the event log's commit-order guard (see :data:`EVENT_LOG_GUARD_DDL`).
+EVENT_LOG_LOCK_KEY = 0x6B62_6576  # "kbev"
+EVENT_LOG_GUARD_FUNCTION = "kanban_event_log_guard"
+EVENT_LOG_GUARD_TRIGGER = "kanban_task_events_guard"
+#: Every statement that inserts events first takes a *shared* transaction advisory lock,
+#: held until its transaction ends. Writers share it, so they never wait for each
+#: other; a tailing reader (list_events) takes it *exclusively* for one read, which
+#: waits out every transaction that has inserted events but not yet committed. Event
+#: ids come from a sequence when the row is inserted, so without the guard a reader
+#: could see id 11 committed while id 10's transaction is still open, move its cursor
+#: past 10 and never see it. Alembic revision kb0003 installs the same objects.
+EVENT_LOG_GUARD_DDL = (
+    f"CREATE OR REPLACE FUNCTION {EVENT_LOG_GUARD_FUNCTION}() RETURNS trigger "
+    "LANGUAGE plpgsql AS $$ BEGIN "
+    f"PERFORM pg_advisory_xact_lock_shared({EVENT_LOG_LOCK_KEY}); RETURN NULL; END $$",
+    f"CREATE TRIGGER {EVENT_LOG_GUARD_TRIGGER} BEFORE INSERT ON kanban_task_events "
+    f"FOR EACH STATEMENT EXECUTE FUNCTION {EVENT_LOG_GUARD_FUNCTION}()",
+)
+
+
 class TaskLink(Base):
     """A dependency edge: the child is not claimable until the parent is finished."""
 
@@ -225,3 +247,20 @@ class TaskComment(Base):
 
 
 KANBAN_TABLES = frozenset(Base.metadata.tables)
+
+
+# create_all() installs the guard too, so models-only users get the same tailing
+# guarantee as migrated databases (the trigger goes with its table on DROP TABLE).
+for _statement in EVENT_LOG_GUARD_DDL:
+    event.listen(
+        TaskEvent.__table__,
+        "after_create",
+        DDL(_statement).execute_if(dialect="postgresql"),  # type: ignore[no-untyped-call]
+    )
+event.listen(
+    TaskEvent.__table__,
+    "after_drop",
+    DDL(f"DROP FUNCTION IF EXISTS {EVENT_LOG_GUARD_FUNCTION}()").execute_if(  # type: ignore[no-untyped-call]
+        dialect="postgresql"
+    ),
+)

@@ -27,13 +27,23 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.sql import ColumnElement, Executable, Select
 from sqlalchemy.sql.dml import ReturningUpdate
 
 from .clock import new_claim_token, utcnow
-from .models import JsonDoc, Task, TaskComment, TaskEvent, TaskLink, TaskRun
+from .models import (
+    EVENT_LOG_GUARD_TRIGGER,
+    EVENT_LOG_LOCK_KEY,
+    JsonDoc,
+    Task,
+    TaskComment,
+    TaskEvent,
+    TaskLink,
+    TaskRun,
+)
 from .states import FINISHED, Status, can_move, sources_of
 
 tasks: Table = Task.__table__  # type: ignore[assignment]
@@ -478,3 +488,16 @@ def stats_statements(by_tenant: bool) -> tuple[Executable, Executable, Executabl
 #: already runs one writer at a time.)
 LOCK_LINK_GRAPH = select(func.pg_advisory_xact_lock(bindparam("key", type_=Integer)))
 LINK_GRAPH_LOCK_KEY = 0x6B62_6C6E  # "kbln"
+
+#: PostgreSQL only, the tailing reader's side of the event log guard
+#: (models.EVENT_LOG_GUARD_DDL): an exclusive hold on the lock every event insert takes
+#: shared, so the read that follows in the same transaction starts after every
+#: transaction with uncommitted events has ended. Released when the read's transaction
+#: ends; the timeout bounds how long writers queue behind a waiting reader.
+WAIT_FOR_EVENT_WRITERS = (
+    text("SET LOCAL lock_timeout = '250ms'"),
+    select(func.pg_advisory_xact_lock(EVENT_LOG_LOCK_KEY)),
+)
+EVENT_LOG_GUARD_PRESENT = text(
+    "SELECT 1 FROM pg_trigger WHERE tgname = :name AND tgrelid = to_regclass('kanban_task_events')"
+).bindparams(name=EVENT_LOG_GUARD_TRIGGER)

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from . import config, steps
 from . import queries as q
 from . import validation as check
-from .db import run_read, run_write
+from .db import joins_caller_transaction, run_read, run_write
 from .errors import ClaimLost, InvalidInput, TaskNotFound
 from .models import Task, TaskEvent, TaskRun
 from .states import Status
@@ -567,7 +567,14 @@ def list_tasks(
 def list_events(
     session: Session, *, task_id: int | None = None, after_id: int = 0, limit: int | None = None
 ) -> list[TaskEvent]:
-    """Events with ``id > after_id`` in id order, optionally for one task."""
+    """Events with ``id > after_id`` in id order, optionally for one task.
+
+    Safe for tailing: a follower that passes the last id it saw as ``after_id`` never
+    misses an event, even on PostgreSQL where concurrent transactions commit out of id
+    order (the read waits, briefly, for transactions that have written events and not
+    yet committed). The guarantee needs the call to run in its own transaction: inside
+    one the caller opened with ``session.begin()`` it is a plain read.
+    """
     statement = (
         select(TaskEvent)
         .where(TaskEvent.id > check.after_id(after_id))
@@ -579,7 +586,14 @@ def list_events(
     count = check.limit(limit)
     if count is not None:
         statement = statement.limit(count)
-    return run_read(session, lambda s: list(s.scalars(statement)))
+    tailing = not joins_caller_transaction(session)
+
+    def read(s: Session) -> list[TaskEvent]:
+        if tailing:
+            steps.wait_for_event_writers(s)
+        return list(s.scalars(statement))
+
+    return run_read(session, read)
 
 
 __all__ = [

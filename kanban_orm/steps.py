@@ -125,6 +125,17 @@ def require_tasks(session: Session, task_ids: Sequence[int]) -> None:
             raise TaskNotFound(task_id)
 
 
+def wait_for_event_writers(s: Session) -> None:
+    """PostgreSQL: wait until no transaction has inserted events it has not committed.
+
+    Reads after this (in the same transaction) cannot miss an event with a lower id
+    that commits later; see ``models.EVENT_LOG_GUARD_DDL``. SQLite needs no wait.
+    """
+    if s.get_bind().dialect.name == "postgresql":
+        for statement in q.WAIT_FOR_EVENT_WRITERS:
+            s.execute(statement)
+
+
 def promote_children(s: Session, task_id: int) -> None:
     """Children of a now-finished task whose parents are all finished become ready."""
     promoted = s.execute(q.PROMOTE_CHILDREN, {"task_id": task_id}).scalars().all()

@@ -70,3 +70,22 @@ def create_idempotently(url: str, tenant: str | None, barrier: Barrier, out: str
     finally:
         session.close()
     Path(out).write_text(json.dumps(ids))
+
+
+def write_events_slowly(url: str, name: str, count: int, barrier: Barrier, out: str) -> None:
+    """Create ``count`` tasks, each in a transaction that lingers after its event insert,
+    so concurrent writers commit out of event-id order."""
+    import random
+    import time
+
+    session = kb.connect(url)
+    rng = random.Random(name)
+    try:
+        barrier.wait(timeout=60)
+        for i in range(count):
+            with session.begin():
+                kb.create_task(session, title=f"{name} #{i}")
+                time.sleep(rng.uniform(0, 0.02))
+    finally:
+        session.close()
+    Path(out).write_text("done")
