@@ -266,6 +266,35 @@ COMPLETE_FORCED = (
     .returning(tasks.c.id)
 )
 
+# Promotion and its races (PostgreSQL, READ COMMITTED). A child becomes ready when its
+# last unfinished parent finishes, but each statement sees only what had committed when
+# it began: two parents finishing at once would each see the other still running, and a
+# child linked to a parent that is finishing would be seen by neither side. So the
+# transaction that enables a promotion (finishing a parent, unlinking) first locks the
+# waiting children, and one that adds a dependency first share-locks the parents: the
+# second of two such transactions waits for the first to commit, and its next statement
+# sees it. SQLite renders no locking clause; BEGIN IMMEDIATE already serialises writers.
+
+#: Lock the waiting children of :task_id (in id order, so two finishers cannot deadlock).
+LOCK_WAITING_CHILDREN = (
+    select(tasks.c.id)
+    .where(
+        tasks.c.status == Status.TODO.value,
+        tasks.c.id.in_(select(links.c.child_id).where(links.c.parent_id == bindparam("task_id"))),
+    )
+    .order_by(tasks.c.id)
+    .with_for_update(of=tasks)
+)
+#: Lock one task (a child about to be re-checked).
+LOCK_TASK = select(tasks.c.id).where(tasks.c.id == bindparam("task_id")).with_for_update()
+#: Share-lock tasks about to become parents; returns those that exist.
+LOCK_PARENTS = (
+    select(tasks.c.id)
+    .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(tasks.c.id)
+    .with_for_update(read=True)
+)
+
 PROMOTE_CHILDREN = (
     update(tasks)
     .where(

@@ -116,10 +116,12 @@ def create_task(
 
 def _initial_status(s: Session, parent_ids: list[int], triage: bool) -> Status:
     if parent_ids:
-        existing = set(s.scalars(q.EXISTING_IDS, {"ids": parent_ids}))
-        missing = [p for p in parent_ids if p not in existing]
-        if missing:
-            raise TaskNotFound(missing[0], f"parent task {missing[0]} does not exist")
+        try:
+            steps.lock_parents(s, parent_ids)
+        except TaskNotFound as missing:
+            raise TaskNotFound(
+                missing.task_id, f"parent task {missing.task_id} does not exist"
+            ) from None
     if triage:
         return Status.TRIAGE
     if parent_ids and s.execute(q.ANY_UNFINISHED, {"ids": parent_ids}).first() is not None:

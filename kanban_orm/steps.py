@@ -119,7 +119,16 @@ def require_task(session: Session, task_id: int) -> None:
 
 def require_tasks(session: Session, task_ids: Sequence[int]) -> None:
     """Raise :class:`TaskNotFound` for the first of ``task_ids`` that does not exist."""
-    found = set(session.scalars(q.EXISTING_IDS, {"ids": list(task_ids)}))
+    _require_found(task_ids, set(session.scalars(q.EXISTING_IDS, {"ids": list(task_ids)})))
+
+
+def lock_parents(session: Session, task_ids: Sequence[int]) -> None:
+    """Share-lock tasks that are about to become parents (see queries.LOCK_WAITING_CHILDREN);
+    raise :class:`TaskNotFound` for the first that does not exist."""
+    _require_found(task_ids, set(session.scalars(q.LOCK_PARENTS, {"ids": list(task_ids)})))
+
+
+def _require_found(task_ids: Sequence[int], found: set[int]) -> None:
     for task_id in task_ids:
         if task_id not in found:
             raise TaskNotFound(task_id)
@@ -138,5 +147,7 @@ def wait_for_event_writers(s: Session) -> None:
 
 def promote_children(s: Session, task_id: int) -> None:
     """Children of a now-finished task whose parents are all finished become ready."""
+    if not s.execute(q.LOCK_WAITING_CHILDREN, {"task_id": task_id}).first():
+        return
     promoted = s.execute(q.PROMOTE_CHILDREN, {"task_id": task_id}).scalars().all()
     record_many(s, "promoted", [(c, None, {"parent_id": task_id}) for c in promoted])

@@ -38,7 +38,8 @@ def link_tasks(session: Session, parent_id: int, child_id: int) -> Task:
     ids = {"parent_id": parent_id, "child_id": child_id}
 
     def work(s: Session) -> Task:
-        steps.require_tasks(s, [parent_id, child_id])
+        steps.require_tasks(s, [child_id])
+        steps.lock_parents(s, [parent_id])
         if s.get_bind().dialect.name == "postgresql":
             s.execute(q.LOCK_LINK_GRAPH, {"key": q.LINK_GRAPH_LOCK_KEY})
         if s.execute(q.LINK_EXISTS, ids).first() is not None:
@@ -69,6 +70,7 @@ def unlink_tasks(session: Session, parent_id: int, child_id: int) -> Task:
         if s.execute(q.DELETE_LINK, ids).first() is None:
             steps.require_tasks(s, [parent_id, child_id])
             raise InvalidInput(f"task {child_id} does not depend on task {parent_id}")
+        s.execute(q.LOCK_TASK, {"task_id": child_id})
         s.execute(q.PROMOTE_ONE, {"task_id": child_id})
         steps.record(s, child_id, "unlinked", payload={"parent_id": parent_id})
         return steps.load_task(s, child_id)

@@ -89,3 +89,28 @@ def write_events_slowly(url: str, name: str, count: int, barrier: Barrier, out: 
     finally:
         session.close()
     Path(out).write_text("done")
+
+
+def complete_in_lockstep(url: str, held: list[tuple[int, str]], barrier: Barrier, out: str) -> None:
+    """Complete each (task, token), one per ``barrier`` round, racing the other process."""
+    session = kb.connect(url)
+    try:
+        for task_id, token in held:
+            barrier.wait(timeout=60)
+            kb.complete_task(session, task_id, claim_lock=token)
+    finally:
+        session.close()
+    Path(out).write_text("done")
+
+
+def create_children_in_lockstep(url: str, parents: list[int], barrier: Barrier, out: str) -> None:
+    """Create a child of each parent, one per ``barrier`` round; write their ids."""
+    session = kb.connect(url)
+    children: list[int] = []
+    try:
+        for parent_id in parents:
+            barrier.wait(timeout=60)
+            children.append(kb.create_task(session, title="child", parents=[parent_id]))
+    finally:
+        session.close()
+    Path(out).write_text(json.dumps(children))
