@@ -20,6 +20,7 @@ wait, so no stronger isolation is needed.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import random
 import threading
@@ -268,6 +269,16 @@ def joins_caller_transaction(session: Session) -> bool:
     return transaction is not None and transaction.origin is not SessionTransactionOrigin.AUTOBEGIN
 
 
+#: True while with_retry replays an attempt whose connection dropped: its COMMIT may
+#: have landed before the drop, so a fenced call that now finds its claim gone checks
+#: whether it was its own earlier attempt that finished it (steps.already_landed).
+_replaying_after_disconnect = contextvars.ContextVar("kanban_replaying", default=False)
+
+
+def replaying_after_disconnect() -> bool:
+    return _replaying_after_disconnect.get()
+
+
 def with_retry(attempt: Callable[[], T], *, policy: RetryPolicy = DEFAULT_RETRY) -> T:
     """Call ``attempt()`` until it does not fail with a retryable database error.
 
@@ -278,19 +289,24 @@ def with_retry(attempt: Callable[[], T], *, policy: RetryPolicy = DEFAULT_RETRY)
     """
     started = time.monotonic()
     tries = 0
+    disconnected = False
     while True:
         tries += 1
+        marker = _replaying_after_disconnect.set(disconnected)
         try:
             return attempt()
         except exc.DBAPIError as error:
             if not is_retryable(error):
                 raise
+            disconnected = disconnected or error.connection_invalidated
             spent = time.monotonic() - started
             if tries >= policy.max_attempts or spent > policy.max_total_seconds:
                 raise DatabaseBusy(
                     f"gave up after {tries} attempts in {spent:.1f}s: {error.orig}"
                 ) from error
             time.sleep(policy.delay(tries - 1))
+        finally:
+            _replaying_after_disconnect.reset(marker)
 
 
 def run_write(

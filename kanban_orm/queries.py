@@ -373,6 +373,7 @@ RECLAIM_EXPIRED = (
 
 # -- reads ------------------------------------------------------------------------------
 
+RUN_OUTCOME_BY_TOKEN = select(runs.c.outcome).where(runs.c.claim_lock == bindparam("token"))
 TASK_STATE = select(
     tasks.c.status, tasks.c.claim_lock, tasks.c.attempts, tasks.c.max_attempts
 ).where(tasks.c.id == bindparam("task_id"))

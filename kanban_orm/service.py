@@ -335,6 +335,8 @@ def complete_task(
     def work(s: Session) -> Task:
         statement = q.COMPLETE_FORCED if token is None else q.COMPLETE_HELD
         if s.execute(statement, params).first() is None:
+            if steps.already_landed(s, token, "completed"):
+                return steps.load_task(s, task_id)
             steps.explain(s, task_id, Status.DONE, token)
         run_id = steps.close_run(
             s, task_id, "completed", summary=run_summary, metadata=run_metadata
@@ -366,6 +368,8 @@ def fail_task(
         if state is None:
             raise TaskNotFound(task_id)
         if state.claim_lock != token:
+            if steps.already_landed(s, token, "failed"):
+                return steps.load_task(s, task_id)
             raise ClaimLost(task_id)
         cap = state.max_attempts or config.max_attempts()
         will_retry = retry and state.attempts < cap
@@ -429,6 +433,8 @@ def release_task(
 
     def work(s: Session) -> Task:
         if s.execute(q.RELEASE_HELD, {"task_id": task_id, "token": token}).first() is None:
+            if steps.already_landed(s, token, "released"):
+                return steps.load_task(s, task_id)
             steps.explain(s, task_id, Status.READY, token)
         run_id = steps.close_run(s, task_id, "released", summary=why)
         steps.record(s, task_id, "released", run_id, {"reason": why})
@@ -454,6 +460,8 @@ def block_task(
     def work(s: Session) -> Task:
         moved = s.execute(statement, {"task_id": task_id, "token": token, "reason": why}).first()
         if moved is None:
+            if steps.already_landed(s, token, "blocked"):
+                return steps.load_task(s, task_id)
             steps.explain(s, task_id, Status.BLOCKED, token)
         run_id = steps.close_run(s, task_id, "blocked", error=why) if token is not None else None
         steps.record(s, task_id, "blocked", run_id, {"reason": why})

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from . import queries as q
 from . import validation as check
+from .db import replaying_after_disconnect
 from .errors import ClaimLost, InvalidTransition, TaskNotFound
 from .models import NAME_MAX_LENGTH, Task
 from .states import Status
@@ -71,6 +72,20 @@ def record_many(
                 for task_id, run_id, payload in entries
             ],
         )
+
+
+def already_landed(s: Session, token: str | None, outcome: str) -> bool:
+    """True when this call is a replay after a dropped connection and its first attempt
+    had in fact committed: the claim's run is already closed with ``outcome``.
+
+    A COMMIT whose reply was lost may or may not have happened. The retry layer replays
+    the call; without this check a completion that landed would be reported as
+    :class:`ClaimLost`, and a worker would wrongly believe its work was discarded.
+    """
+    if token is None or not replaying_after_disconnect():
+        return False
+    landed = s.execute(q.RUN_OUTCOME_BY_TOKEN, {"token": token}).scalar()
+    return bool(landed == outcome)
 
 
 def explain(
