@@ -37,6 +37,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransactionOrigin, sessionmaker
 
+from .driver import Tx
 from .errors import DatabaseBusy, InvalidInput, KanbanError
 
 T = TypeVar("T")
@@ -311,16 +312,17 @@ def with_retry(attempt: Callable[[], T], *, policy: RetryPolicy = DEFAULT_RETRY)
 
 def run_write(
     session: Session,
-    work: Callable[[Session], T],
+    work: Callable[[Tx], T],
     *,
     policy: RetryPolicy | None = None,
 ) -> T:
-    """Run ``work(session)`` as one write transaction and commit it, retrying on contention.
+    """Run ``work(tx)`` as one write transaction and commit it, retrying on contention.
 
-    ``work`` must be safe to run again from the start: on a retryable error the whole
-    transaction is rolled back and replayed (see :func:`with_retry`). If the caller
-    opened the transaction (``session.begin()``), ``work`` runs in a SAVEPOINT of it
-    instead and the caller commits; contention then raises :class:`DatabaseBusy`, as
+    ``work`` gets a :class:`~kanban_orm.driver.Tx` whose statements run on the driver
+    connection, and must be safe to run again from the start: on a retryable error the
+    whole transaction is rolled back and replayed (see :func:`with_retry`). If the
+    caller opened the transaction (``session.begin()``), ``work`` runs in a SAVEPOINT of
+    it instead and the caller commits; contention then raises :class:`DatabaseBusy`, as
     only the caller can replay its own transaction.
     """
     if joins_caller_transaction(session):
@@ -329,7 +331,69 @@ def run_write(
         session.commit()  # the caller's auto-begun unit of work, as session.commit() would
     if policy is None:
         policy = retry_policy(session)
-    return with_retry(lambda: _attempt_write(session, work), policy=policy)
+    bind = session.get_bind()
+    if isinstance(bind, Engine):
+        return with_retry(lambda: _attempt_on_pool(bind, session, work), policy=policy)
+    return with_retry(lambda: _attempt_in_session(session, work), policy=policy)
+
+
+def _attempt_on_pool(engine: Engine, session: Session, work: Callable[[Tx], T]) -> T:
+    """The common case: a pooled driver connection, and transaction control as plain SQL.
+
+    SQLite runs with the driver's implicit transactions off (see _configure_sqlite), so
+    BEGIN IMMEDIATE and COMMIT are ours to emit; psycopg begins implicitly and commits
+    through the driver.
+    """
+    pooled = engine.raw_connection()
+    tx = Tx(pooled.dbapi_connection, engine.dialect, session, pooled.invalidate)
+    sqlite = engine.dialect.name == "sqlite"
+    try:
+        if sqlite:
+            tx.raw("BEGIN IMMEDIATE")
+        result = work(tx)
+        if sqlite:
+            tx.raw("COMMIT")
+        else:
+            tx.commit()
+        return result
+    except BaseException:
+        _roll_back_quietly(pooled, sqlite)
+        raise
+    finally:
+        tx.close()
+        pooled.close()
+
+
+def _roll_back_quietly(pooled: Any, sqlite: bool) -> None:
+    # The error on its way out is the one that matters; a connection that is already
+    # gone cannot roll back, and the pool discards it.
+    if not pooled.is_valid:
+        return  # invalidated when the driver reported the connection gone
+    try:
+        if sqlite:
+            if pooled.dbapi_connection.in_transaction:
+                pooled.dbapi_connection.execute("ROLLBACK")
+        else:
+            pooled.dbapi_connection.rollback()
+    except Exception:
+        pooled.invalidate()
+
+
+def _attempt_in_session(session: Session, work: Callable[[Tx], T]) -> T:
+    """A Session bound to a Connection: its transaction, begun and committed by it."""
+    with _write_transaction(session):
+        return _work_on_session_connection(session, work)
+
+
+def _work_on_session_connection(session: Session, work: Callable[[Tx], T]) -> T:
+    connection = session.connection()  # already begun: as a write by _write_transaction
+    tx = Tx(
+        connection.connection.dbapi_connection, connection.dialect, session, connection.invalidate
+    )
+    try:
+        return work(tx)
+    finally:
+        tx.close()
 
 
 def run_read(session: Session, work: Callable[[Session], T]) -> T:
@@ -365,11 +429,6 @@ def retry_policy(session: Session) -> RetryPolicy:
     return _retry_policies.get(engine, DEFAULT_RETRY)
 
 
-def _attempt_write(session: Session, work: Callable[[Session], T]) -> T:
-    with _write_transaction(session):
-        return work(session)
-
-
 @contextmanager
 def _write_transaction(session: Session) -> Iterator[None]:
     try:
@@ -383,10 +442,10 @@ def _write_transaction(session: Session) -> Iterator[None]:
         raise
 
 
-def _run_joined(session: Session, work: Callable[[Session], T]) -> T:
+def _run_joined(session: Session, work: Callable[[Tx], T]) -> T:
     try:
         with session.begin_nested():
-            return work(session)
+            return _work_on_session_connection(session, work)
     except exc.DBAPIError as error:
         if is_retryable(error):
             raise DatabaseBusy(

@@ -114,7 +114,7 @@ _RELEASE_CLAIM: dict[str, Any] = {"claim_lock": None, "claim_expires": None, "cu
 
 INSERT_TASK = insert(tasks).returning(tasks.c.id)
 INSERT_LINK = insert(links)
-INSERT_COMMENT = insert(comments).returning(comments.c.id)
+INSERT_COMMENT = insert(comments).returning(*comments.c)
 INSERT_EVENT = insert(events)
 INSERT_RUN = (
     insert(runs)
@@ -378,6 +378,13 @@ TASK_STATE = select(
     tasks.c.status, tasks.c.claim_lock, tasks.c.attempts, tasks.c.max_attempts
 ).where(tasks.c.id == bindparam("task_id"))
 TASK_EXISTS = select(tasks.c.id).where(tasks.c.id == bindparam("task_id"))
+#: Whole task rows, for the tasks a transition returns.
+TASK_ROW = select(tasks).where(tasks.c.id == bindparam("task_id"))
+TASK_ROWS = (
+    select(tasks)
+    .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(tasks.c.priority.desc(), tasks.c.id)
+)
 
 DELETE_LINK = (
     delete(links)

@@ -26,6 +26,7 @@ from . import config, steps
 from . import queries as q
 from . import validation as check
 from .db import joins_caller_transaction, run_read, run_write
+from .driver import Tx
 from .errors import ClaimLost, InvalidInput, TaskNotFound
 from .models import Task, TaskEvent, TaskRun
 from .states import Status
@@ -75,7 +76,7 @@ def create_task(
     parent_ids = check.task_ids(parents, "parents")
     triage = check.boolean(triage, "triage")
 
-    def work(s: Session) -> int:
+    def work(s: Tx) -> int:
         if idempotency_key is not None:
             found = s.execute(
                 q.find_live_by_idempotency_key(tenant is not None),
@@ -114,7 +115,7 @@ def create_task(
     raise AssertionError("unreachable")
 
 
-def _initial_status(s: Session, parent_ids: list[int], triage: bool) -> Status:
+def _initial_status(s: Tx, parent_ids: list[int], triage: bool) -> Status:
     if parent_ids:
         try:
             steps.lock_parents(s, parent_ids)
@@ -149,7 +150,7 @@ def claim_task(
     who = steps.claimer_name(claimer)
     ttl = check.ttl(ttl_seconds)
 
-    def work(s: Session) -> Task | None:
+    def work(s: Tx) -> Task | None:
         claimed = s.execute(q.CLAIM_BY_ID, {"task_id": task_id, "ttl": ttl}).all()
         if not claimed:
             if s.execute(q.TASK_EXISTS, {"task_id": task_id}).first() is None:
@@ -204,7 +205,7 @@ def claim_many(
 
     expired = q.expired_claims_statement(assignee is not None, tenant is not None)
 
-    def work(s: Session) -> list[Task]:
+    def work(s: Tx) -> list[Task]:
         _reclaim_expired(s, expired, params)
         claimed = s.execute(statement, params).all()
         return _open_runs(s, claimed, who) if claimed else []
@@ -212,7 +213,7 @@ def claim_many(
     return run_write(session, work)
 
 
-def _open_runs(s: Session, claimed: Sequence[Row[Any]], claimer: str) -> list[Task]:
+def _open_runs(s: Tx, claimed: Sequence[Row[Any]], claimer: str) -> list[Task]:
     """The rest of a claim: a run per claimed task, ``current_run_id``, one event each."""
     opened = s.execute(
         q.INSERT_RUN,
@@ -249,7 +250,7 @@ def heartbeat(
     token = steps.token(claim_lock)
     ttl = check.ttl(ttl_seconds)
 
-    def work(s: Session) -> bool:
+    def work(s: Tx) -> bool:
         held = s.execute(q.HEARTBEAT, {"task_id": task_id, "token": token, "ttl": ttl}).first()
         if held is None:
             steps.explain(s, task_id, None, token)
@@ -271,7 +272,7 @@ def release_stale_claims(session: Session) -> int:
     return run_write(session, lambda s: _reclaim_expired(s, every_lease, {"limit": RECLAIM_BATCH}))
 
 
-def _reclaim_expired(s: Session, expired: Select[Any], params: dict[str, Any]) -> int:
+def _reclaim_expired(s: Tx, expired: Select[Any], params: dict[str, Any]) -> int:
     reclaimed = 0
     for lease in s.execute(expired, params).all():
         cap = lease.max_attempts or config.max_attempts()
@@ -332,7 +333,7 @@ def complete_task(
     run_summary = check.text(summary, "summary")
     run_metadata = check.json_object(metadata, "metadata")
 
-    def work(s: Session) -> Task:
+    def work(s: Tx) -> Task:
         statement = q.COMPLETE_FORCED if token is None else q.COMPLETE_HELD
         if s.execute(statement, params).first() is None:
             if steps.already_landed(s, token, "completed"):
@@ -363,7 +364,7 @@ def fail_task(
     message = check.required_text(error, "error")
     retry = check.boolean(retry, "retry")
 
-    def work(s: Session) -> Task:
+    def work(s: Tx) -> Task:
         state = s.execute(q.TASK_STATE, {"task_id": task_id}).first()
         if state is None:
             raise TaskNotFound(task_id)
@@ -431,7 +432,7 @@ def release_task(
     token = steps.token(claim_lock)
     why = check.text(reason, "reason")
 
-    def work(s: Session) -> Task:
+    def work(s: Tx) -> Task:
         if s.execute(q.RELEASE_HELD, {"task_id": task_id, "token": token}).first() is None:
             if steps.already_landed(s, token, "released"):
                 return steps.load_task(s, task_id)
@@ -457,7 +458,7 @@ def block_task(
     token = None if claim_lock is None else steps.token(claim_lock)
     statement = q.BLOCK_UNHELD if token is None else q.BLOCK_HELD
 
-    def work(s: Session) -> Task:
+    def work(s: Tx) -> Task:
         moved = s.execute(statement, {"task_id": task_id, "token": token, "reason": why}).first()
         if moved is None:
             if steps.already_landed(s, token, "blocked"):
@@ -477,7 +478,7 @@ def unblock_task(session: Session, task_id: int) -> Task:
     """
     task_id = check.task_id(task_id)
 
-    def work(s: Session) -> Task:
+    def work(s: Tx) -> Task:
         status = s.execute(q.UNBLOCK, {"task_id": task_id}).scalar()
         if status is None:
             steps.explain(s, task_id, Status.READY, None, needs=(Status.BLOCKED,))

@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import queries as q
 from . import validation as check
 from .db import replaying_after_disconnect
+from .driver import Tx
 from .errors import ClaimLost, InvalidTransition, TaskNotFound
 from .models import NAME_MAX_LENGTH, Task
 from .states import Status
@@ -29,7 +29,7 @@ def token(claim_lock: object) -> str:
 
 
 def close_run(
-    s: Session,
+    s: Tx,
     task_id: int,
     outcome: str,
     *,
@@ -52,7 +52,7 @@ def close_run(
 
 
 def record(
-    s: Session,
+    s: Tx,
     task_id: int,
     kind: str,
     run_id: int | None = None,
@@ -62,7 +62,7 @@ def record(
 
 
 def record_many(
-    s: Session, kind: str, entries: Sequence[tuple[int, int | None, dict[str, Any] | None]]
+    s: Tx, kind: str, entries: Sequence[tuple[int, int | None, dict[str, Any] | None]]
 ) -> None:
     if entries:
         s.execute(
@@ -74,7 +74,7 @@ def record_many(
         )
 
 
-def already_landed(s: Session, token: str | None, outcome: str) -> bool:
+def already_landed(s: Tx, token: str | None, outcome: str) -> bool:
     """True when this call is a replay after a dropped connection and its first attempt
     had in fact committed: the claim's run is already closed with ``outcome``.
 
@@ -89,7 +89,7 @@ def already_landed(s: Session, token: str | None, outcome: str) -> bool:
 
 
 def explain(
-    s: Session,
+    s: Tx,
     task_id: int,
     target: Status | None,
     token: str | None,
@@ -113,31 +113,25 @@ def explain(
     raise InvalidTransition(task_id, state.status, target or state.status, needs=needs)
 
 
-def load_task(s: Session, task_id: int) -> Task:
-    return load_tasks(s, [task_id])[0]
+def load_task(s: Tx, task_id: int) -> Task:
+    return s.attach(Task, s.execute(q.TASK_ROW, {"task_id": task_id}).first())
 
 
-def load_tasks(s: Session, task_ids: list[int]) -> list[Task]:
-    statement = (
-        select(Task)
-        .where(Task.id.in_(task_ids))
-        .order_by(Task.priority.desc(), Task.id)
-        .execution_options(populate_existing=True)
-    )
-    return list(s.scalars(statement))
+def load_tasks(s: Tx, task_ids: list[int]) -> list[Task]:
+    return [s.attach(Task, row) for row in s.execute(q.TASK_ROWS, {"ids": task_ids})]
 
 
-def require_task(session: Session, task_id: int) -> None:
+def require_task(session: Session | Tx, task_id: int) -> None:
     if session.execute(q.TASK_EXISTS, {"task_id": task_id}).first() is None:
         raise TaskNotFound(task_id)
 
 
-def require_tasks(session: Session, task_ids: Sequence[int]) -> None:
+def require_tasks(session: Tx, task_ids: Sequence[int]) -> None:
     """Raise :class:`TaskNotFound` for the first of ``task_ids`` that does not exist."""
     _require_found(task_ids, set(session.scalars(q.EXISTING_IDS, {"ids": list(task_ids)})))
 
 
-def lock_parents(session: Session, task_ids: Sequence[int]) -> None:
+def lock_parents(session: Tx, task_ids: Sequence[int]) -> None:
     """Share-lock tasks that are about to become parents (see queries.LOCK_WAITING_CHILDREN);
     raise :class:`TaskNotFound` for the first that does not exist."""
     _require_found(task_ids, set(session.scalars(q.LOCK_PARENTS, {"ids": list(task_ids)})))
@@ -160,7 +154,7 @@ def wait_for_event_writers(s: Session) -> None:
             s.execute(statement)
 
 
-def promote_children(s: Session, task_id: int) -> None:
+def promote_children(s: Tx, task_id: int) -> None:
     """Children of a now-finished task whose parents are all finished become ready."""
     if not s.execute(q.LOCK_WAITING_CHILDREN, {"task_id": task_id}).first():
         return

@@ -17,6 +17,7 @@ from . import queries as q
 from . import steps
 from . import validation as check
 from .db import run_read, run_write
+from .driver import Tx
 from .errors import InvalidInput
 from .models import Task, TaskComment
 from .states import Status
@@ -37,10 +38,10 @@ def link_tasks(session: Session, parent_id: int, child_id: int) -> Task:
         raise InvalidInput(f"task {child_id} cannot depend on itself")
     ids = {"parent_id": parent_id, "child_id": child_id}
 
-    def work(s: Session) -> Task:
+    def work(s: Tx) -> Task:
         steps.require_tasks(s, [child_id])
         steps.lock_parents(s, [parent_id])
-        if s.get_bind().dialect.name == "postgresql":
+        if s.is_postgresql:
             s.execute(q.LOCK_LINK_GRAPH, {"key": q.LINK_GRAPH_LOCK_KEY})
         if s.execute(q.LINK_EXISTS, ids).first() is not None:
             return steps.load_task(s, child_id)
@@ -66,7 +67,7 @@ def unlink_tasks(session: Session, parent_id: int, child_id: int) -> Task:
     child_id = check.task_id(child_id, "child_id")
     ids = {"parent_id": parent_id, "child_id": child_id}
 
-    def work(s: Session) -> Task:
+    def work(s: Tx) -> Task:
         if s.execute(q.DELETE_LINK, ids).first() is None:
             steps.require_tasks(s, [parent_id, child_id])
             raise InvalidInput(f"task {child_id} does not depend on task {parent_id}")
@@ -88,7 +89,7 @@ def specify_task(session: Session, task_id: int) -> Task:
     """
     task_id = check.task_id(task_id)
 
-    def work(s: Session) -> Task:
+    def work(s: Tx) -> Task:
         status = s.execute(q.SPECIFY, {"task_id": task_id}).scalar()
         if status is None:
             steps.explain(s, task_id, Status.READY, None, needs=(Status.TRIAGE,))
@@ -117,7 +118,7 @@ def submit_for_review(
     run_summary = check.text(summary, "summary")
     run_metadata = check.json_object(metadata, "metadata")
 
-    def work(s: Session) -> Task:
+    def work(s: Tx) -> Task:
         if s.execute(q.SUBMIT_FOR_REVIEW, params).first() is None:
             if steps.already_landed(s, token, "submitted"):
                 return steps.load_task(s, task_id)
@@ -139,7 +140,7 @@ def approve_task(session: Session, task_id: int, *, reviewer: str | None = None)
     task_id = check.task_id(task_id)
     who = check.name(reviewer, "reviewer")
 
-    def work(s: Session) -> Task:
+    def work(s: Tx) -> Task:
         if s.execute(q.APPROVE, {"task_id": task_id}).first() is None:
             steps.explain(s, task_id, Status.DONE, None, needs=(Status.REVIEW,))
         steps.record(s, task_id, "approved", payload={"reviewer": who})
@@ -160,7 +161,7 @@ def request_changes(
     why = check.required_text(reason, "reason")
     who = check.name(reviewer, "reviewer")
 
-    def work(s: Session) -> Task:
+    def work(s: Tx) -> Task:
         status = s.execute(q.REQUEST_CHANGES, {"task_id": task_id}).scalar()
         if status is None:
             steps.explain(s, task_id, Status.READY, None, needs=(Status.REVIEW,))
@@ -178,7 +179,7 @@ def reopen_task(session: Session, task_id: int, *, reason: str | None = None) ->
     task_id = check.task_id(task_id)
     why = check.text(reason, "reason")
 
-    def work(s: Session) -> Task:
+    def work(s: Tx) -> Task:
         status = s.execute(q.REOPEN, {"task_id": task_id}).scalar()
         if status is None:
             steps.explain(s, task_id, Status.READY, None, needs=(Status.DONE,))
@@ -201,7 +202,7 @@ def archive_task(session: Session, task_id: int, *, force: bool = False) -> Task
     task_id = check.task_id(task_id)
     statement = q.ARCHIVE_ANY if check.boolean(force, "force") else q.ARCHIVE_IDLE
 
-    def work(s: Session) -> Task:
+    def work(s: Tx) -> Task:
         if s.execute(statement, {"task_id": task_id}).first() is None:
             steps.explain(s, task_id, Status.ARCHIVED, None)
         run_id = steps.close_run(s, task_id, "archived")
@@ -226,14 +227,12 @@ def add_comment(
     text = check.required_text(body, "body")
     who = check.name(author, "author")
 
-    def work(s: Session) -> TaskComment:
+    def work(s: Tx) -> TaskComment:
         steps.require_task(s, task_id)
         values = {"task_id": task_id, "author": who, "body": text}
-        comment_id = s.execute(q.INSERT_COMMENT, values).scalar_one()
-        steps.record(s, task_id, "commented", payload={"comment_id": comment_id, "author": who})
-        comment = s.get(TaskComment, comment_id, populate_existing=True)
-        assert comment is not None
-        return comment
+        row = s.execute(q.INSERT_COMMENT, values).first()
+        steps.record(s, task_id, "commented", payload={"comment_id": row.id, "author": who})
+        return s.attach(TaskComment, row)
 
     return run_write(session, work)
 
@@ -299,7 +298,7 @@ def update_task(
     params = {"task_id": task_id, **{f"new_{k}": v for k, v in changes.items()}}
     payload = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in changes.items()}
 
-    def work(s: Session) -> Task:
+    def work(s: Tx) -> Task:
         if s.execute(statement, params).first() is None:
             steps.require_task(s, task_id)
         steps.record(s, task_id, "edited", payload=payload)

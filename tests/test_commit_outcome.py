@@ -3,38 +3,51 @@ whose first attempt had landed reports success instead of ClaimLost."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
+from kanban_orm.driver import Tx
 from kanban_orm.models import TaskEvent, TaskRun
 
 
 @pytest.fixture
-def drop_after_next_commit(engine: Engine) -> Iterator[Callable[[], None]]:
+def drop_after_next_commit(backend: str, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
     """Arm: the next COMMIT reaches the database, then the connection dies before the
-    driver hears back, as when a server or network drops right after committing."""
+    driver hears back, as when a server or network drops right after committing.
+
+    The real COMMIT runs on the real connection, which is then closed; the driver's own
+    commit that follows fails as a dropped connection does."""
     armed: list[bool] = []
+    real_raw, real_commit = Tx.raw, Tx.commit
 
-    def commit_then_drop(conn: Connection) -> None:
-        if not armed:
-            return
-        armed.clear()
-        raw: Any = conn.connection.dbapi_connection
-        if engine.dialect.name == "sqlite":
-            raw.execute("COMMIT")  # the engine runs SQLite without implicit transactions
+    def commit_then_close(tx: Tx) -> None:
+        connection: Any = tx._connection
+        if backend == "sqlite":
+            connection.execute("COMMIT")
         else:
-            raw.commit()
-        raw.close()  # the driver's own commit, next, fails as a dropped connection
+            connection.commit()
+        connection.close()
 
-    event.listen(engine, "commit", commit_then_drop)
-    yield lambda: armed.append(True)
-    event.remove(engine, "commit", commit_then_drop)
+    def raw(tx: Tx, sql: str) -> None:
+        if sql == "COMMIT" and armed:
+            armed.clear()
+            commit_then_close(tx)
+        real_raw(tx, sql)
+
+    def commit(tx: Tx) -> None:
+        if armed:
+            armed.clear()
+            commit_then_close(tx)
+        real_commit(tx)
+
+    monkeypatch.setattr(Tx, "raw", raw)
+    monkeypatch.setattr(Tx, "commit", commit)
+    return lambda: armed.append(True)
 
 
 def counts(session: Session, task_id: int) -> tuple[int, int]:

@@ -447,9 +447,8 @@ def test_kb0002_keeps_a_duplicated_idempotency_key_on_the_oldest_live_task(
         ]
     kb.upgrade(empty_engine)
     with empty_engine.connect() as conn:
-        keys = dict(
-            conn.execute(sa.text("SELECT id, idempotency_key FROM kanban_tasks")).tuples().all()
-        )
+        rows = conn.execute(sa.text("SELECT id, idempotency_key FROM kanban_tasks"))
+        keys = {task_id: key for task_id, key in rows}
     assert [keys[i] for i in ids] == ["k", None, "k", None, "k"]
 
 

@@ -1,0 +1,314 @@
+"""Statements compiled once per dialect and run on the driver's own cursor.
+
+Every write transaction runs here (see :func:`kanban_orm.db.run_write`). SQLAlchemy stays
+the single source of the SQL: each statement in :mod:`kanban_orm.queries` is compiled by
+the engine's dialect, once, and the compiled string, its bind processors and its result
+processors are kept. A call then costs what the driver costs plus a few dictionary
+lookups, instead of SQLAlchemy's per-execution context (cache-key generation, execution
+context, result metadata), which was most of a transition's time.
+
+Values still go through the same type processing SQLAlchemy would apply (datetimes as
+text on SQLite, JSON documents), so rows written here read back through the ORM exactly
+as rows written by the ORM. Driver errors are raised as SQLAlchemy's own exception types
+(``IntegrityError``, ``OperationalError``, ... with ``connection_invalidated``), so the
+retry layer and callers see one family of errors whichever path ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import namedtuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import exc
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Session, configure_mappers, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import Insert, Update, UpdateBase
+
+M = TypeVar("M")
+Params = Mapping[str, Any]
+_POSTCOMPILE = "__[POSTCOMPILE_"
+
+
+class Rows:
+    """The rows a statement returned, with the few Result methods the transitions use."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: list[Any]) -> None:
+        self._rows = rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def all(self) -> list[Any]:
+        return self._rows
+
+    def first(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def scalar(self) -> Any:
+        return self._rows[0][0] if self._rows else None
+
+    def scalar_one(self) -> Any:
+        if len(self._rows) != 1:
+            raise exc.NoResultFound if not self._rows else exc.MultipleResultsFound
+        return self._rows[0][0]
+
+    def scalars(self) -> Rows:
+        return Rows([row[0] for row in self._rows])
+
+
+class Prepared:
+    """One statement compiled for one dialect and one set of parameter names."""
+
+    __slots__ = (
+        "compiled",
+        "defaults",
+        "expanding",
+        "names",
+        "processors",
+        "result",
+        "row_type",
+        "sql",
+    )
+
+    def __init__(self, statement: ClauseElement, dialect: Dialect, keys: Sequence[str]) -> None:
+        # INSERT and UPDATE without explicit values compile to the columns passed.
+        column_keys = list(keys) if isinstance(statement, Insert | Update) else None
+        compiled: SQLCompiler = statement.compile(dialect=dialect, column_keys=column_keys)  # type: ignore[assignment]
+        self.compiled = compiled
+        self.sql = compiled.string
+        self.expanding = _POSTCOMPILE in self.sql
+        self.names = compiled.positiontup if dialect.positional else None
+        self.processors = _bind_processors(compiled, dialect)
+        self.defaults = _python_defaults(compiled)
+        columns = _result_columns(statement)
+        self.result = [
+            c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
+        ]
+        keys_out = [getattr(c, "key", None) or f"c{i}" for i, c in enumerate(columns)]
+        self.row_type = namedtuple("Row", keys_out, rename=True) if columns else None
+
+    def bind(self, params: Params) -> tuple[str, Any]:
+        """The SQL and the driver's parameters (a tuple or a dict) for one call."""
+        if self.defaults:
+            params = {**self.defaults, **params}
+        if self.expanding:
+            state = self.compiled.construct_expanded_state(params)
+            values = _processed(state.parameters, state.processors)
+            if state.positiontup is None:
+                return state.statement, values
+            return state.statement, tuple(values[name] for name in state.positiontup)
+        values = _processed(self.compiled.construct_params(params), self.processors)
+        if self.names is None:
+            return self.sql, values
+        return self.sql, tuple(values[name] for name in self.names)
+
+    def rows(self, raw: list[Any], description: Any) -> list[Any]:
+        if self.row_type is None:
+            names = [d[0] for d in description]
+            row_type = namedtuple("Row", names, rename=True)  # type: ignore[misc]
+            return [row_type(*r) for r in raw]
+        procs = self.result
+        if any(procs):
+            return [
+                self.row_type(*(p(v) if p else v for p, v in zip(procs, r, strict=True)))
+                for r in raw
+            ]
+        return [self.row_type(*r) for r in raw]
+
+
+def _result_processor(column: Any, dialect: Dialect) -> Any:
+    return column.type.dialect_impl(dialect).result_processor(dialect, None)
+
+
+def _processed(values: Any, processors: Mapping[str, Any]) -> Any:
+    for name, process in processors.items():
+        if name in values:
+            values[name] = process(values[name])
+    return values
+
+
+def _python_defaults(compiled: SQLCompiler) -> dict[str, Any]:
+    """Column defaults SQLAlchemy computes in Python (``default=1``) for the columns an
+    INSERT or UPDATE leaves out; SQL-expression defaults are already in the SQL."""
+    found = {}
+    for column in [*compiled.insert_prefetch, *compiled.update_prefetch]:
+        default: Any = column.default if column in compiled.insert_prefetch else column.onupdate
+        if default is None or not default.is_scalar:
+            raise NotImplementedError(f"column {column} needs a scalar or SQL default here")
+        found[column.key] = default.arg
+    return found
+
+
+def _bind_processors(compiled: SQLCompiler, dialect: Dialect) -> dict[str, Any]:
+    found = {}
+    for bind, name in compiled.bind_names.items():
+        process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if process is not None:
+            found[name] = process
+    return found
+
+
+def _result_columns(statement: ClauseElement) -> list[Any]:
+    if isinstance(statement, UpdateBase):
+        return list(statement.exported_columns) if statement._returning else []
+    selected = getattr(statement, "selected_columns", None)
+    return list(selected) if selected is not None else []
+
+
+_cache: dict[tuple[int, str, tuple[str, ...]], tuple[ClauseElement, Prepared]] = {}
+_cache_lock = threading.Lock()
+
+
+def prepared(statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...]) -> Prepared:
+    """The compiled form of ``statement``, made on first use. Statements are the named,
+    long-lived objects of :mod:`kanban_orm.queries`; the entry holds the statement so
+    its id cannot be reused by another object."""
+    key = (id(statement), dialect.name, keys)
+    hit = _cache.get(key)
+    if hit is not None and hit[0] is statement:
+        return hit[1]
+    made = Prepared(statement, dialect, keys)
+    with _cache_lock:
+        _cache[key] = (statement, made)
+    return made
+
+
+class Tx:
+    """One write transaction's statements, on the driver connection the caller opened.
+
+    ``session`` is the caller's Session: the tasks a transition returns are attached to
+    it (or refresh the objects it already holds), as the ORM would have.
+    """
+
+    def __init__(
+        self,
+        dbapi_connection: Any,
+        dialect: Dialect,
+        session: Session,
+        on_disconnect: Callable[[], None],
+    ) -> None:
+        self.dialect = dialect
+        self.session = session
+        self._connection = dbapi_connection
+        self._cursor: Any = None
+        self._on_disconnect = on_disconnect
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.dialect.name == "postgresql"
+
+    def execute(
+        self, statement: ClauseElement, params: Params | Sequence[Params] | None = None
+    ) -> Rows:
+        """Run ``statement``; a list of parameter sets runs it once per set, in order."""
+        if params is None or isinstance(params, Mapping):
+            return Rows(self._run(statement, params or {}))
+        found: list[Any] = []
+        for one in params:
+            found.extend(self._run(statement, one))
+        return Rows(found)
+
+    def scalars(self, statement: ClauseElement, params: Params | None = None) -> Rows:
+        return self.execute(statement, params).scalars()
+
+    def raw(self, sql: str) -> None:
+        """Transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT) as plain SQL."""
+        self._call(sql, None)
+
+    def _run(self, statement: ClauseElement, params: Params) -> list[Any]:
+        plan = prepared(statement, self.dialect, tuple(params))
+        sql, values = plan.bind(params)
+        cursor = self._call(sql, values)
+        if cursor.description is None:
+            return []
+        return plan.rows(cursor.fetchall(), cursor.description)
+
+    def _call(self, sql: str, values: Any) -> Any:
+        if self._cursor is None:
+            self._cursor = self._connection.cursor()
+        cursor = self._cursor
+        try:
+            if values is None:
+                cursor.execute(sql)
+            else:
+                cursor.execute(sql, values)
+        except self.dialect.loaded_dbapi.Error as error:
+            raise self._translated(error, sql, values) from error
+        return cursor
+
+    def commit(self) -> None:
+        """Commit through the driver (PostgreSQL; SQLite commits with ``raw("COMMIT")``)."""
+        try:
+            self._connection.commit()
+        except self.dialect.loaded_dbapi.Error as error:
+            raise self._translated(error, "COMMIT", None) from error
+
+    def _translated(self, error: Any, sql: str, values: Any) -> exc.StatementError:
+        gone = self.dialect.is_disconnect(error, self._connection, self._cursor)
+        if gone:
+            self._on_disconnect()
+        translated: exc.StatementError = exc.DBAPIError.instance(
+            sql,
+            values,
+            error,
+            self.dialect.loaded_dbapi.Error,
+            connection_invalidated=gone,
+            dialect=self.dialect,
+        )
+        return translated
+
+    def close(self) -> None:
+        if self._cursor is not None:
+            # A connection that is gone has nothing left to release.
+            with contextlib.suppress(self.dialect.loaded_dbapi.Error):
+                self._cursor.close()
+            self._cursor = None
+
+    def attach(self, model: type[M], row: Any) -> M:
+        """``row`` (all of ``model``'s columns) as an instance in the caller's Session.
+
+        An instance the Session already holds is refreshed in place, as the ORM's
+        ``populate_existing`` would; otherwise a new one joins it as persistent, with
+        no SQL emitted.
+        """
+        values = row._asdict()
+        mapper = model.__mapper__  # type: ignore[attr-defined]
+        key = mapper.identity_key_from_primary_key([values[c.key] for c in mapper.primary_key])
+        held = self.session.identity_map.get(key)
+        if held is not None:
+            for column_key, value in values.items():
+                set_committed_value(held, _attribute(mapper, column_key), value)
+            return held  # type: ignore[no-any-return]
+        instance = mapper.class_manager.new_instance()
+        for column_key, value in values.items():
+            set_committed_value(instance, _attribute(mapper, column_key), value)
+        make_transient_to_detached(instance)
+        self.session.add(instance)
+        return instance  # type: ignore[no-any-return]
+
+
+_attributes: dict[Any, dict[str, str]] = {}
+
+
+def _attribute(mapper: Any, column_key: str) -> str:
+    # Column keys and attribute names differ only where a column name is reserved on
+    # declarative classes (TaskRun's "metadata" column is the attribute metadata_).
+    names = _attributes.get(mapper)
+    if names is None:
+        configure_mappers()  # instrumentation is complete only once mappers are configured
+        names = _attributes[mapper] = {
+            column.key: mapper.get_property_by_column(column).key
+            for column in mapper.local_table.columns
+        }
+    return names[column_key]
