@@ -113,6 +113,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # the throughput benchmark has its own options
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = parser().parse_args(argv)
     scenario = SCENARIOS[args.scenario]
     seed = args.seed if args.seed is not None else random.randrange(1, 2**31)

@@ -1,0 +1,285 @@
+"""The bench's command line, run plan, tables and JSON report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .core import BACKENDS, POSTGRES, Result, System, measure, postgres_database
+from .systems import ALL_KEYS, RAW, system, systems
+
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/kanban_bench"
+PG_URL_ENV = "KANBAN_BENCH_POSTGRES_URL"
+#: Systems the scaling and backlog tables cover.
+DETAIL_KEYS = ("kb-next", RAW)
+
+
+@dataclass(frozen=True)
+class Plan:
+    tasks: int
+    procs: int
+    systems: tuple[str, ...]
+    backends: tuple[str, ...]
+    scaling: tuple[int, ...]
+    scaling_tasks: int
+    backlog: tuple[int, ...]
+    backlog_tasks: int
+    timeout: float
+    pg_url: str
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text.replace("_", "").replace("k", "000"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _numbers(text: str) -> tuple[int, ...]:
+    return tuple(_positive(part) for part in text.split(",") if part.strip())
+
+
+def _choices(allowed: Iterable[str]) -> Callable[[str], tuple[str, ...]]:
+    allowed = tuple(allowed)
+
+    def parse(text: str) -> tuple[str, ...]:
+        chosen = tuple(part.strip() for part in text.split(",") if part.strip())
+        unknown = [c for c in chosen if c not in allowed]
+        if unknown or not chosen:
+            raise argparse.ArgumentTypeError(
+                f"choose from {', '.join(allowed)}; not {', '.join(unknown) or 'nothing'}"
+            )
+        return chosen
+
+    return parse
+
+
+def _prog() -> str:
+    if not (__package__ or "").startswith("stress") or Path(sys.argv[0]).name == "kanban-orm":
+        return "kanban-orm stress bench"
+    return "python -m stress bench"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=_prog(),
+        description="Zero-work claim -> complete throughput of kanban_orm, a raw-driver "
+        "baseline on the same tables, and peer queues (when installed), on SQLite and "
+        "PostgreSQL. Every system must complete every task exactly once; one that does "
+        "not is marked in the table.",
+        epilog=f"--pg-url names a database the bench DROPS and re-creates for every run "
+        f"(default {DEFAULT_PG_URL}, or ${PG_URL_ENV}). SQLite runs use a temporary "
+        "directory.",
+    )
+    p.add_argument("--tasks", type=_positive, help="tasks queued per run (default 10000)")
+    p.add_argument("--procs", type=_positive, help="consumer processes (default 5)")
+    p.add_argument(
+        "--systems",
+        type=_choices(ALL_KEYS),
+        default=ALL_KEYS,
+        metavar="LIST",
+        help=f"comma-separated, default all: {','.join(ALL_KEYS)}",
+    )
+    p.add_argument(
+        "--backends",
+        type=_choices(BACKENDS),
+        default=BACKENDS,
+        metavar="LIST",
+        help="comma-separated, default sqlite,postgres",
+    )
+    p.add_argument(
+        "--scaling",
+        type=_numbers,
+        nargs="?",
+        const=(1, 2, 5, 16),
+        metavar="PROCS",
+        help="also a scaling table of kb-next and raw at these process counts "
+        "(default when given without a value: 1,2,5,16)",
+    )
+    p.add_argument(
+        "--scaling-tasks",
+        type=_positive,
+        metavar="N",
+        help="tasks per scaling run (default --tasks)",
+    )
+    p.add_argument(
+        "--backlog",
+        type=_numbers,
+        nargs="?",
+        const=(1_000, 100_000),
+        metavar="QUEUED",
+        help="also a backlog table of kb-next and raw: the same number of completions "
+        "(--backlog-tasks) with this many tasks queued (default: 1000,100000)",
+    )
+    p.add_argument(
+        "--backlog-tasks",
+        type=_positive,
+        metavar="N",
+        help="completions measured at each backlog (default: the smallest backlog)",
+    )
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a small preset that proves the bench works (CI): 50 tasks, 2 processes, "
+        "scaling at 1,2 and backlog 50 vs 500 when asked for",
+    )
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per run (default 900)")
+    p.add_argument("--pg-url", metavar="URL", help="PostgreSQL database to use (it is DROPPED)")
+    p.add_argument("--json", metavar="FILE", help="also write every row as JSON")
+    p.add_argument("--chart", metavar="PNG", help="also draw the main table (needs matplotlib)")
+    return p
+
+
+def plan_from(args: argparse.Namespace) -> Plan:
+    tiny = args.tiny
+    tasks = args.tasks or (50 if tiny else 10_000)
+    scaling = args.scaling or ()
+    if tiny and args.scaling == (1, 2, 5, 16):
+        scaling = (1, 2)
+    backlog = args.backlog or ()
+    if tiny and args.backlog == (1_000, 100_000):
+        backlog = (50, 500)
+    return Plan(
+        tasks=tasks,
+        procs=args.procs or (2 if tiny else 5),
+        systems=args.systems,
+        backends=args.backends,
+        scaling=scaling,
+        scaling_tasks=args.scaling_tasks or tasks,
+        backlog=backlog,
+        backlog_tasks=args.backlog_tasks or min(backlog, default=tasks),
+        timeout=args.timeout,
+        pg_url=args.pg_url or os.environ.get(PG_URL_ENV) or DEFAULT_PG_URL,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    plan = plan_from(args)
+    started = time.time()
+    results: list[Result] = []
+    skipped: list[dict[str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="kanban_bench_") as workdir:
+        for backend in plan.backends:
+            if backend == POSTGRES:
+                try:
+                    with postgres_database(plan.pg_url):
+                        results += run_backend(plan, backend, Path(workdir), skipped)
+                except Exception as error:
+                    if not _unreachable(error):
+                        raise
+                    reason = f"PostgreSQL unreachable at {plan.pg_url}: {_line(error)}"
+                    _say(f"skipped postgres: {reason}")
+                    skipped.append({"system": "*", "backend": POSTGRES, "reason": reason})
+            else:
+                results += run_backend(plan, backend, Path(workdir), skipped)
+    add_ratios(results)
+    from .report import render
+
+    print(render(results, skipped, plan))
+    if args.json:
+        write_json(args.json, plan, results, skipped, time.time() - started)
+    if args.chart:
+        from .report import chart
+
+        message = chart(results, args.chart)
+        if message:
+            _say(message)
+    own = [r for r in results if r.kind != "peer"]
+    return 0 if all(r.exactly_once for r in own) else 1
+
+
+def _unreachable(error: BaseException) -> bool:
+    import psycopg
+
+    return isinstance(error, psycopg.OperationalError) and "connect" in str(error).lower()
+
+
+def _line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:200]
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_backend(
+    plan: Plan, backend: str, workdir: Path, skipped: list[dict[str, str]]
+) -> list[Result]:
+    results = []
+    chosen: list[System] = []
+    for key in plan.systems:
+        if (key, backend) not in systems():
+            continue
+        found = system(key, backend)
+        reason = found.unavailable()
+        if reason:
+            _say(f"skipped {key} on {backend}: {reason}")
+            skipped.append({"system": key, "backend": backend, "reason": reason})
+            continue
+        chosen.append(found)
+
+    def run(found: System, procs: int, queued: int, tasks: int, table: str) -> Result:
+        _say(f"{backend:8} {found.key:13} {procs:2} procs  {tasks}/{queued} tasks ...")
+        result = measure(
+            found,
+            procs=procs,
+            queued=queued,
+            tasks=tasks,
+            workdir=workdir,
+            pg_url=plan.pg_url if backend == POSTGRES else None,
+            timeout=plan.timeout,
+            table=table,
+        )
+        rate = f"{result.rate:,.0f} tasks/s" if result.rate else "no rate"
+        verdict = "exactly once" if result.exactly_once else "; ".join(result.problems)[:200]
+        _say(f"{'':8} {'':13} -> {rate}, {verdict or 'FAILED'}")
+        return result
+
+    for found in chosen:
+        results.append(run(found, plan.procs, plan.tasks, plan.tasks, "main"))
+    detail = [found for found in chosen if found.key in DETAIL_KEYS]
+    for procs in plan.scaling:
+        for found in detail:
+            results.append(run(found, procs, plan.scaling_tasks, plan.scaling_tasks, "scaling"))
+    for queued in plan.backlog:
+        for found in detail:
+            results.append(run(found, plan.procs, queued, plan.backlog_tasks, "backlog"))
+    return results
+
+
+def add_ratios(results: list[Result]) -> None:
+    """Each row's rate over the raw baseline's in the same table, backend and shape."""
+    raw = {
+        (r.table, r.backend, r.procs, r.queued): r.rate
+        for r in results
+        if r.system == RAW and r.rate
+    }
+    for r in results:
+        base = raw.get((r.table, r.backend, r.procs, r.queued))
+        if base and r.rate:
+            r.ratio = r.rate / base
+
+
+def write_json(
+    path: str, plan: Plan, results: list[Result], skipped: list[dict[str, str]], wall: float
+) -> None:
+    report: dict[str, Any] = {
+        "plan": plan.__dict__,
+        "cpus": os.cpu_count(),
+        "wall_seconds": wall,
+        "results": [r.as_dict() for r in results],
+        "skipped": skipped,
+    }
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")

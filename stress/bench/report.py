@@ -1,0 +1,156 @@
+"""The bench's tables (rich) and its optional chart (matplotlib)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console, Group
+from rich.table import Table
+
+from .core import Result
+
+if TYPE_CHECKING:
+    from .cli import Plan
+
+
+def _rate(r: Result) -> str:
+    return f"{r.rate:,.0f}" if r.rate else "-"
+
+
+def _ratio(r: Result) -> str:
+    return f"{r.ratio:.2f}x" if r.ratio is not None else "-"
+
+
+def _verdict(r: Result) -> str:
+    if r.exactly_once:
+        return "[green]yes[/]"
+    parts = []
+    if r.duplicates:
+        parts.append(f"{r.duplicates} DOUBLE-DELIVERED")
+    if r.lost:
+        parts.append(f"{r.lost} LOST")
+    parts += r.problems[:2]
+    return "[red bold]NO[/] " + "; ".join(parts)
+
+
+def main_table(results: list[Result], plan: Plan) -> Table:
+    table = Table(
+        title=f"Zero-work claim -> complete: {plan.tasks:,} tasks, {plan.procs} processes",
+        caption="x raw: rate over the raw-driver baseline on the same backend",
+    )
+    for name, justify in [
+        ("backend", "left"),
+        ("system", "left"),
+        ("tasks/s", "right"),
+        ("x raw", "right"),
+        ("seconds", "right"),
+        ("exactly once", "left"),
+        ("API / notes", "left"),
+    ]:
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in results:
+        seconds = f"{r.seconds:.2f}" if r.seconds else "-"
+        table.add_row(r.backend, r.label, _rate(r), _ratio(r), seconds, _verdict(r), r.note)
+    return table
+
+
+def scaling_table(results: list[Result]) -> Table:
+    procs = sorted({r.procs for r in results})
+    table = Table(title="Scaling: tasks/s by consumer processes (x raw at the same count)")
+    table.add_column("backend")
+    table.add_column("system")
+    for p in procs:
+        table.add_column(f"{p} proc{'s' if p > 1 else ''}", justify="right")
+    for backend, label in dict.fromkeys((r.backend, r.label) for r in results):
+        cells = []
+        for p in procs:
+            row = next(
+                (r for r in results if (r.backend, r.label, r.procs) == (backend, label, p)), None
+            )
+            cells.append(_cell(row))
+        table.add_row(backend, label, *cells)
+    return table
+
+
+def backlog_table(results: list[Result]) -> Table:
+    queued = sorted({r.queued for r in results})
+    tasks = results[0].tasks if results else 0
+    table = Table(
+        title=f"Backlog: tasks/s completing {tasks:,} tasks with this many queued "
+        "(last column: largest backlog's rate over the smallest's)"
+    )
+    table.add_column("backend")
+    table.add_column("system")
+    for q in queued:
+        table.add_column(f"{q:,} queued", justify="right")
+    table.add_column("large/small", justify="right")
+    for backend, label in dict.fromkeys((r.backend, r.label) for r in results):
+        rows = [
+            next(
+                (r for r in results if (r.backend, r.label, r.queued) == (backend, label, q)), None
+            )
+            for q in queued
+        ]
+        first, last = rows[0], rows[-1]
+        trend = (
+            f"{last.rate / first.rate:.2f}"
+            if first and last and first.rate and last.rate and len(rows) > 1
+            else "-"
+        )
+        table.add_row(backend, label, *(_cell(r) for r in rows), trend)
+    return table
+
+
+def _cell(r: Result | None) -> str:
+    if r is None:
+        return "-"
+    mark = "" if r.exactly_once else " [red bold]NOT EXACTLY ONCE[/]"
+    ratio = f" ({r.ratio:.2f}x)" if r.ratio is not None and r.system != "raw" else ""
+    return f"{_rate(r)}{ratio}{mark}"
+
+
+def render(results: list[Result], skipped: list[dict[str, str]], plan: Plan) -> str:
+    parts: list[Any] = [main_table([r for r in results if r.table == "main"], plan)]
+    scaling = [r for r in results if r.table == "scaling"]
+    if scaling:
+        parts.append(scaling_table(scaling))
+    backlog = [r for r in results if r.table == "backlog"]
+    if backlog:
+        parts.append(backlog_table(backlog))
+    if skipped:
+        lines = "\n".join(
+            f"skipped {s['system']} on {s['backend']}: {s['reason']}" for s in skipped
+        )
+        parts.append(lines)
+    console = Console(width=160, record=True, force_terminal=False, color_system=None)
+    with console.capture() as capture:
+        console.print(Group(*parts))
+    return capture.get()
+
+
+def chart(results: list[Result], path: str) -> str | None:
+    """A bar chart of the main table's tasks/s; a message instead when it cannot."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no chart: matplotlib is not installed (pip install 'kanban-orm[bench]')"
+    rows = [r for r in results if r.table == "main" and r.rate]
+    if not rows:
+        return "no chart: no rates to draw"
+    figure, axis = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.5))
+    labels = [f"{r.backend}: {r.label}" for r in rows]
+    colors = [
+        {"kanban_orm": "tab:blue", "raw": "tab:gray", "peer": "tab:orange"}[r.kind] for r in rows
+    ]
+    axis.barh(labels, [r.rate or 0 for r in rows], color=colors)
+    axis.invert_yaxis()
+    axis.set_xlabel("tasks/s (zero-work claim -> complete)")
+    procs = rows[0].procs
+    axis.set_title(f"{rows[0].tasks:,} tasks, {procs} processes")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return None

@@ -1,0 +1,70 @@
+"""Every benchmarked system, by key and backend.
+
+Keys: ``kb-next`` (a), ``kb-many10`` and ``kb-many50`` (b), ``raw`` (c), and the peers (d):
+``huey`` and ``litequeue`` on SQLite, ``procrastinate`` and ``pgqueuer`` on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from . import kanban, peers
+from .core import POSTGRES, SQLITE, System
+
+RAW = "raw"
+KANBAN_KEYS = ("kb-next", "kb-many10", "kb-many50")
+PEER_KEYS = {SQLITE: ("huey", "litequeue"), POSTGRES: ("procrastinate", "pgqueuer")}
+ALL_KEYS = (*KANBAN_KEYS, RAW, *PEER_KEYS[SQLITE], *PEER_KEYS[POSTGRES])
+
+
+@cache
+def systems() -> dict[tuple[str, str], System]:
+    found: dict[tuple[str, str], System] = {}
+    for backend in (SQLITE, POSTGRES):
+        consumers = {
+            "kb-next": (kanban.kb_next_consumer, "kb.claim_next + kb.complete_task"),
+            "kb-many10": (
+                kanban.kb_many10_consumer,
+                "kb.claim_many(limit=10) + complete_task each",
+            ),
+            "kb-many50": (
+                kanban.kb_many50_consumer,
+                "kb.claim_many(limit=50) + complete_task each",
+            ),
+        }
+        for key, (consumer, note) in consumers.items():
+            found[key, backend] = System(
+                key=key,
+                label=f"kanban_orm {key.removeprefix('kb-').replace('many', 'claim_many ')}"
+                if key != "kb-next"
+                else "kanban_orm claim_next",
+                backend=backend,
+                kind="kanban_orm",
+                note=note,
+                setup=kanban.seed,
+                consumer=consumer,
+                verify=kanban.verify,
+            )
+        driver = "sqlite3, BEGIN IMMEDIATE" if backend == SQLITE else "psycopg, SKIP LOCKED"
+        found[RAW, backend] = System(
+            key=RAW,
+            label="raw driver baseline",
+            backend=backend,
+            kind="raw",
+            note=f"{driver}; same rows, 2 transactions a task",
+            setup=kanban.seed,
+            consumer=kanban.raw_consumer,
+            verify=kanban.verify,
+        )
+    for peer in peers.PEERS:
+        found[peer.key, peer.backend] = peer
+    return found
+
+
+def system(key: str, backend: str | None = None) -> System:
+    """The system ``key`` on ``backend`` (a spawned consumer passes no backend: any will
+    do for finding its consumer function, which dispatches on the target)."""
+    for (k, b), found in systems().items():
+        if k == key and (backend is None or b == backend):
+            return found
+    raise KeyError(f"no system {key!r} on {backend}")

@@ -1,0 +1,141 @@
+"""The throughput bench at a tiny size: it runs, and every system completes every task
+exactly once. Nothing here asserts a time or a ratio: CI proves the bench works, the
+numbers come from a real run on a quiet machine."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from stress.__main__ import main as stress_main
+from stress.bench.cli import DETAIL_KEYS
+from stress.bench.core import Result, Verdict, judge
+from stress.bench.report import render
+from stress.bench.systems import KANBAN_KEYS, RAW, system
+
+from .conftest import postgres_url_or_skip
+
+OWN_KEYS = (*KANBAN_KEYS, RAW)
+
+
+def _bench_url(postgres_url: str) -> str:
+    """A database of the bench's own, so it never drops the shared test database."""
+    name = f"kanban_bench_t_{uuid.uuid4().hex[:10]}"
+    return sa.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+
+
+def _run(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    out = tmp_path / "bench.json"
+    code = stress_main(["bench", "--tiny", "--json", str(out), *args])
+    return code, json.loads(out.read_text())
+
+
+def _check_rows(report: dict[str, Any], backend: str) -> list[dict[str, Any]]:
+    rows = [r for r in report["results"] if r["backend"] == backend and r["table"] == "main"]
+    ran = {r["system"] for r in rows}
+    skipped = {s["system"] for s in report["skipped"] if s["backend"] == backend}
+    assert set(OWN_KEYS) <= ran, f"missing rows: {set(OWN_KEYS) - ran}"
+    for row in rows:
+        assert row["exactly_once"], row
+        assert (row["duplicates"], row["lost"], row["problems"]) == (0, 0, []), row
+        assert row["tasks"] == 50 and row["procs"] == 2
+        assert row["rate"] and row["rate"] > 0
+        assert row["kind"] == "peer" or row["ratio"] is not None
+    # every peer of this backend either ran or was skipped with a reason
+    peers = {key for (key, b) in _peer_keys() if b == backend}
+    assert peers <= ran | skipped
+    return rows
+
+
+def _peer_keys() -> list[tuple[str, str]]:
+    from stress.bench.systems import systems
+
+    return [(s.key, s.backend) for s in systems().values() if s.kind == "peer"]
+
+
+@pytest.mark.slow
+@pytest.mark.sqlite
+def test_bench_sqlite_every_system_exactly_once(tmp_path: Path) -> None:
+    code, report = _run(tmp_path, "--backends", "sqlite")
+    assert code == 0
+    _check_rows(report, "sqlite")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_bench_postgres_every_system_exactly_once(tmp_path: Path) -> None:
+    url = _bench_url(postgres_url_or_skip())
+    code, report = _run(tmp_path, "--backends", "postgres", "--pg-url", url)
+    assert code == 0
+    assert not [s for s in report["skipped"] if s["system"] == "*"], report["skipped"]
+    _check_rows(report, "postgres")
+    admin = sa.create_engine(sa.make_url(url).set(database="postgres"))
+    with admin.connect() as conn:  # the bench dropped its database again
+        name = sa.make_url(url).database
+        left = conn.execute(
+            sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+        ).first()
+    admin.dispose()
+    assert left is None
+
+
+@pytest.mark.slow
+@pytest.mark.sqlite
+def test_bench_scaling_and_backlog_tables(tmp_path: Path) -> None:
+    code, report = _run(
+        tmp_path, "--backends", "sqlite", "--systems", "kb-next,raw", "--scaling", "--backlog"
+    )
+    assert code == 0
+    rows = report["results"]
+    scaling = Counter((r["system"], r["procs"]) for r in rows if r["table"] == "scaling")
+    assert scaling == {(key, procs): 1 for key in DETAIL_KEYS for procs in (1, 2)}
+    backlog = [r for r in rows if r["table"] == "backlog"]
+    assert sorted((r["system"], r["queued"]) for r in backlog) == sorted(
+        (key, queued) for key in DETAIL_KEYS for queued in (50, 500)
+    )
+    assert all(r["tasks"] == 50 and r["exactly_once"] for r in rows)
+
+
+def test_judge_marks_double_delivery_and_loss() -> None:
+    # storage says task 2 completed twice; a consumer reported task 3 twice; 4 never done
+    verdict = Verdict({1: 1, 2: 2, 3: 1})
+    duplicates, lost, problems = judge(verdict, Counter({1: 1, 2: 1, 3: 2}), expected=4)
+    assert (duplicates, lost, problems) == (2, 1, [])
+    # a completion the storage does not know of is a disagreement, not a success
+    _, lost, problems = judge(Verdict({1: 1}), Counter({1: 1, 2: 1}), expected=2)
+    assert lost == 1 and problems and "disagree" in problems[0]
+
+
+def test_table_shows_a_failed_system() -> None:
+    from stress.bench.cli import Plan
+
+    bad = Result(
+        system="huey",
+        label="huey",
+        kind="peer",
+        backend="sqlite",
+        procs=2,
+        queued=50,
+        tasks=50,
+        seconds=0.1,
+        rate=500.0,
+        exactly_once=False,
+        duplicates=3,
+        lost=0,
+        problems=[],
+        note="",
+    )
+    plan = Plan(50, 2, ("huey",), ("sqlite",), (), 50, (), 50, 60.0, "postgresql://x/y")
+    assert "3 DOUBLE-DELIVERED" in render([bad], [], plan)
+
+
+def test_every_own_system_exists_on_both_backends() -> None:
+    for key in OWN_KEYS:
+        for backend in ("sqlite", "postgres"):
+            assert system(key, backend).kind in ("kanban_orm", "raw")
