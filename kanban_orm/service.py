@@ -14,13 +14,15 @@ the transition are written in the same transaction.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Select, select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from . import config, steps
 from . import queries as q
@@ -151,12 +153,12 @@ def claim_task(
     ttl = check.ttl(ttl_seconds)
 
     def work(s: Tx) -> Task | None:
-        claimed = s.execute(q.CLAIM_BY_ID, {"task_id": task_id, "ttl": ttl}).all()
+        claimed = _claim(s, q.CLAIM_BY_ID, {"task_id": task_id, "ttl": ttl}, who)
         if not claimed:
             if s.execute(q.TASK_EXISTS, {"task_id": task_id}).first() is None:
                 raise TaskNotFound(task_id)
             return None
-        return _open_runs(s, claimed, who)[0]
+        return claimed[0]
 
     return run_write(session, work)
 
@@ -171,7 +173,8 @@ def claim_next(
 ) -> Task | None:
     """Claim the best claimable task (highest priority, then oldest), or return None.
 
-    Expired leases are taken over first, so a board with no reaper still heals.
+    Expired leases are taken over (see :func:`claim_many`), so a board with no reaper
+    still heals.
     """
     claimed = claim_many(
         session, claimer=claimer, limit=1, assignee=assignee, tenant=tenant, ttl_seconds=ttl_seconds
@@ -191,7 +194,12 @@ def claim_many(
     """Claim up to ``limit`` claimable tasks in one transaction, best first.
 
     Each claimed task gets its own run, fencing token and ``claimed`` event. An empty
-    list means nothing was claimable. Expired leases are taken over first.
+    list means nothing was claimable.
+
+    Expired leases within the same filters are taken over, so a board with no reaper
+    still heals: whenever the claimable tasks fall short of ``limit``, and otherwise at
+    most once every :data:`RECLAIM_CHECK_SECONDS` per process and database (looking for
+    them costs a query, which a busy claimer should not pay on every call).
     """
     who = steps.claimer_name(claimer)
     count = check.integer(limit, "limit", minimum=1)
@@ -205,34 +213,66 @@ def claim_many(
 
     expired = q.expired_claims_statement(assignee is not None, tenant is not None)
 
+    key = str(session.get_bind().engine.url)
+
     def work(s: Tx) -> list[Task]:
-        _reclaim_expired(s, expired, params)
-        claimed = s.execute(statement, params).all()
-        return _open_runs(s, claimed, who) if claimed else []
+        looked = _reclaim_check_due(key)
+        if looked:
+            _reclaim_expired(s, expired, params)
+        claimed = _claim(s, statement, params, who)
+        if len(claimed) < count and not looked and _reclaim_expired(s, expired, params):
+            claimed += _claim(s, statement, {**params, "limit": count - len(claimed)}, who)
+        return claimed
 
     return run_write(session, work)
 
 
-def _open_runs(s: Tx, claimed: Sequence[Row[Any]], claimer: str) -> list[Task]:
-    """The rest of a claim: a run per claimed task, ``current_run_id``, one event each."""
-    opened = s.execute(
-        q.INSERT_RUN,
-        [
-            {"task_id": t.id, "attempt": t.attempts, "claimer": claimer, "claim_lock": t.claim_lock}
-            for t in claimed
-        ],
-    ).all()
-    run_ids = {run.task_id: run.id for run in opened}
-    s.execute(
-        q.SET_CURRENT_RUN,
-        [{"task_id": t.id, "token": t.claim_lock, "run_id": run_ids[t.id]} for t in claimed],
-    )
+#: claim_many looks for expired leases at least this often while claims keep succeeding.
+RECLAIM_CHECK_SECONDS = 1.0
+_last_reclaim_check: dict[str, float] = {}
+
+
+def _reclaim_check_due(key: str) -> bool:
+    now = time.monotonic()
+    if now - _last_reclaim_check.get(key, float("-inf")) < RECLAIM_CHECK_SECONDS:
+        return False
+    _last_reclaim_check[key] = now
+    return True
+
+
+def _claim(s: Tx, claim: ReturningUpdate[Any], params: dict[str, Any], who: str) -> list[Task]:
+    """Run a claim UPDATE, then open a run, set ``current_run_id`` and write one
+    ``claimed`` event per claimed task; the tasks, best first."""
+    if s.is_postgresql:
+        rows = s.execute(q.opening_runs(claim), {**params, "claimer": who}).all()
+        return [s.attach(Task, row) for row in rows]
+    rows = sorted(s.execute(claim, params).all(), key=lambda t: (-t.priority, t.id))
+    return [s.attach(Task, row) for row in _open_runs(s, rows, who)]
+
+
+def _open_runs(s: Tx, claimed: list[Any], claimer: str) -> list[Any]:
+    """SQLite's claim, after the UPDATE: each claimed row with its new run."""
+    opened = []
+    for task in claimed:
+        run_id = s.execute(
+            q.INSERT_RUN,
+            {
+                "task_id": task.id,
+                "attempt": task.attempts,
+                "claimer": claimer,
+                "claim_lock": task.claim_lock,
+            },
+        ).scalar()
+        s.execute(
+            q.SET_CURRENT_RUN, {"task_id": task.id, "token": task.claim_lock, "run_id": run_id}
+        )
+        opened.append(task._replace(current_run_id=run_id))
     steps.record_many(
         s,
         "claimed",
-        [(t.id, run_ids[t.id], {"claimer": claimer, "attempt": t.attempts}) for t in claimed],
+        [(t.id, t.current_run_id, {"claimer": claimer, "attempt": t.attempts}) for t in opened],
     )
-    return steps.load_tasks(s, [t.id for t in claimed])
+    return opened
 
 
 # -- leases -----------------------------------------------------------------------------
@@ -335,16 +375,21 @@ def complete_task(
 
     def work(s: Tx) -> Task:
         statement = q.COMPLETE_FORCED if token is None else q.COMPLETE_HELD
-        if s.execute(statement, params).first() is None:
+        done = s.execute(statement, params).first()
+        if done is None:
             if steps.already_landed(s, token, "completed"):
                 return steps.load_task(s, task_id)
             steps.explain(s, task_id, Status.DONE, token)
-        run_id = steps.close_run(
-            s, task_id, "completed", summary=run_summary, metadata=run_metadata
+        steps.finish_run(
+            s,
+            task_id,
+            "completed",
+            {"forced": token is None},
+            summary=run_summary,
+            metadata=run_metadata,
+            promote=True,
         )
-        steps.record(s, task_id, "completed", run_id, {"forced": token is None})
-        steps.promote_children(s, task_id)
-        return steps.load_task(s, task_id)
+        return s.attach(Task, done)
 
     return run_write(session, work)
 

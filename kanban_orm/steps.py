@@ -38,16 +38,57 @@ def close_run(
     error: str | None = None,
 ) -> int | None:
     """Close the task's open run (at most one exists) with ``outcome``; its id, if any."""
-    run_id: int | None = s.execute(
-        q.CLOSE_OPEN_RUN,
-        {
-            "run_task_id": task_id,
-            "run_outcome": outcome,
-            "run_summary": summary,
-            "run_metadata": metadata,
-            "run_error": error,
-        },
-    ).scalar()
+    params = _closing(task_id, outcome, summary, metadata, error)
+    run_id: int | None = s.execute(q.CLOSE_OPEN_RUN, params).scalar()
+    return run_id
+
+
+def _closing(
+    task_id: int,
+    outcome: str,
+    summary: str | None,
+    metadata: dict[str, Any] | None,
+    error: str | None,
+) -> dict[str, Any]:
+    return {
+        "run_task_id": task_id,
+        "run_outcome": outcome,
+        "run_summary": summary,
+        "run_metadata": metadata,
+        "run_error": error,
+    }
+
+
+def finish_run(
+    s: Tx,
+    task_id: int,
+    outcome: str,
+    payload: dict[str, Any] | None,
+    *,
+    summary: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    error: str | None = None,
+    promote: bool = False,
+) -> int | None:
+    """After the task's own UPDATE: close its open run with ``outcome``, write the event
+    of the same name and, with ``promote``, promote children whose parents are now all
+    finished. Returns the closed run's id, if there was one.
+
+    One statement on PostgreSQL (queries.FINISH_RUN), which also tells whether any child
+    is waiting, so a task without children pays nothing for promotion.
+    """
+    if s.is_postgresql:
+        params = _closing(task_id, outcome, summary, metadata, error)
+        finished = s.execute(
+            q.FINISH_RUN, {**params, "event_kind": outcome, "event_payload": payload}
+        ).first()
+        if promote and finished.waiting:
+            promote_children(s, task_id)
+        return finished.run_id  # type: ignore[no-any-return]
+    run_id = close_run(s, task_id, outcome, summary=summary, metadata=metadata, error=error)
+    record(s, task_id, outcome, run_id, payload)
+    if promote:
+        promote_children(s, task_id)
     return run_id
 
 
