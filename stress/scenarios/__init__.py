@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ..harness import Scenario
-from . import claims
+from . import claims, deps
 
 SCENARIOS: dict[str, Scenario] = {
     "claims": claims,
+    "deps": deps,
 }
