@@ -169,8 +169,7 @@ def claim_next_statement(by_assignee: bool, by_tenant: bool) -> ReturningUpdate[
 
     PostgreSQL picks candidates ``FOR UPDATE SKIP LOCKED``, so concurrent claimers
     divide the queue instead of queueing behind one row; SQLite (which renders no
-    locking clause) runs it under ``BEGIN IMMEDIATE``, one writer at a time. The outer
-    WHERE repeats the guard: the UPDATE itself is the compare-and-swap.
+    locking clause) runs it under ``BEGIN IMMEDIATE``, one writer at a time.
     """
     candidate = tasks.alias("candidate")
     pick: Select[Any] = select(candidate.c.id).where(claimable(candidate))
@@ -187,9 +186,14 @@ def claim_next_statement(by_assignee: bool, by_tenant: bool) -> ReturningUpdate[
     # exactly once. Written as "id IN (subquery LIMIT n)" the planner may re-run the
     # subquery and, skipping the rows it has just locked, claim more than n.
     picked = pick.cte("picked").prefix_with("MATERIALIZED", dialect="postgresql")
+    # The pick re-checked its WHERE on the latest row version as it locked each row
+    # (SQLite: under the write lock), so the picked rows are claimable and stay so.
+    # Repeating the whole guard here made PostgreSQL's planner drive the UPDATE from
+    # the ready index and scan the entire backlog for the one picked id; the unclaimed
+    # check alone leaves it the primary-key lookup.
     return (
         update(tasks)
-        .where(tasks.c.id == picked.c.id, claimable(tasks))
+        .where(tasks.c.id == picked.c.id, tasks.c.claim_lock.is_(None))
         .values(_CLAIM_VALUES)
         .returning(*tasks.c)
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import event, insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Executable
 
+import kanban_orm as kb
 from kanban_orm import queries as q
 
 
@@ -46,3 +48,28 @@ def test_claim_next_walks_the_claim_order_index(engine: Engine) -> None:
         assert "Index Scan using ix_kanban_tasks_claim_order on kanban_tasks candidate" in plan
         assert "Seq Scan on kanban_tasks" not in plan
         assert "Sort" not in plan, plan
+
+
+def test_the_claim_update_finds_the_picked_row_by_primary_key(empty_db_url: str) -> None:
+    """Regression: the UPDATE repeated the whole claim guard, and PostgreSQL (with the
+    default statistics of a table autovacuum has not analysed yet) drove it from the
+    ready index, visiting every ready task to find the one picked id."""
+    engine = kb.init_db(empty_db_url)  # a new database: no statistics yet
+    backlog = [{"title": f"t{i}", "status": "ready"} for i in range(3000)]
+    with engine.begin() as conn:
+        conn.execute(insert(q.tasks), backlog)
+    claim = q.claim_next_statement(False, False)
+    params: dict[str, Any] = {"limit": 1, "ttl": 60}
+    if engine.dialect.name == "postgresql":
+        claim, params = q.opening_runs(claim), {**params, "claimer": "w"}  # type: ignore[assignment]
+    with engine.connect() as conn:
+        plan = explain(conn, claim, params)
+        conn.rollback()
+
+    if engine.dialect.name == "sqlite":
+        assert "SEARCH kanban_tasks USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
+    else:
+        update = plan[plan.index("Update on kanban_tasks") :]
+        # The target table itself (no alias), as opposed to the subqueries' aliases.
+        assert re.search(r"pk_kanban_tasks on kanban_tasks\s+\(cost", update), plan
+        assert not re.search(r"ix_kanban_tasks_claim_order on kanban_tasks\s+\(cost", update), plan
