@@ -69,7 +69,8 @@ FINISHED = ("done", "archived")
 
 @dataclass(frozen=True)
 class Plan:
-    """The graph's dimensions for ``--tasks N``; ``total`` is N unless N is tiny."""
+    """The graph's dimensions for ``--tasks N``: ``total`` is N for N >= 18; a smaller N
+    gets the smallest graph (fan-out 2, chains of 2 or 3, two diamonds: 16-18 tasks)."""
 
     width: int
     chain_length: int
