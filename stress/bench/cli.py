@@ -78,8 +78,9 @@ def parser() -> argparse.ArgumentParser:
         "baseline on the same tables, and peer queues (when installed), on SQLite and "
         "PostgreSQL. Every system must complete every task exactly once; one that does "
         "not is marked in the table.",
-        epilog=f"--pg-url names a database the bench DROPS and re-creates for every run "
-        f"(default {DEFAULT_PG_URL}, or ${PG_URL_ENV}). SQLite runs use a temporary "
+        epilog=f"--pg-url names the PostgreSQL server and a database name (default "
+        f"{DEFAULT_PG_URL}, or ${PG_URL_ENV}); the bench uses the database NAME_PID, "
+        "re-created for every run and dropped at the end. SQLite runs use a temporary "
         "directory.",
     )
     p.add_argument("--tasks", type=_positive, help="tasks queued per run (default 10000)")
@@ -135,7 +136,7 @@ def parser() -> argparse.ArgumentParser:
         "scaling at 1,2 and backlog 50 vs 500 when asked for",
     )
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per run (default 900)")
-    p.add_argument("--pg-url", metavar="URL", help="PostgreSQL database to use (it is DROPPED)")
+    p.add_argument("--pg-url", metavar="URL", help="PostgreSQL server and database name prefix")
     p.add_argument("--json", metavar="FILE", help="also write every row as JSON")
     p.add_argument("--chart", metavar="PNG", help="also draw the main table (needs matplotlib)")
     return p
@@ -174,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         for backend in plan.backends:
             if backend == POSTGRES:
                 try:
-                    with postgres_database(plan.pg_url):
-                        results += run_backend(plan, backend, Path(workdir), skipped)
+                    with postgres_database(plan.pg_url) as pg_url:
+                        results += run_backend(plan, backend, Path(workdir), skipped, pg_url)
                 except Exception as error:
                     if not _unreachable(error):
                         raise
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                     _say(f"skipped postgres: {reason}")
                     skipped.append({"system": "*", "backend": POSTGRES, "reason": reason})
             else:
-                results += run_backend(plan, backend, Path(workdir), skipped)
+                results += run_backend(plan, backend, Path(workdir), skipped, None)
     add_ratios(results)
     from .report import render
 
@@ -215,7 +216,7 @@ def _say(text: str) -> None:
 
 
 def run_backend(
-    plan: Plan, backend: str, workdir: Path, skipped: list[dict[str, str]]
+    plan: Plan, backend: str, workdir: Path, skipped: list[dict[str, str]], pg_url: str | None
 ) -> list[Result]:
     results = []
     chosen: list[System] = []
@@ -238,7 +239,7 @@ def run_backend(
             queued=queued,
             tasks=tasks,
             workdir=workdir,
-            pg_url=plan.pg_url if backend == POSTGRES else None,
+            pg_url=pg_url,
             timeout=plan.timeout,
             table=table,
         )

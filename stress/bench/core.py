@@ -114,13 +114,16 @@ class Result:
 
 @contextmanager
 def postgres_database(pg_url: str) -> Iterator[str]:
-    """Drop and re-create the database ``pg_url`` names; drop it again afterwards."""
+    """A database of this bench run's own on the server ``pg_url`` names: its database
+    name plus this process's id (``kanban_bench_1234``), so two benches running at once
+    never drop each other's data. Created now, re-created for every run, dropped after."""
     import psycopg
 
     url = sa.make_url(pg_url)
-    name = url.database
-    if not name or name in ("postgres", "template0", "template1"):
-        raise ValueError(f"--pg-url must name a database the bench may drop, not {name!r}")
+    if not url.database:
+        raise ValueError("--pg-url must name a database (the bench's is that name + _PID)")
+    name = f"{url.database}_{os.getpid()}"
+    url = url.set(database=name)
     admin = url.set(drivername="postgresql", database="postgres")
     conninfo = admin.render_as_string(hide_password=False)
 
@@ -273,7 +276,8 @@ def measure(
     if len(reports) < procs:
         problems.append(f"{procs - len(reports)} consumer(s) still running after {timeout:g} s")
     ends = [end for _, end, _, _ in reports if end is not None]
-    seconds = max(ends) - began if ends and len(reports) == procs else None
+    crashed = any(error for _, _, _, error in reports)
+    seconds = max(ends) - began if ends and len(reports) == procs and not crashed else None
     delivered = Counter(task_id for _, _, done, _ in reports for task_id in done)
     try:
         verdict = sys_.verify(target)

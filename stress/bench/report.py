@@ -118,14 +118,16 @@ def render(results: list[Result], skipped: list[dict[str, str]], plan: Plan) -> 
     if backlog:
         parts.append(backlog_table(backlog))
     if skipped:
-        lines = "\n".join(
-            f"skipped {s['system']} on {s['backend']}: {s['reason']}" for s in skipped
-        )
-        parts.append(lines)
+        parts += [_skip_line(s) for s in skipped]
     console = Console(width=160, record=True, force_terminal=False, color_system=None)
     with console.capture() as capture:
         console.print(Group(*parts))
     return capture.get()
+
+
+def _skip_line(skip: dict[str, str]) -> str:
+    what = skip["backend"] if skip["system"] == "*" else f"{skip['system']} on {skip['backend']}"
+    return f"skipped {what}: {skip['reason']}"
 
 
 def chart(results: list[Result], path: str) -> str | None:
