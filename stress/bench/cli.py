@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -218,7 +219,7 @@ def _say(text: str) -> None:
 def run_backend(
     plan: Plan, backend: str, workdir: Path, skipped: list[dict[str, str]], pg_url: str | None
 ) -> list[Result]:
-    results = []
+    results: list[Result] = []
     chosen: list[System] = []
     for key in plan.systems:
         if (key, backend) not in systems():
@@ -233,31 +234,58 @@ def run_backend(
 
     def run(found: System, procs: int, queued: int, tasks: int, table: str) -> Result:
         _say(f"{backend:8} {found.key:13} {procs:2} procs  {tasks}/{queued} tasks ...")
-        result = measure(
-            found,
-            procs=procs,
-            queued=queued,
-            tasks=tasks,
-            workdir=workdir,
-            pg_url=pg_url,
-            timeout=plan.timeout,
-            table=table,
-        )
+        try:
+            result = measure(
+                found,
+                procs=procs,
+                queued=queued,
+                tasks=tasks,
+                workdir=workdir,
+                pg_url=pg_url,
+                timeout=plan.timeout,
+                table=table,
+            )
+        except Exception as error:  # set-up or storage failed: a failed row, not a crash
+            result = failed(found, procs, queued, tasks, table, f"run failed: {_line(error)}")
         rate = f"{result.rate:,.0f} tasks/s" if result.rate else "no rate"
         verdict = "exactly once" if result.exactly_once else "; ".join(result.problems)[:200]
         _say(f"{'':8} {'':13} -> {rate}, {verdict or 'FAILED'}")
         return result
 
-    for found in chosen:
-        results.append(run(found, plan.procs, plan.tasks, plan.tasks, "main"))
+    main = {found.key: run(found, plan.procs, plan.tasks, plan.tasks, "main") for found in chosen}
+    results += main.values()
     detail = [found for found in chosen if found.key in DETAIL_KEYS]
     for procs in plan.scaling:
         for found in detail:
+            if (procs, plan.scaling_tasks) == (plan.procs, plan.tasks):
+                # the main table's run has this very shape: show it, don't run it again
+                results.append(dataclasses.replace(main[found.key], table="scaling"))
+                continue
             results.append(run(found, procs, plan.scaling_tasks, plan.scaling_tasks, "scaling"))
     for queued in plan.backlog:
         for found in detail:
             results.append(run(found, plan.procs, queued, plan.backlog_tasks, "backlog"))
     return results
+
+
+def failed(found: System, procs: int, queued: int, tasks: int, table: str, why: str) -> Result:
+    return Result(
+        system=found.key,
+        label=found.label,
+        kind=found.kind,
+        backend=found.backend,
+        procs=procs,
+        queued=queued,
+        tasks=min(tasks, queued),
+        seconds=None,
+        rate=None,
+        exactly_once=False,
+        duplicates=0,
+        lost=0,
+        problems=[why],
+        note=found.note,
+        table=table,
+    )
 
 
 def add_ratios(results: list[Result]) -> None:
