@@ -66,6 +66,7 @@ def test_deps_builds_the_dag_while_workers_run_and_holds(
     assert "fan-out 1→14 (14 promoted by one completion), fan-in 14→1" in graph, output
     assert "2 diamonds, 2 chains of 8; 40 tasks, 50 links" in graph, output
     assert "onto running parents" in graph, output  # the root is held while it fans out
+    assert "(sink created with " in graph, output
     claims = report["invariants"][3]["detail"]
     assert "by claim_next" in claims and "by claim_many" in claims, output
     assert "✔ 2. no task claimed while a parent was unfinished" in output

@@ -9,7 +9,8 @@ issue's: fan-out 50, fan-in 50, chains of 20, and two diamonds):
 - an hourglass: a root, W children (fan-out W) and a sink waiting for all W (fan-in W).
   The creator holds the root (assigned to itself and claimed) while it adds the
   children, then completes it, so one completion promotes all W; the sink is created
-  while those W are being claimed and finished (a child created mid-finish).
+  once some of those W are done, while the rest are being claimed and finished (a
+  child created mid-finish).
 - two chains of L: one grown with ``create_task(parents=[previous])``, often only once
   the previous task is done (so it must be ready at once), one with
   ``create_task(triage=True)``, ``link_tasks(previous, new)`` and ``specify_task(new)``.
@@ -268,10 +269,23 @@ class Builder:
         finally:
             self.session.rollback()
 
-    def wait_until_finished(self, task_id: int) -> Piece:
-        """Yield (let other builders run) until the task is finished, for a while."""
+    def count_finished(self, ids: Sequence[int]) -> int:
+        try:
+            found = self.session.scalar(
+                select(func.count()).where(kb.Task.id.in_(ids), kb.Task.status.in_(FINISHED))
+            )
+            return int(found or 0)
+        finally:
+            self.session.rollback()
+
+    def wait_until_finished(
+        self, task_id: int, among: Sequence[int] = (), at_least: int = 1
+    ) -> Piece:
+        """Yield (let other builders run) until the task is finished (or ``at_least`` of
+        ``among`` are), for a while."""
+        ids = among or [task_id]
         for _ in range(WAIT_PIECES):
-            if self.finished(task_id):
+            if self.count_finished(ids) >= at_least:
                 return
             yield
 
@@ -331,6 +345,8 @@ def hourglass(b: Builder, width: int) -> Piece:
     if not finish(b.worker, b.session, held):
         raise BuildFailed(f"the creator could not complete its hourglass root {root}")
     yield
+    # The sink comes while its parents finish: after some of them, often most.
+    yield from b.wait_until_finished(root, among=middle, at_least=b.worker.random.randint(1, width))
     sink = b.create("hourglass sink", parents=middle)
     b.shape("hourglass", [root, *middle, sink], root=root, sink=sink, width=width)
 
@@ -390,6 +406,7 @@ class Replay:
     """The event log replayed in id order: each task's parents and status over time."""
 
     done_at: dict[int, float]  # task -> id of its first completed/archived event
+    created_at: dict[int, int] = field(default_factory=dict)
     claimed_at: dict[int, int] = field(default_factory=dict)
     early_claims: list[str] = field(default_factory=list)
     wrong_state: list[str] = field(default_factory=list)
@@ -419,6 +436,7 @@ def replay(events: Sequence[Any]) -> Replay:
     for e in events:
         t, payload = e.task_id, e.payload or {}
         if e.kind == "created":
+            r.created_at[t] = e.id
             new = list(payload.get("parents") or [])
             r.edges_onto.update(r.state_of(p, e.id) for p in new)
             r.parents[t] += new
@@ -556,13 +574,22 @@ def graph_built(
     fanned = r.promoted_by[hourglass["root"]] if hourglass else 0
     if hourglass and fanned != p.width:
         problems.append(f"the root's completion promoted {fanned} of its {p.width} children")
+    sink_done = (
+        sum(
+            r.done_at.get(m, NEVER) < r.created_at[hourglass["sink"]]
+            for m in r.parents[hourglass["sink"]]
+        )
+        if hourglass and hourglass["sink"] in r.created_at
+        else 0
+    )
     first_claim = min(r.claimed_at.values(), default=None)
     last_create = max((e.id for e in events if e.kind == "created"), default=None)
     if first_claim is None or last_create is None or last_create < first_claim:
         problems.append("no task was created after the first claim: not built while running")
     onto = ", ".join(f"{n} onto {state} parents" for state, n in sorted(r.edges_onto.items()))
     summary = (
-        f"fan-out 1→{p.width} ({fanned} promoted by one completion), fan-in {p.width}→1, "
+        f"fan-out 1→{p.width} ({fanned} promoted by one completion), fan-in {p.width}→1 "
+        f"(sink created with {sink_done} of its parents done), "
         f"{kinds['diamond']} diamonds, {kinds['chain']} chains of {p.chain_length}; "
         f"{total} tasks, {len(links)} links ({onto}); {r.ready_at_creation} created ready "
         f"with parents already done; {r.sent_back} links sent a ready child back to todo, "
