@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .core import BACKENDS, POSTGRES, Result, System, measure, postgres_database
+from .report import chart, render, targets
 from .systems import ALL_KEYS, RAW, system, systems
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/kanban_bench"
@@ -187,14 +188,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 results += run_backend(plan, backend, Path(workdir), skipped, None)
     add_ratios(results)
-    from .report import render
-
     print(render(results, skipped, plan))
     if args.json:
         write_json(args.json, plan, results, skipped, time.time() - started)
     if args.chart:
-        from .report import chart
-
         message = chart(results, args.chart)
         if message:
             _say(message)
@@ -309,6 +306,7 @@ def write_json(
         "cpus": os.cpu_count(),
         "wall_seconds": wall,
         "results": [r.as_dict() for r in results],
+        "targets": targets(results),
         "skipped": skipped,
     }
     Path(path).write_text(json.dumps(report, indent=2) + "\n")

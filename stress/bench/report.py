@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console, Group
 from rich.table import Table
 
-from .core import Result
+from .core import POSTGRES, SQLITE, Result
 
 if TYPE_CHECKING:
     from .cli import Plan
@@ -109,6 +109,67 @@ def _cell(r: Result | None) -> str:
     return f"{_rate(r)}{ratio}{mark}"
 
 
+#: Issue 6's targets on the main table: (target, backend, system, baseline, minimum ratio).
+TARGETS = (
+    ("SQLite claim_next >= 0.6x raw", SQLITE, "kb-next", "raw", 0.6),
+    ("SQLite claim_many(50) >= 2x raw single claim", SQLITE, "kb-many50", "raw", 2.0),
+    ("PostgreSQL claim_next >= 0.95x raw", POSTGRES, "kb-next", "raw", 0.95),
+    ("PostgreSQL claim_many(10) >= 1.5x pgqueuer", POSTGRES, "kb-many10", "pgqueuer", 1.5),
+)
+#: Claim cost must not grow with backlog: the largest backlog's rate within 1.2x of the
+#: smallest's.
+BACKLOG_SLOWDOWN = 1.2
+
+
+def targets(results: list[Result]) -> list[dict[str, Any]]:
+    """Each of the issue's targets that this run can judge: the measured ratio and
+    whether it is met (None when a row is missing or failed its exactly-once check)."""
+    main = {(r.backend, r.system): r for r in results if r.table == "main"}
+    judged: list[dict[str, Any]] = []
+
+    def add(name: str, mine: Result | None, base: Result | None, minimum: float) -> None:
+        if mine is None or base is None:
+            return
+        good = mine.exactly_once and base.exactly_once and mine.rate and base.rate
+        value = mine.rate / base.rate if good and mine.rate and base.rate else None
+        met = None if value is None else value >= minimum
+        judged.append({"target": name, "minimum": minimum, "value": value, "met": met})
+
+    for name, backend, key, base_key, minimum in TARGETS:
+        add(name, main.get((backend, key)), main.get((backend, base_key)), minimum)
+    for backend in (SQLITE, POSTGRES):
+        shape = ("backlog", backend, "kb-next")
+        rows = sorted(
+            (r for r in results if (r.table, r.backend, r.system) == shape), key=lambda r: r.queued
+        )
+        if len(rows) >= 2:
+            small, large = rows[0], rows[-1]
+            name = (
+                f"{'SQLite' if backend == SQLITE else 'PostgreSQL'} claim_next at "
+                f"{large.queued:,} queued within {BACKLOG_SLOWDOWN}x of {small.queued:,}"
+            )
+            add(name, large, small, 1 / BACKLOG_SLOWDOWN)
+    return judged
+
+
+def targets_table(judged: list[dict[str, Any]], plan: Plan) -> Table:
+    shape = "5 processes, 10,000 tasks"
+    this = f"{plan.procs} processes, {plan.tasks:,} tasks"
+    table = Table(
+        title="Issue 6 targets",
+        caption=f"set for {shape}; this run: {this}"
+        + ("" if this == shape else " (indicative only)"),
+    )
+    table.add_column("target")
+    table.add_column("measured", justify="right")
+    table.add_column("met")
+    for t in judged:
+        value = "-" if t["value"] is None else f"{t['value']:.2f}x"
+        met = {None: "-", True: "[green]yes[/]", False: "[red]no[/]"}[t["met"]]
+        table.add_row(t["target"], value, met)
+    return table
+
+
 def render(results: list[Result], skipped: list[dict[str, str]], plan: Plan) -> str:
     parts: list[Any] = [main_table([r for r in results if r.table == "main"], plan)]
     scaling = [r for r in results if r.table == "scaling"]
@@ -117,6 +178,9 @@ def render(results: list[Result], skipped: list[dict[str, str]], plan: Plan) -> 
     backlog = [r for r in results if r.table == "backlog"]
     if backlog:
         parts.append(backlog_table(backlog))
+    judged = targets(results)
+    if judged:
+        parts.append(targets_table(judged, plan))
     if skipped:
         parts += [_skip_line(s) for s in skipped]
     console = Console(width=160, record=True, force_terminal=False, color_system=None)
