@@ -13,7 +13,8 @@ issue's: fan-out 50, fan-in 50, chains of 20, and two diamonds):
   child created mid-finish).
 - two chains of L: one grown with ``create_task(parents=[previous])``, often only once
   the previous task is done (so it must be ready at once), one with
-  ``create_task(triage=True)``, ``link_tasks(previous, new)`` and ``specify_task(new)``.
+  ``create_task(triage=True)``, ``link_tasks(previous, new)`` and ``specify_task(new)``,
+  often once the previous task is running (specify races its completion).
 - diamonds top -> left, right -> bottom; the bottom is created with both parents, or
   (odd diamonds) once left is done, right is added and the bottom is created with
   ``[left]`` alone and linked to right straight after: a claim racing the link either
@@ -269,23 +270,20 @@ class Builder:
         finally:
             self.session.rollback()
 
-    def count_finished(self, ids: Sequence[int]) -> int:
+    def count(self, ids: Sequence[int], statuses: Sequence[str]) -> int:
         try:
             found = self.session.scalar(
-                select(func.count()).where(kb.Task.id.in_(ids), kb.Task.status.in_(FINISHED))
+                select(func.count()).where(kb.Task.id.in_(ids), kb.Task.status.in_(statuses))
             )
             return int(found or 0)
         finally:
             self.session.rollback()
 
-    def wait_until_finished(
-        self, task_id: int, among: Sequence[int] = (), at_least: int = 1
-    ) -> Piece:
-        """Yield (let other builders run) until the task is finished (or ``at_least`` of
-        ``among`` are), for a while."""
-        ids = among or [task_id]
+    def wait_until(self, ids: Sequence[int], statuses: Sequence[str], at_least: int = 1) -> Piece:
+        """Yield (let other builders run) until ``at_least`` of ``ids`` are in one of
+        ``statuses``, for a while (then go on regardless)."""
         for _ in range(WAIT_PIECES):
-            if self.count_finished(ids) >= at_least:
+            if self.count(ids, statuses) >= at_least:
                 return
             yield
 
@@ -346,7 +344,7 @@ def hourglass(b: Builder, width: int) -> Piece:
         raise BuildFailed(f"the creator could not complete its hourglass root {root}")
     yield
     # The sink comes while its parents finish: after some of them, often most.
-    yield from b.wait_until_finished(root, among=middle, at_least=b.worker.random.randint(1, width))
+    yield from b.wait_until(middle, FINISHED, at_least=b.worker.random.randint(1, width))
     sink = b.create("hourglass sink", parents=middle)
     b.shape("hourglass", [root, *middle, sink], root=root, sink=sink, width=width)
 
@@ -355,7 +353,7 @@ def chain_by_parents(b: Builder, index: int, length: int) -> Piece:
     tasks: list[int] = []
     for i in range(length):
         if tasks and b.worker.random.random() < 0.5:
-            yield from b.wait_until_finished(tasks[-1])
+            yield from b.wait_until(tasks[-1:], FINISHED)
         tasks.append(b.create(f"chain {index} link {i}", parents=tasks[-1:]))
         yield
     b.shape("chain", tasks, mode="parents", length=length)
@@ -369,6 +367,9 @@ def chain_by_links(b: Builder, index: int, length: int) -> Piece:
         if tasks:
             b.link(tasks[-1], new)
             yield
+            if b.worker.random.random() < 0.5:
+                # Specify while the parent runs: the move out of triage races its completion.
+                yield from b.wait_until(tasks[-1:], ("running", *FINISHED))
         kb.specify_task(b.session, new)
         tasks.append(new)
         yield
@@ -387,7 +388,7 @@ def diamond(b: Builder, index: int) -> Piece:
     else:
         # Once left is done: a fresh right, and a bottom created with [left] alone (so
         # ready) and linked to right at once. A claim of the bottom races the link.
-        yield from b.wait_until_finished(left)
+        yield from b.wait_until([left], FINISHED)
         right = b.create(f"diamond {index} right", parents=[top])
         bottom = b.create(f"diamond {index} bottom", parents=[left])
         b.link(right, bottom)
@@ -444,7 +445,7 @@ def replay(events: Sequence[Any]) -> Replay:
             status = payload.get("status")
             expected = "triage" if status == "triage" else ("todo" if waiting else "ready")
             if status != expected:
-                r.wrong_state.append(_created_wrong(t, e.id, str(status), waiting))
+                r.wrong_state.append(_decided_wrong(t, "created", e.id, payload, waiting))
             r.ready_at_creation += bool(new) and status == "ready"
             r.status[t] = str(status)
         elif e.kind == "linked":
@@ -460,10 +461,7 @@ def replay(events: Sequence[Any]) -> Replay:
             waiting = r.unfinished(t, e.id)
             expected = "todo" if waiting else "ready"
             if payload.get("status") != expected:
-                r.wrong_state.append(
-                    f"task {t} specified {payload.get('status')} (event {e.id}), expected "
-                    f"{expected}: unfinished parents {waiting}"
-                )
+                r.wrong_state.append(_decided_wrong(t, "specified", e.id, payload, waiting))
             r.status[t] = str(payload.get("status"))
         elif e.kind == "promoted":
             r.promoted_by[int(payload.get("parent_id", 0))] += 1
@@ -499,9 +497,11 @@ def replay(events: Sequence[Any]) -> Replay:
     return r
 
 
-def _created_wrong(task: int, event: int, status: str, waiting: list[int]) -> str:
+def _decided_wrong(
+    task: int, verb: str, event: int, payload: dict[str, Any], waiting: list[int]
+) -> str:
     why = f"parents {waiting} were unfinished" if waiting else "every parent was done"
-    return f"task {task} created {status} (event {event}) though {why}"
+    return f"task {task} {verb} {payload.get('status')} (event {event}) though {why}"
 
 
 def checks(outcome: Outcome, session: Session) -> list[Check]:
