@@ -22,6 +22,8 @@ DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/kanban_bench"
 PG_URL_ENV = "KANBAN_BENCH_POSTGRES_URL"
 #: Systems the scaling and backlog tables cover.
 DETAIL_KEYS = ("kb-next", RAW)
+#: One measurement's shape: system, consumer processes, tasks queued, tasks completed.
+Shape = tuple[System, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Plan:
     backlog_tasks: int
     timeout: float
     pg_url: str
+    repeat: int = 1
 
 
 def _positive(text: str) -> int:
@@ -137,6 +140,13 @@ def parser() -> argparse.ArgumentParser:
         help="a small preset that proves the bench works (CI): 50 tasks, 2 processes, "
         "scaling at 1,2 and backlog 50 vs 500 when asked for",
     )
+    p.add_argument(
+        "--repeat",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="run every measurement N times, interleaved, and report the median (default 1)",
+    )
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per run (default 900)")
     p.add_argument("--pg-url", metavar="URL", help="PostgreSQL server and database name prefix")
     p.add_argument("--json", metavar="FILE", help="also write every row as JSON")
@@ -164,6 +174,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         backlog_tasks=args.backlog_tasks or min(backlog, default=tasks),
         timeout=args.timeout,
         pg_url=args.pg_url or os.environ.get(PG_URL_ENV) or DEFAULT_PG_URL,
+        repeat=args.repeat,
     )
 
 
@@ -216,7 +227,6 @@ def _say(text: str) -> None:
 def run_backend(
     plan: Plan, backend: str, workdir: Path, skipped: list[dict[str, str]], pg_url: str | None
 ) -> list[Result]:
-    results: list[Result] = []
     chosen: list[System] = []
     for key in plan.systems:
         if (key, backend) not in systems():
@@ -249,20 +259,45 @@ def run_backend(
         _say(f"{'':8} {'':13} -> {rate}, {verdict or 'FAILED'}")
         return result
 
-    main = {found.key: run(found, plan.procs, plan.tasks, plan.tasks, "main") for found in chosen}
-    results += main.values()
+    # Every distinct shape (system, procs, queued, tasks) runs once per repeat; a shape
+    # two tables share (the scaling point at --procs is the main run) runs once.
+    rows: list[tuple[str, Shape]] = [
+        ("main", (f, plan.procs, plan.tasks, plan.tasks)) for f in chosen
+    ]
     detail = [found for found in chosen if found.key in DETAIL_KEYS]
-    for procs in plan.scaling:
-        for found in detail:
-            if (procs, plan.scaling_tasks) == (plan.procs, plan.tasks):
-                # the main table's run has this very shape: show it, don't run it again
-                results.append(dataclasses.replace(main[found.key], table="scaling"))
-                continue
-            results.append(run(found, procs, plan.scaling_tasks, plan.scaling_tasks, "scaling"))
-    for queued in plan.backlog:
-        for found in detail:
-            results.append(run(found, plan.procs, queued, plan.backlog_tasks, "backlog"))
-    return results
+    rows += [
+        ("scaling", (f, procs, plan.scaling_tasks, plan.scaling_tasks))
+        for procs in plan.scaling
+        for f in detail
+    ]
+    rows += [
+        ("backlog", (f, plan.procs, queued, plan.backlog_tasks))
+        for queued in plan.backlog
+        for f in detail
+    ]
+    shapes = list(dict.fromkeys(shape for _, shape in rows))
+    runs: dict[Shape, list[Result]] = {shape: [] for shape in shapes}
+    for _ in range(plan.repeat):  # interleaved, so a burst of load hits every system alike
+        for shape in shapes:
+            found, procs, queued, tasks = shape
+            first_table = next(table for table, s in rows if s == shape)
+            runs[shape].append(run(found, procs, queued, tasks, first_table))
+    return [dataclasses.replace(median(runs[shape]), table=table) for table, shape in rows]
+
+
+def median(repeats: list[Result]) -> Result:
+    """The run with the median rate, judged exactly-once only if every repeat was."""
+    rated = sorted((r for r in repeats if r.rate), key=lambda r: r.rate or 0.0)
+    chosen = rated[(len(rated) - 1) // 2] if rated else repeats[0]
+    problems = list(dict.fromkeys(p for r in repeats for p in r.problems))
+    return dataclasses.replace(
+        chosen,
+        exactly_once=all(r.exactly_once for r in repeats),
+        duplicates=max(r.duplicates for r in repeats),
+        lost=max(r.lost for r in repeats),
+        problems=problems,
+        rates=[r.rate for r in repeats],
+    )
 
 
 def failed(found: System, procs: int, queued: int, tasks: int, table: str, why: str) -> Result:

@@ -104,6 +104,8 @@ class Result:
     note: str
     table: str = "main"
     ratio: float | None = None
+    #: Every repeat's rate (--repeat); ``rate`` is their median.
+    rates: list[float | None] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -289,6 +291,7 @@ def measure(
     ok = not problems and duplicates == 0 and lost == 0
     rate = tasks / seconds if seconds and seconds > 0 else None
     return Result(
+        rates=[rate],
         system=sys_.key,
         label=sys_.label,
         kind=sys_.kind,
