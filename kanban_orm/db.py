@@ -108,7 +108,6 @@ def create_engine(
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")
-    kw.setdefault("pool_pre_ping", parsed.get_backend_name() == "postgresql")
     engine = sa.create_engine(parsed, **kw)
     return configure_engine(
         engine, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms, retry=retry
@@ -315,6 +314,7 @@ def run_write(
     work: Callable[[Tx], T],
     *,
     policy: RetryPolicy | None = None,
+    one_statement: bool = False,
 ) -> T:
     """Run ``work(tx)`` as one write transaction and commit it, retrying on contention.
 
@@ -324,6 +324,10 @@ def run_write(
     caller opened the transaction (``session.begin()``), ``work`` runs in a SAVEPOINT of
     it instead and the caller commits; contention then raises :class:`DatabaseBusy`, as
     only the caller can replay its own transaction.
+
+    ``one_statement`` promises that ``work`` writes with a single statement (reads may
+    follow it). PostgreSQL then runs it in autocommit mode, where a statement is its own
+    transaction, which saves the round trips of BEGIN and COMMIT.
     """
     if joins_caller_transaction(session):
         return _run_joined(session, work)
@@ -333,34 +337,45 @@ def run_write(
         policy = retry_policy(session)
     bind = session.get_bind()
     if isinstance(bind, Engine):
-        return with_retry(lambda: _attempt_on_pool(bind, session, work), policy=policy)
+        return with_retry(
+            lambda: _attempt_on_pool(bind, session, work, one_statement), policy=policy
+        )
     return with_retry(lambda: _attempt_in_session(session, work), policy=policy)
 
 
-def _attempt_on_pool(engine: Engine, session: Session, work: Callable[[Tx], T]) -> T:
+def _attempt_on_pool(
+    engine: Engine, session: Session, work: Callable[[Tx], T], one_statement: bool
+) -> T:
     """The common case: a pooled driver connection, and transaction control as plain SQL.
 
     SQLite runs with the driver's implicit transactions off (see _configure_sqlite), so
     BEGIN IMMEDIATE and COMMIT are ours to emit; psycopg begins implicitly and commits
-    through the driver.
+    through the driver, or with ``one_statement`` runs in autocommit mode.
     """
     pooled = engine.raw_connection()
-    tx = Tx(pooled.dbapi_connection, engine.dialect, session, pooled.invalidate)
+    connection: Any = pooled.dbapi_connection
+    tx = Tx(connection, engine.dialect, session, pooled.invalidate)
     sqlite = engine.dialect.name == "sqlite"
+    autocommit = one_statement and not sqlite
     try:
         if sqlite:
             tx.raw("BEGIN IMMEDIATE")
+        elif autocommit:
+            connection.autocommit = True
         result = work(tx)
         if sqlite:
             tx.raw("COMMIT")
-        else:
+        elif not autocommit:
             tx.commit()
         return result
     except BaseException:
-        _roll_back_quietly(pooled, sqlite)
+        if not autocommit:
+            _roll_back_quietly(pooled, sqlite)
         raise
     finally:
         tx.close()
+        if autocommit and pooled.is_valid:
+            connection.autocommit = False
         pooled.close()
 
 

@@ -230,6 +230,10 @@ class Tx:
         plan = prepared(statement, self.dialect, tuple(params))
         sql, values = plan.bind(params)
         cursor = self._call(sql, values)
+        if plan.row_type is not None:
+            # Known columns: no need for the driver's description, which psycopg builds
+            # afresh (a Column object per column) on every access.
+            return plan.rows(cursor.fetchall(), None)
         if cursor.description is None:
             return []
         return plan.rows(cursor.fetchall(), cursor.description)

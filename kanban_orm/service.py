@@ -160,7 +160,7 @@ def claim_task(
             return None
         return claimed[0]
 
-    return run_write(session, work)
+    return run_write(session, work, one_statement=True)
 
 
 def claim_next(
@@ -213,18 +213,20 @@ def claim_many(
 
     expired = q.expired_claims_statement(assignee is not None, tenant is not None)
 
-    key = str(session.get_bind().engine.url)
+    def reclaim() -> int:
+        return run_write(session, lambda s: _reclaim_expired(s, expired, params))
 
-    def work(s: Tx) -> list[Task]:
-        looked = _reclaim_check_due(key)
-        if looked:
-            _reclaim_expired(s, expired, params)
-        claimed = _claim(s, statement, params, who)
-        if len(claimed) < count and not looked and _reclaim_expired(s, expired, params):
-            claimed += _claim(s, statement, {**params, "limit": count - len(claimed)}, who)
-        return claimed
+    def claim(limit: int) -> list[Task]:
+        wanted = {**params, "limit": limit}
+        return run_write(session, lambda s: _claim(s, statement, wanted, who), one_statement=True)
 
-    return run_write(session, work)
+    looked = _reclaim_check_due(str(session.get_bind().engine.url))
+    if looked:
+        reclaim()
+    claimed = claim(count)
+    if len(claimed) < count and not looked and reclaim():
+        claimed += claim(count - len(claimed))
+    return claimed
 
 
 #: claim_many looks for expired leases at least this often while claims keep succeeding.

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
@@ -106,3 +107,17 @@ def test_connect_returns_sessions_whose_tasks_outlive_them(db_url: str) -> None:
     assert task is not None
     assert (task.status, len(task.claim_lock or "")) == ("running", 32)
     assert kb.connect(db_url).get_bind() is kb.cached_engine(db_url)
+
+
+def test_a_claim_gives_its_connection_back_to_the_pool_transactional(
+    session: Session, engine: Engine
+) -> None:
+    # A claim on PostgreSQL runs in autocommit mode (one statement); the connection
+    # must not keep that mode, or the next multi-statement transition would not be one.
+    kb.create_task(session, title="t")
+    assert kb.claim_next(session, claimer="w") is not None
+    pooled = engine.raw_connection()
+    try:
+        assert getattr(pooled.dbapi_connection, "autocommit", False) is False
+    finally:
+        pooled.close()
