@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -367,33 +368,87 @@ def complete_task(
             "complete_task needs the claim_lock of the claim it completes, or force=True"
         )
     token = None if claim_lock is None else steps.token(claim_lock)
-    params = {
-        "task_id": task_id,
-        "token": token,
-        "task_result": check.text(result, "result"),
-    }
+    task_result = check.text(result, "result")
     run_summary = check.text(summary, "summary")
     run_metadata = check.json_object(metadata, "metadata")
 
     def work(s: Tx) -> Task:
-        statement = q.COMPLETE_FORCED if token is None else q.COMPLETE_HELD
-        done = s.execute(statement, params).first()
-        if done is None:
-            if steps.already_landed(s, token, "completed"):
-                return steps.load_task(s, task_id)
-            steps.explain(s, task_id, Status.DONE, token)
-        steps.finish_run(
-            s,
-            task_id,
-            "completed",
-            {"forced": token is None},
-            summary=run_summary,
-            metadata=run_metadata,
-            promote=True,
-        )
-        return s.attach(Task, done)
+        return _complete(s, task_id, token, task_result, run_summary, run_metadata)
 
     return run_write(session, work)
+
+
+def complete_many(
+    session: Session,
+    claims: Iterable[tuple[int, str] | Task],
+    *,
+    result: str | None = None,
+    summary: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> list[Task]:
+    """Complete several claimed tasks in one transaction: all of them, or none.
+
+    ``claims`` holds ``(task_id, claim_lock)`` pairs or the tasks ``claim_many`` returned;
+    each completion is fenced and does exactly what :func:`complete_task` does, with
+    the same ``result``, ``summary`` and ``metadata``. One transaction (one commit)
+    for the batch is what makes batch workers fast. If any claim is no longer held the
+    call raises :class:`ClaimLost` for it and completes none; complete the others one
+    by one. Raises :class:`InvalidInput` (a task listed twice), :class:`TaskNotFound`.
+    """
+    pairs = [_held(claim) for claim in check.collection(claims, "claims")]
+    repeated = [task_id for task_id, n in Counter(t for t, _ in pairs).items() if n > 1]
+    if repeated:
+        raise InvalidInput(f"complete_many lists task {repeated[0]} more than once")
+    task_result = check.text(result, "result")
+    run_summary = check.text(summary, "summary")
+    run_metadata = check.json_object(metadata, "metadata")
+
+    def work(s: Tx) -> list[Task]:
+        return [
+            _complete(s, task_id, token, task_result, run_summary, run_metadata)
+            for task_id, token in pairs
+        ]
+
+    return run_write(session, work) if pairs else []
+
+
+def _held(claim: object) -> tuple[int, str]:
+    """``(task_id, claim_lock)`` from a pair or from a claimed Task."""
+    if isinstance(claim, Task):
+        return check.task_id(claim.id), steps.token(claim.claim_lock)
+    if isinstance(claim, tuple) and len(claim) == 2:
+        return check.task_id(claim[0]), steps.token(claim[1])
+    raise InvalidInput(
+        f"claims must be (task_id, claim_lock) pairs or claimed tasks, not {claim!r}"
+    )
+
+
+def _complete(
+    s: Tx,
+    task_id: int,
+    token: str | None,
+    task_result: str | None,
+    summary: str | None,
+    metadata: dict[str, Any] | None,
+) -> Task:
+    statement = q.COMPLETE_FORCED if token is None else q.COMPLETE_HELD
+    done = s.execute(
+        statement, {"task_id": task_id, "token": token, "task_result": task_result}
+    ).first()
+    if done is None:
+        if steps.already_landed(s, token, "completed"):
+            return steps.load_task(s, task_id)
+        steps.explain(s, task_id, Status.DONE, token)
+    steps.finish_run(
+        s,
+        task_id,
+        "completed",
+        {"forced": token is None},
+        summary=summary,
+        metadata=metadata,
+        promote=True,
+    )
+    return s.attach(Task, done)
 
 
 def fail_task(
@@ -659,6 +714,7 @@ __all__ = [
     "claim_many",
     "claim_next",
     "claim_task",
+    "complete_many",
     "complete_task",
     "create_task",
     "fail_task",

@@ -87,9 +87,13 @@ def task_id(value: object, field: str = "task_id") -> int:
 
 
 def task_ids(values: Iterable[object], field: str) -> list[int]:
+    return list(dict.fromkeys(task_id(v, field) for v in collection(values, field)))
+
+
+def collection(values: object, field: str) -> list[object]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        raise InvalidInput(f"{field} must be a collection of task ids")
-    return list(dict.fromkeys(task_id(v, field) for v in values))
+        raise InvalidInput(f"{field} must be a collection")
+    return list(values)
 
 
 #: A lease longer than a year is a mistake, and far enough out the databases' date
