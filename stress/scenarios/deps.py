@@ -136,11 +136,12 @@ def drain(worker: WorkerContext, session: Session, expected: int) -> None:
         if counts["done"] >= expected:
             return
         if _stuck(counts, expected):
-            todo = session.scalars(
-                select(kb.Task.id).where(kb.Task.tenant == TENANT, kb.Task.status == "todo")
-            ).all()
+            try:
+                todo = list(session.scalars(WAITING).all())
+            except DB_ERRORS:
+                todo = []
             session.rollback()
-            worker.log(STUCK, todo=list(todo), counts=dict(counts))
+            worker.log(STUCK, todo=todo, counts=dict(counts))
             return
         if newest != last_event:
             last_event, last_change = newest, time.monotonic()
@@ -148,6 +149,9 @@ def drain(worker: WorkerContext, session: Session, expected: int) -> None:
             worker.log(STALLED, counts=dict(counts), seconds=STALL_SECONDS)
             return
         time.sleep(worker.random.uniform(*IDLE_MS) / 1000)
+
+
+WAITING = select(kb.Task.id).where(kb.Task.tenant == TENANT, kb.Task.status == "todo")
 
 
 def _stuck(counts: Counter[str], expected: int) -> bool:
@@ -564,8 +568,8 @@ def graph_built(
             f"links table differs from the edges made: {len(links - made)} extra, "
             f"{len(made - links)} missing"
         )
-    if total != p.total:
-        problems.append(f"{total} tasks on the board, {p.total} planned")
+    if (total, len(links)) != (p.total, p.links):
+        problems.append(f"{total} tasks and {len(links)} links, {p.total} and {p.links} planned")
     kinds = Counter(e["shape"] for e in shapes)
     expected = {"hourglass": 1, "chain": CHAINS, "diamond": p.diamonds}
     if kinds != expected:
@@ -592,8 +596,8 @@ def graph_built(
         f"(sink created with {sink_done} of its parents done), "
         f"{kinds['diamond']} diamonds, {kinds['chain']} chains of {p.chain_length}; "
         f"{total} tasks, {len(links)} links ({onto}); {r.ready_at_creation} created ready "
-        f"with parents already done; {r.sent_back} links sent a ready child back to todo, "
-        f"{r.late_links} landed on a child already claimed"
+        f"with parents already done; late links: {r.sent_back} sent a ready child back to "
+        f"todo, {r.late_links} landed on a child already claimed"
     )
     detail = _sample(problems) + " — " + summary if problems else summary
     return Check("1. the DAG was built while workers ran, as planned", not problems, detail)
