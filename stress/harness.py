@@ -10,6 +10,13 @@ it is ready; a worker that dies here aborts the run at once (nothing was tested,
 waiting for it would only hang). Work: the start signal releases everyone together and
 the clock starts; ``--timeout`` seconds later workers stop taking new work, and
 ``GRACE_SECONDS`` after that any worker still alive is killed and named as hung.
+
+A scenario may also set ``CHAOS`` (a :class:`Chaos`): the parent then SIGKILLs a share of
+the workers at random moments of the work phase, each while it is inside a database call
+or inside its simulated work (workers say which with :meth:`WorkerContext.stage`), and
+starts a replacement for each; on PostgreSQL it also terminates random backends
+(``pg_terminate_backend``) of the workers mid-statement. Those deaths are the test, not
+casualties: they are reported as ``Outcome.kills`` and ``Outcome.terminations``.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import multiprocessing as mp
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -28,6 +36,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
+from multiprocessing.sharedctypes import SynchronizedArray
 from multiprocessing.synchronize import Event, Semaphore
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,6 +64,29 @@ READY, EXIT, CRASH, TIMED_OUT = "ready", "exit", "crash", "timed_out"
 ABORTED = "run aborted before the start signal: nothing was tested"
 
 Procs = Mapping[str, BaseProcess]
+
+#: What a worker is doing, as :meth:`WorkerContext.stage` publishes it to the parent.
+IDLE, TRANSACTION, WORKING = 0, 1, 2
+STAGES = {IDLE: "idle", TRANSACTION: "transaction", WORKING: "work"}
+
+
+@dataclass(frozen=True)
+class Chaos:
+    """How the parent disturbs a scenario's run (set as the scenario's ``CHAOS``).
+
+    ``kill_fraction`` of ``--workers`` (at least one) are SIGKILLed, each when the board's
+    done count first passes a random share of the tasks in ``kill_between``; the kills
+    alternate between a victim inside a database call and one inside its work (the
+    parent waits up to ``stage_wait`` seconds for the victim to get there), and each
+    victim is replaced by a fresh worker. On PostgreSQL ``terminations`` random worker
+    backends are terminated while they run a statement or sit in a transaction, spread
+    over the same window.
+    """
+
+    kill_fraction: float = 0.2
+    kill_between: tuple[float, float] = (0.05, 0.8)
+    stage_wait: float = 2.0
+    terminations: int = 0
 
 
 @dataclass(frozen=True)
@@ -95,6 +127,10 @@ class Outcome:
     #: Workers that died, hung, ran out of time or never started, one sentence each
     #: ("worker-3 died with exit code -9"); any entry fails the run.
     casualties: list[str] = field(default_factory=list)
+    #: Chaos only: the parent's SIGKILLs ({worker, stage, task, at, t}) and backend
+    #: terminations ({pid, state, at, t}); ``at`` is wall-clock seconds (time.time()).
+    kills: list[dict[str, Any]] = field(default_factory=list)
+    terminations: list[dict[str, Any]] = field(default_factory=list)
 
     def entries(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
         for worker_log in self.logs.values():
@@ -125,7 +161,13 @@ def one_line(error: BaseException, limit: int = 200) -> str:
 class WorkerContext:
     """A worker's view: its name, seeded random source, claim function and log."""
 
-    def __init__(self, index: int, config: Config, log_path: Path) -> None:
+    def __init__(
+        self,
+        index: int,
+        config: Config,
+        log_path: Path,
+        shared: SynchronizedArray[int] | None = None,
+    ) -> None:
         self.index = index
         self.name = f"worker-{index}"
         self.config = config
@@ -137,10 +179,33 @@ class WorkerContext:
         self.timed_out = False
         self._parent = os.getppid()
         self.claim_task: Callable[..., kb.Task | None] = kb.claim_task
+        # [stage, task id] for the parent's chaos (see stage()); None outside a run.
+        self._shared = shared
 
     def log(self, kind: str, **fields: Any) -> None:
-        entry = {"kind": kind, "worker": self.name, "t": time.monotonic() - self.started, **fields}
+        entry = {
+            "kind": kind,
+            "worker": self.name,
+            "t": time.monotonic() - self.started,
+            "at": time.time(),
+            **fields,
+        }
         self._log.write(json.dumps(entry) + "\n")
+
+    @contextmanager
+    def stage(self, stage: int, task: int | None = None) -> Iterator[None]:
+        """Say what this worker is doing (TRANSACTION or WORKING, on which task) for the
+        parent to aim its kills; back to IDLE afterwards. Costs two memory writes."""
+        shared = self._shared
+        if shared is None:
+            yield
+            return
+        shared[1] = task or 0
+        shared[0] = stage
+        try:
+            yield
+        finally:
+            shared[0] = IDLE
 
     def work_pause(self) -> None:
         low, high = self.config.work_ms
@@ -177,12 +242,18 @@ def resolve(claim_impl: str | None) -> Callable[..., kb.Task | None]:
     return function  # type: ignore[no-any-return]
 
 
-def worker_main(config_raw: dict[str, Any], index: int, ready: Semaphore, start: Event) -> None:
+def worker_main(
+    config_raw: dict[str, Any],
+    index: int,
+    ready: Semaphore,
+    start: Event,
+    shared: SynchronizedArray[int] | None = None,
+) -> None:
     """Entry point of a spawned worker process (module level, so spawn can pickle it)."""
     from .scenarios import SCENARIOS
 
     config = Config.from_dict(config_raw)
-    worker = WorkerContext(index, config, _log_path(config, f"worker-{index}"))
+    worker = WorkerContext(index, config, _log_path(config, f"worker-{index}"), shared)
     try:
         worker.claim_task = resolve(config.claim_impl)
         scenario = SCENARIOS[config.scenario]
@@ -257,13 +328,24 @@ def run(scenario: Scenario, config: Config, *, progress: bool) -> Outcome:
     """Seed the board, run the workers to the end or the timeout, collect their logs."""
     with kb.connect(config.db_url) as session:
         scenario.setup(session, config)
+    chaos: Chaos | None = getattr(scenario, "CHAOS", None)
     ready, start = SPAWN.Semaphore(0), SPAWN.Event()
-    procs = {
-        f"worker-{i}": SPAWN.Process(
-            target=worker_main, args=(config.as_dict(), i, ready, start), name=f"worker-{i}"
+    procs: dict[str, BaseProcess] = {}
+    shared: dict[str, SynchronizedArray[int]] = {}
+
+    def spawn(index: int) -> BaseProcess:
+        name = f"worker-{index}"
+        shared[name] = SPAWN.Array("q", 2, lock=False)
+        procs[name] = SPAWN.Process(
+            target=worker_main,
+            args=(config.as_dict(), index, ready, start, shared[name]),
+            name=name,
         )
-        for i in range(config.workers)
-    }
+        return procs[name]
+
+    for i in range(config.workers):
+        spawn(i)
+    killer: _Killer | None = None
     try:
         for proc in procs.values():
             proc.start()
@@ -273,14 +355,149 @@ def run(scenario: Scenario, config: Config, *, progress: bool) -> Outcome:
             return Outcome(config, _read_logs(config, procs), 0.0, [*not_started, ABORTED])
         start.set()
         began = time.monotonic()
+        if chaos is not None:
+            killer = _Killer(chaos, config, procs, shared, spawn, began)
         with _progress(config, progress) as tick:
-            hung = _wait(procs, began + config.timeout + GRACE_SECONDS, tick)
+
+            def step() -> None:
+                tick()
+                if killer is not None:
+                    killer.step()
+
+            hung = _wait(procs, began + config.timeout + GRACE_SECONDS, step)
         wall = time.monotonic() - began
     finally:
         _kill(procs)  # Ctrl-C or a harness bug must not leave workers behind
+        if killer is not None:
+            killer.close()
     logs = _read_logs(config, procs)
-    casualties = _fates(procs, logs, hung) + _timed_out(config, logs)
-    return Outcome(config, logs, _elapsed(logs, wall, casualties), casualties)
+    killed = {k["worker"] for k in killer.kills} if killer else set()
+    survivors = {name: log for name, log in logs.items() if name not in killed}
+    casualties = _fates({n: p for n, p in procs.items() if n not in killed}, logs, hung)
+    casualties += _timed_out(config, logs)
+    return Outcome(
+        config,
+        logs,
+        _elapsed(survivors, wall, casualties),
+        casualties,
+        kills=killer.kills if killer else [],
+        terminations=killer.terminations if killer else [],
+    )
+
+
+class _Killer:
+    """The parent's side of :class:`Chaos`: SIGKILL and replace workers, terminate
+    PostgreSQL backends, each when the done count passes its threshold."""
+
+    def __init__(
+        self,
+        chaos: Chaos,
+        config: Config,
+        procs: dict[str, BaseProcess],
+        shared: dict[str, SynchronizedArray[int]],
+        spawn: Callable[[int], BaseProcess],
+        began: float,
+    ) -> None:
+        self.chaos, self.config, self.procs, self.shared = chaos, config, procs, shared
+        self.spawn, self.began = spawn, began
+        self.random = random.Random(config.seed * 7919 + 1)
+        low, high = chaos.kill_between
+        kills = max(1, round(chaos.kill_fraction * config.workers))
+        self.kill_at = sorted(self.random.uniform(low, high) * config.tasks for _ in range(kills))
+        engine = kb.cached_engine(config.db_url)
+        self.postgres = engine.dialect.name == "postgresql"
+        # Its own NullPool engine: a terminated backend must never be one of ours.
+        self.engine = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)
+        terminations = chaos.terminations if self.postgres else 0
+        self.terminate_at = sorted(
+            self.random.uniform(low, high) * config.tasks for _ in range(terminations)
+        )
+        self.next_index = config.workers
+        self.kills: list[dict[str, Any]] = []
+        self.terminations: list[dict[str, Any]] = []
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def step(self) -> None:
+        if not self.kill_at and not self.terminate_at:
+            return
+        try:
+            with self.engine.connect() as conn:
+                done = conn.execute(
+                    sa.select(sa.func.count()).where(kb.Task.status == kb.Status.DONE.value)
+                ).scalar_one()
+        except sa.exc.DBAPIError:
+            return
+        target = TRANSACTION if len(self.kills) % 2 == 0 else WORKING
+        if self.kill_at and done >= self.kill_at[0] and self._kill_one(target):
+            self.kill_at.pop(0)
+        if self.terminate_at and done >= self.terminate_at[0] and self._terminate_one():
+            self.terminate_at.pop(0)
+
+    def _kill_one(self, target: int) -> bool:
+        killed = {k["worker"] for k in self.kills}
+        alive = [n for n, p in self.procs.items() if p.is_alive() and n not in killed]
+        if not alive:
+            return False
+        name = self.random.choice(alive)
+        proc, shared = self.procs[name], self.shared[name]
+        deadline = time.monotonic() + self.chaos.stage_wait
+        while shared[0] != target and time.monotonic() < deadline and proc.is_alive():
+            time.sleep(0.0002)
+        stage, task = shared[0], shared[1]
+        if proc.pid is None or not proc.is_alive():
+            return False
+        os.kill(proc.pid, signal.SIGKILL)
+        at = time.time()
+        self.kills.append(
+            {
+                "worker": name,
+                "stage": STAGES.get(stage, str(stage)),
+                "task": task or None,
+                "at": at,
+                "t": round(time.monotonic() - self.began, 3),
+            }
+        )
+        self.spawn(self.next_index).start()
+        self.next_index += 1
+        return True
+
+    def _terminate_one(self) -> bool:
+        """Terminate one worker backend that is running a statement or holds a
+        transaction open; look for up to a second. False: none caught this time."""
+        find = sa.text(
+            "SELECT pid, state FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
+            "AND state IN ('active', 'idle in transaction')"
+        )
+        deadline = time.monotonic() + 1.0
+        try:
+            with self.engine.connect() as conn:
+                while time.monotonic() < deadline:
+                    busy = conn.execute(find).all()
+                    conn.rollback()
+                    if not busy:
+                        time.sleep(0.001)
+                        continue
+                    pid, state = self.random.choice(busy)
+                    ok = conn.execute(
+                        sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
+                    ).scalar()
+                    conn.rollback()
+                    if ok:
+                        self.terminations.append(
+                            {
+                                "pid": pid,
+                                "state": state,
+                                "at": time.time(),
+                                "t": round(time.monotonic() - self.began, 3),
+                            }
+                        )
+                        return True
+        except sa.exc.DBAPIError:
+            pass
+        return False
 
 
 def _await_ready(config: Config, procs: Procs, ready: Semaphore, limit: float) -> list[str]:
