@@ -74,7 +74,8 @@ def test_bench_postgres_every_system_exactly_once(tmp_path: Path) -> None:
     code, report = _run(tmp_path, "--backends", "postgres", "--pg-url", url)
     assert code == 0
     assert not [s for s in report["skipped"] if s["system"] == "*"], report["skipped"]
-    _check_rows(report, "postgres")
+    rows = _check_rows(report, "postgres")
+    assert "raw-steps" in {r["system"] for r in rows}  # the step-by-step raw variant
     admin = sa.create_engine(sa.make_url(url).set(database="postgres"))
     with admin.connect() as conn:  # the bench dropped its database (NAME_PID) again
         prefix = f"{sa.make_url(url).database}%"

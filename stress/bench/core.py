@@ -19,7 +19,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event, Semaphore
 from pathlib import Path
@@ -119,27 +119,25 @@ def postgres_database(pg_url: str) -> Iterator[str]:
     """A database of this bench run's own on the server ``pg_url`` names: its database
     name plus this process's id (``kanban_bench_1234``), so two benches running at once
     never drop each other's data. Created now, re-created for every run, dropped after."""
-    import psycopg
-
     url = sa.make_url(pg_url)
     if not url.database:
         raise ValueError("--pg-url must name a database (the bench's is that name + _PID)")
-    name = f"{url.database}_{os.getpid()}"
-    url = url.set(database=name)
-    admin = url.set(drivername="postgresql", database="postgres")
-    conninfo = admin.render_as_string(hide_password=False)
-
-    def recreate(create: bool) -> None:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            if create:
-                conn.execute(f'CREATE DATABASE "{name}"')
-
-    recreate(True)
+    url = url.set(drivername="postgresql+psycopg", database=f"{url.database}_{os.getpid()}")
+    _recreate(url, create=True)
     try:
-        yield url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        yield url.render_as_string(hide_password=False)
     finally:
-        recreate(False)
+        _recreate(url, create=False)
+
+
+def _recreate(url: sa.URL, *, create: bool) -> None:
+    import psycopg
+
+    admin = url.set(drivername="postgresql", database="postgres")
+    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+        if create:
+            conn.execute(f'CREATE DATABASE "{url.database}"')
 
 
 def fresh_target(backend: str, workdir: Path, pg_url: str | None, label: str) -> Target:
@@ -151,14 +149,8 @@ def fresh_target(backend: str, workdir: Path, pg_url: str | None, label: str) ->
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         return Target(SQLITE, f"sqlite:///{path}")
     assert pg_url is not None
-    import psycopg
-
-    url = sa.make_url(pg_url)
-    admin = url.set(drivername="postgresql", database="postgres")
-    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{url.database}"')
-    return Target(POSTGRES, url.set(drivername="postgresql+psycopg").render_as_string(False))
+    _recreate(sa.make_url(pg_url), create=True)
+    return Target(POSTGRES, pg_url)
 
 
 def analyze(target: Target) -> None:
@@ -166,7 +158,7 @@ def analyze(target: Target) -> None:
     if target.backend == SQLITE:
         import sqlite3
 
-        with sqlite3.connect(target.sqlite_path) as conn:
+        with closing(sqlite3.connect(target.sqlite_path)) as conn:
             conn.execute("ANALYZE")
         return
     import psycopg

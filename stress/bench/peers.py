@@ -20,6 +20,7 @@ import json
 import sqlite3
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from contextlib import closing
 from typing import Any
 
 from .core import POSTGRES, SQLITE, Loop, System, Target, Verdict
@@ -85,7 +86,7 @@ def huey_consumer(target: Target, index: int, quota: int) -> Loop:
 
 
 def huey_verify(target: Target) -> Verdict:
-    with sqlite3.connect(target.sqlite_path) as conn:
+    with closing(sqlite3.connect(target.sqlite_path)) as conn:
         keys = [k for (k,) in conn.execute("SELECT key FROM kv WHERE queue = ?", (HUEY_NAME,))]
         left = conn.execute("SELECT count(*) FROM task").fetchone()[0]
     completions = Counter(int(key.split(":")[1]) for key in keys if key.startswith("done:"))
@@ -129,7 +130,7 @@ def litequeue_consumer(target: Target, index: int, quota: int) -> Loop:
 
 def litequeue_verify(target: Target) -> Verdict:
     done_status = _module("litequeue").MessageStatus.DONE.value
-    with sqlite3.connect(target.sqlite_path) as conn:
+    with closing(sqlite3.connect(target.sqlite_path)) as conn:
         rows = conn.execute("SELECT data, status FROM bench").fetchall()
     completions = Counter(int(data) for data, status in rows if status == done_status)
     pending = sum(1 for _, status in rows if status != done_status)

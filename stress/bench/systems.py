@@ -12,9 +12,10 @@ from . import kanban, peers
 from .core import POSTGRES, SQLITE, System
 
 RAW = "raw"
+RAW_STEPS = "raw-steps"
 KANBAN_KEYS = ("kb-next", "kb-many10", "kb-many50")
 PEER_KEYS = {SQLITE: ("huey", "litequeue"), POSTGRES: ("procrastinate", "pgqueuer")}
-ALL_KEYS = (*KANBAN_KEYS, RAW, *PEER_KEYS[SQLITE], *PEER_KEYS[POSTGRES])
+ALL_KEYS = (*KANBAN_KEYS, RAW, RAW_STEPS, *PEER_KEYS[SQLITE], *PEER_KEYS[POSTGRES])
 
 
 @cache
@@ -45,17 +46,31 @@ def systems() -> dict[tuple[str, str], System]:
                 consumer=consumer,
                 verify=kanban.verify,
             )
-        driver = "sqlite3, BEGIN IMMEDIATE" if backend == SQLITE else "psycopg, SKIP LOCKED"
+        note = (
+            "sqlite3, BEGIN IMMEDIATE, a statement per step; same rows"
+            if backend == SQLITE
+            else "psycopg autocommit, 1 statement per transition (CTEs), SKIP LOCKED; same rows"
+        )
         found[RAW, backend] = System(
             key=RAW,
             label="raw driver baseline",
             backend=backend,
             kind="raw",
-            note=f"{driver}; same rows, 2 transactions a task",
+            note=note,
             setup=kanban.seed,
             consumer=kanban.raw_consumer,
             verify=kanban.verify,
         )
+    found[RAW_STEPS, POSTGRES] = System(
+        key=RAW_STEPS,
+        label="raw, a statement per step",
+        backend=POSTGRES,
+        kind="raw",
+        note="psycopg, BEGIN + 4 statements + COMMIT, then BEGIN + 3 + COMMIT; same rows",
+        setup=kanban.seed,
+        consumer=kanban.raw_steps_consumer,
+        verify=kanban.verify,
+    )
     for peer in peers.PEERS:
         found[peer.key, peer.backend] = peer
     return found
