@@ -416,6 +416,7 @@ class Replay:
     early_claims: list[str] = field(default_factory=list)
     wrong_state: list[str] = field(default_factory=list)
     status: dict[int, str] = field(default_factory=dict)
+    moved: dict[int, tuple[str, int]] = field(default_factory=dict)  # last event that set it
     parents: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
     promoted_by: Counter[int] = field(default_factory=Counter)
     ready_at_creation: int = 0  # created with parents, all already done
@@ -440,6 +441,7 @@ def replay(events: Sequence[Any]) -> Replay:
     )
     for e in events:
         t, payload = e.task_id, e.payload or {}
+        before = r.status.get(t)
         if e.kind == "created":
             r.created_at[t] = e.id
             new = list(payload.get("parents") or [])
@@ -492,11 +494,15 @@ def replay(events: Sequence[Any]) -> Replay:
             r.status[t] = "done"
         else:
             r.wrong_state.append(f"task {t}: unexpected {e.kind} event {e.id} in this scenario")
+        if r.status.get(t) != before:
+            r.moved[t] = (e.kind, e.id)
     end = max((e.id for e in events), default=0) + 1
     r.wrong_state += [
-        f"task {t} still waits in todo though every parent finished: a promotion was missed"
+        f"task {t} still waits in todo (since {r.moved[t][0]} event {r.moved[t][1]}) though "
+        f"every parent finished (the last at event "
+        f"{max(r.done_at[p] for p in r.parents[t]):.0f}): a promotion was missed"
         for t, s in r.status.items()
-        if s == "todo" and not r.unfinished(t, end)
+        if s == "todo" and r.parents[t] and not r.unfinished(t, end)
     ]
     return r
 
@@ -625,7 +631,18 @@ def claims_from_ready(r: Replay) -> Check:
 def done_exactly_once(outcome: Outcome, tasks: Sequence[Any], events: Sequence[Any]) -> Check:
     """Database and logs: every task done and released, one claimed and one completed
     event each, each completion logged once by a worker."""
-    problems = [
+    # First, what the workers saw: no task could ever move again.
+    stuck = list(outcome.entries(STUCK))
+    todo = sorted({t for e in stuck for t in e["todo"]})
+    problems = (
+        [
+            f"the board got stuck with {len(todo)} tasks in todo for good (first {todo[0]}), "
+            f"seen by {', '.join(sorted(e['worker'] for e in stuck))}"
+        ]
+        if todo
+        else []
+    )
+    problems += [
         f"task {t.id} status={t.status} claim_lock={t.claim_lock} current_run_id={t.current_run_id}"
         for t in tasks
         if t.status != "done" or t.claim_lock is not None or t.current_run_id is not None
@@ -642,9 +659,6 @@ def done_exactly_once(outcome: Outcome, tasks: Sequence[Any], events: Sequence[A
     problems += [f"task {t} completion logged {n} times" for t, n in logged.items() if n > 1]
     if len(logged) != len(tasks):
         problems.append(f"{len(logged)} completions logged for {len(tasks)} tasks")
-    problems += [
-        f"{e['worker']} found the board stuck: todo {e['todo']}" for e in outcome.entries(STUCK)
-    ]
     via = Counter(e.get("via") for e in outcome.entries("claimed"))
     mix = ", ".join(f"{n} by {how}" for how, n in sorted(via.items(), key=lambda kv: -kv[1]))
     detail = _sample(problems) if problems else f"{len(tasks)} tasks; claims: {mix}"
