@@ -57,7 +57,7 @@ def test_deps_builds_the_dag_while_workers_run_and_holds(
     )  # fmt: skip
     assert code == 0, output
     assert report["ok"] and all(check["ok"] for check in report["invariants"]), output
-    assert len(report["invariants"]) == 6
+    assert len(report["invariants"]) == 7
     assert report["backend"] == ("sqlite" if not stress_db else "postgresql")
     # --tasks 40: a fan-out/fan-in of 14, two chains of 8, two diamonds, 40 tasks in all.
     assert deps.plan(40) == deps.Plan(width=14, chain_length=8, diamonds=2)
@@ -145,7 +145,7 @@ def test_the_checker_catches_a_child_claimed_before_its_parent_finished(
     assert not checks["3"].ok
     assert f"task {child} claimed (event {claim}) while todo" in checks["3"].detail
     # The rest of the board is sound, and the checker says so: it points at the fault.
-    assert all(checks[n].ok for n in ("4", "5", "6")), checks
+    assert all(checks[n].ok for n in ("4", "5", "6", "7")), checks
 
 
 def test_the_checker_catches_a_child_left_waiting_after_its_parents_finished(

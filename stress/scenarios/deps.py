@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 import kanban_orm as kb
 
 from ..harness import DB_ERROR, Check, Config, Outcome, WorkerContext, one_line
+from ..invariants import board_violations
 
 DESCRIPTION = "a DAG (fan-out, fan-in, diamonds, chains) built while workers claim and complete"
 
@@ -548,6 +549,7 @@ def checks(outcome: Outcome, session: Session) -> list[Check]:
         claims_from_ready(r),
         done_exactly_once(outcome, tasks, events),
         runs_closed(outcome, runs),
+        board_consistent(session),
         no_escaped_errors(outcome),
     ]
 
@@ -695,6 +697,12 @@ def runs_closed(outcome: Outcome, runs: Sequence[Any]) -> Check:
     return Check("5. every run closed by its holder's completion", not problems, _sample(problems))
 
 
+def board_consistent(session: Session) -> Check:
+    """The schema's invariants at rest (stress/invariants.py, shared with the tests)."""
+    problems = board_violations(session)
+    return Check("6. board invariants hold", not problems, _sample(problems))
+
+
 def no_escaped_errors(outcome: Outcome) -> Check:
     """No database or kernel error reached a worker, no worker gave up on a stalled
     board, and every worker ended cleanly (casualties are all named)."""
@@ -711,7 +719,7 @@ def no_escaped_errors(outcome: Outcome) -> Check:
     ]
     detail = "; ".join([*outcome.casualties, _sample(errors, 2)] if errors else outcome.casualties)
     return Check(
-        "6. zero lock errors escaped; every worker finished",
+        "7. zero lock errors escaped; every worker finished",
         not errors and not outcome.casualties,
         detail,
     )
