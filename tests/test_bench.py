@@ -145,3 +145,30 @@ def test_every_own_system_exists_on_both_backends() -> None:
     for key in OWN_KEYS:
         for backend in ("sqlite", "postgres"):
             assert system(key, backend).kind in ("kanban_orm", "raw")
+
+
+def test_chart_is_drawn_or_explains_why(tmp_path: Path) -> None:
+    from stress.bench.report import chart
+
+    row = Result(
+        system="raw",
+        label="raw driver baseline",
+        kind="raw",
+        backend="sqlite",
+        procs=2,
+        queued=50,
+        tasks=50,
+        seconds=0.1,
+        rate=500.0,
+        exactly_once=True,
+        duplicates=0,
+        lost=0,
+        problems=[],
+        note="",
+    )
+    png = tmp_path / "bench.png"
+    message = chart([row], str(png))
+    if message is None:
+        assert png.read_bytes().startswith(b"\x89PNG")
+    else:  # matplotlib is in the bench extra, not the test extra
+        assert "matplotlib" in message and not png.exists()

@@ -211,7 +211,12 @@ def chart(results: list[Result], path: str) -> str | None:
     colors = [
         {"kanban_orm": "tab:blue", "raw": "tab:gray", "peer": "tab:orange"}[r.kind] for r in rows
     ]
-    axis.barh(labels, [r.rate or 0 for r in rows], color=colors)
+    bars = axis.barh(labels, [r.rate or 0 for r in rows], color=colors)
+    values = [
+        f" {r.rate or 0:,.0f}" + ("" if r.exactly_once else "  NOT EXACTLY ONCE") for r in rows
+    ]
+    axis.bar_label(bars, labels=values, fontsize=8)
+    axis.margins(x=0.25)
     axis.invert_yaxis()
     axis.set_xlabel("tasks/s (zero-work claim -> complete)")
     procs = rows[0].procs
