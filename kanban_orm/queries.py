@@ -396,7 +396,7 @@ _BLOCK_VALUES: dict[str, Any] = {
     **_RELEASE_CLAIM,
     **_BUMP,
 }
-BLOCK_HELD = update(tasks).where(_HELD).values(_BLOCK_VALUES).returning(tasks.c.id)
+BLOCK_HELD = update(tasks).where(_HELD).values(_BLOCK_VALUES).returning(*tasks.c)
 BLOCK_UNHELD = (
     update(tasks)
     .where(
@@ -405,7 +405,7 @@ BLOCK_UNHELD = (
         tasks.c.claim_lock.is_(None),
     )
     .values(_BLOCK_VALUES)
-    .returning(tasks.c.id)
+    .returning(*tasks.c)
 )
 UNBLOCK = (
     update(tasks)

@@ -494,21 +494,15 @@ def fail_task(
         ).first()
         if moved is None:
             steps.explain(s, task_id, next_status, token)
-        run_id = steps.close_run(s, task_id, "failed", error=message)
-        steps.record(
-            s,
-            task_id,
-            "failed",
-            run_id,
-            {
-                "error": message,
-                "attempt": state.attempts,
-                "status": next_status.value,
-                "retry_in_seconds": round(delay, 3) if will_retry else None,
-                "gave_up": not will_retry,
-            },
-        )
-        return steps.load_task(s, task_id)
+        payload = {
+            "error": message,
+            "attempt": state.attempts,
+            "status": next_status.value,
+            "retry_in_seconds": round(delay, 3) if will_retry else None,
+            "gave_up": not will_retry,
+        }
+        steps.finish_run(s, task_id, "failed", payload, error=message)
+        return s.attach(Task, moved)
 
     return run_write(session, work)
 
@@ -535,13 +529,13 @@ def release_task(
     why = check.text(reason, "reason")
 
     def work(s: Tx) -> Task:
-        if s.execute(q.RELEASE_HELD, {"task_id": task_id, "token": token}).first() is None:
+        released = s.execute(q.RELEASE_HELD, {"task_id": task_id, "token": token}).first()
+        if released is None:
             if steps.already_landed(s, token, "released"):
                 return steps.load_task(s, task_id)
             steps.explain(s, task_id, Status.READY, token)
-        run_id = steps.close_run(s, task_id, "released", summary=why)
-        steps.record(s, task_id, "released", run_id, {"reason": why})
-        return steps.load_task(s, task_id)
+        steps.finish_run(s, task_id, "released", {"reason": why}, summary=why)
+        return s.attach(Task, released)
 
     return run_write(session, work)
 
@@ -566,9 +560,9 @@ def block_task(
             if steps.already_landed(s, token, "blocked"):
                 return steps.load_task(s, task_id)
             steps.explain(s, task_id, Status.BLOCKED, token)
-        run_id = steps.close_run(s, task_id, "blocked", error=why) if token is not None else None
-        steps.record(s, task_id, "blocked", run_id, {"reason": why})
-        return steps.load_task(s, task_id)
+        # Closes the run of a running task; a task that was not running has none.
+        steps.finish_run(s, task_id, "blocked", {"reason": why}, error=why)
+        return s.attach(Task, moved)
 
     return run_write(session, work)
 
