@@ -88,8 +88,10 @@ def parser() -> argparse.ArgumentParser:
         "re-created for every run and dropped at the end. SQLite runs use a temporary "
         "directory.",
     )
-    p.add_argument("--tasks", type=_positive, help="tasks queued per run (default 10000)")
-    p.add_argument("--procs", type=_positive, help="consumer processes (default 5)")
+    p.add_argument(
+        "--tasks", type=_positive, metavar="N", help="tasks queued per run (default 10000, or 10k)"
+    )
+    p.add_argument("--procs", type=_positive, metavar="P", help="consumer processes (default 5)")
     p.add_argument(
         "--systems",
         type=_choices(ALL_KEYS),
@@ -147,7 +149,9 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run every measurement N times, interleaved, and report the median (default 1)",
     )
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds per run (default 900)")
+    p.add_argument(
+        "--timeout", type=float, default=900.0, metavar="SECONDS", help="per run (default 900)"
+    )
     p.add_argument("--pg-url", metavar="URL", help="PostgreSQL server and database name prefix")
     p.add_argument("--json", metavar="FILE", help="also write every row as JSON")
     p.add_argument("--chart", metavar="PNG", help="also draw the main table (needs matplotlib)")
