@@ -114,10 +114,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # the throughput benchmark has its own options
+    from .bench.cli import bench_argv
+
+    if (bench := bench_argv(argv)) is not None:  # the throughput benchmark's own options
         from .bench import main as bench_main
 
-        return bench_main(argv[1:])
+        return bench_main(bench)
     args = parser().parse_args(argv)
     scenario = SCENARIOS[args.scenario]
     seed = args.seed if args.seed is not None else random.randrange(1, 2**31)

@@ -108,6 +108,18 @@ def test_bench_scaling_and_backlog_tables(tmp_path: Path) -> None:
     assert any("within 1.2x" in t["target"] and t["value"] for t in report["targets"])
 
 
+def test_bench_arguments_behind_the_root_db_option() -> None:
+    from stress.bench.cli import bench_argv
+
+    pg = "postgresql+psycopg://u@h/kb"
+    assert bench_argv(["bench", "--tiny"]) == ["--tiny"]
+    assert bench_argv(["--db", pg, "bench", "--tiny"]) == ["--pg-url", pg, "--tiny"]
+    assert bench_argv(["--db", "sqlite:///k.db", "bench"]) == []
+    assert bench_argv(["--db", pg, "bench", "--pg-url", "x"]) == ["--pg-url", "x"]
+    assert bench_argv(["claims", "--tasks", "5"]) is None
+    assert bench_argv(["--db", pg, "claims"]) is None
+
+
 def test_judge_marks_double_delivery_and_loss() -> None:
     # storage says task 2 completed twice; a consumer reported task 3 twice; 4 never done
     verdict = Verdict({1: 1, 2: 2, 3: 1})

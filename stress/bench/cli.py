@@ -76,6 +76,23 @@ def _prog() -> str:
     return "python -m stress bench"
 
 
+def bench_argv(argv: list[str]) -> list[str] | None:
+    """The bench's arguments when ``argv`` (the stress suite's) asks for the bench.
+
+    ``kanban-orm stress`` puts the root ``--db URL`` (or ``$KANBAN_DATABASE_URL``) first.
+    The bench makes its own databases: a PostgreSQL URL there names its server (and
+    the prefix of its database name); a SQLite one is not needed.
+    """
+    if argv[:1] == ["bench"]:
+        return argv[1:]
+    if len(argv) >= 3 and argv[0] == "--db" and argv[2] == "bench":
+        rest = argv[3:]
+        if argv[1].startswith("postgresql") and "--pg-url" not in rest:
+            rest = ["--pg-url", argv[1], *rest]
+        return rest
+    return None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=_prog(),
