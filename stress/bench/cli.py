@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from .core import BACKENDS, POSTGRES, Result, System, measure, postgres_database
 from .report import chart, render, targets
 from .systems import ALL_KEYS, RAW, system, systems
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as error:
                     if not _unreachable(error):
                         raise
-                    reason = f"PostgreSQL unreachable at {plan.pg_url}: {_line(error)}"
+                    reason = f"PostgreSQL unreachable at {_shown(plan.pg_url)}: {_line(error)}"
                     _say(f"skipped postgres: {reason}")
                     skipped.append({"system": "*", "backend": POSTGRES, "reason": reason})
             else:
@@ -235,6 +237,11 @@ def _unreachable(error: BaseException) -> bool:
     import psycopg
 
     return isinstance(error, psycopg.OperationalError) and "connect" in str(error).lower()
+
+
+def _shown(url: str) -> str:
+    """A URL fit to print: the password masked."""
+    return sa.make_url(url).render_as_string(hide_password=True)
 
 
 def _line(error: BaseException) -> str:
@@ -358,7 +365,7 @@ def write_json(
     path: str, plan: Plan, results: list[Result], skipped: list[dict[str, str]], wall: float
 ) -> None:
     report: dict[str, Any] = {
-        "plan": plan.__dict__,
+        "plan": {**plan.__dict__, "pg_url": _shown(plan.pg_url)},
         "cpus": os.cpu_count(),
         "wall_seconds": wall,
         "results": [r.as_dict() for r in results],
