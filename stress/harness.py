@@ -131,6 +131,8 @@ class Outcome:
     #: terminations ({pid, state, at, t}); ``at`` is wall-clock seconds (time.time()).
     kills: list[dict[str, Any]] = field(default_factory=list)
     terminations: list[dict[str, Any]] = field(default_factory=list)
+    #: Numbers a scenario's checks measured for the report ({"reclaims": 12, ...}).
+    numbers: dict[str, Any] = field(default_factory=dict)
 
     def entries(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
         for worker_log in self.logs.values():

@@ -153,3 +153,90 @@ def completed_once(events: Sequence[Event], task_ids: Iterable[int]) -> list[str
 def sample(items: Sequence[str], n: int = 3) -> str:
     shown = ", ".join(items[:n])
     return shown + (f" … ({len(items)} in all)" if len(items) > n else "")
+
+
+@dataclass(frozen=True)
+class Run:
+    """The columns of a run the checks need."""
+
+    id: int
+    task_id: int
+    claimer: str
+    claim_lock: str
+    outcome: str | None
+
+
+def load_runs(session: Session) -> dict[int, Run]:
+    """Every run by id; ends the read transaction."""
+    rows = session.execute(
+        select(
+            kb.TaskRun.id,
+            kb.TaskRun.task_id,
+            kb.TaskRun.claimer,
+            kb.TaskRun.claim_lock,
+            kb.TaskRun.outcome,
+        )
+    ).all()
+    session.rollback()
+    return {r.id: Run(r.id, r.task_id, r.claimer, r.claim_lock, r.outcome) for r in rows}
+
+
+Entry = dict[str, Any]
+
+
+def completions_by_holders(
+    events: Sequence[Event], runs: dict[int, Run], claims: list[Entry], completions: list[Entry]
+) -> list[str]:
+    """Every ``completed`` event matches a completion its claimer logged with the run's
+    own token (a claim that worker logged), and every logged completion has its event.
+
+    With :func:`replay_violations` (the run named was the open one) this says no
+    completion came from anyone but the current claim holder.
+    """
+    problems: list[str] = []
+    claimed = {(c["task"], c["run_id"], c["claim_lock"], c["worker"]) for c in claims}
+    logged = {(c["task"], c["run_id"], c["claim_lock"], c["worker"]) for c in completions}
+    seen = set()
+    for event in events:
+        if event.kind != "completed":
+            continue
+        run = runs.get(event.run_id) if event.run_id is not None else None
+        if run is None:
+            problems.append(f"task {event.task_id}: completed event {event.id} names no run")
+            continue
+        key = (event.task_id, run.id, run.claim_lock, run.claimer)
+        seen.add(key)
+        if key not in logged:
+            problems.append(
+                f"task {event.task_id}: run {run.id} completed, but {run.claimer} logged "
+                "no completion with its token"
+            )
+        if key not in claimed:
+            problems.append(f"task {event.task_id}: run {run.id} completed, claim not logged")
+    problems += [
+        f"task {t}: {w} logged completing run {r}, which has no completed event"
+        for (t, r, _token, w) in logged - seen
+    ]
+    return problems
+
+
+def refusals_after_reclaim(lost: list[Entry], runs: dict[int, Run]) -> list[str]:
+    """Every ClaimLost a worker got was for a claim whose run was reclaimed."""
+    by_token = {run.claim_lock: run for run in runs.values()}
+    problems = []
+    for entry in lost:
+        run = by_token.get(entry["claim_lock"])
+        if run is None or run.outcome != "reclaimed":
+            outcome = None if run is None else run.outcome
+            problems.append(
+                f"task {entry['task']}: {entry['worker']}'s {entry['op']} refused (ClaimLost) "
+                f"though its run ended {outcome}"
+            )
+    return problems
+
+
+def event_kind_counts(events: Sequence[Event]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for event in events:
+        counts[event.kind] += 1
+    return dict(counts)

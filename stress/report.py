@@ -38,6 +38,12 @@ def summary(outcome: Outcome, checks: list[Check]) -> dict[str, Any]:
             w: per_worker.get(w, 0) for w in sorted(outcome.logs, key=_worker_number)
         },
         "casualties": outcome.casualties,
+        # What the scenario measured, and the chaos the parent caused (if any).
+        "numbers": outcome.numbers,
+        "kills": len(outcome.kills),
+        "terminations": len(outcome.terminations),
+        "kill_log": outcome.kills,
+        "termination_log": outcome.terminations,
     }
 
 
@@ -70,10 +76,24 @@ def render(report: dict[str, Any]) -> str:
         f"throughput:  {_throughput(report)}",
         "per-worker completions: "
         + ", ".join(f"{w} {n}" for w, n in report["per_worker_completions"].items()),
+    ]
+    if report["kills"] or report["terminations"]:
+        lines.append(
+            f"chaos:       {report['kills']} workers SIGKILLed, "
+            f"{report['terminations']} backends terminated"
+        )
+    lines += [f"{name + ':':<12} {_number(value)}" for name, value in report["numbers"].items()]
+    lines += [
         "",
         "ALL INVARIANTS HELD" if report["ok"] else "INVARIANTS VIOLATED",
     ]
     return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
 
 
 def _to_last(report: dict[str, Any]) -> str:
