@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from ..harness import Scenario
-from . import claims, deps
+from . import claims, deps, mixed
 
 SCENARIOS: dict[str, Scenario] = {
     "claims": claims,
     "deps": deps,
+    "mixed": mixed,
 }
