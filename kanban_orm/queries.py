@@ -355,9 +355,11 @@ COMPLETE_FORCED = (
 # it began: two parents finishing at once would each see the other still running, and a
 # child linked to a parent that is finishing would be seen by neither side. So the
 # transaction that enables a promotion (finishing a parent, unlinking) first locks the
-# waiting children, and one that adds a dependency first share-locks the parents: the
-# second of two such transactions waits for the first to commit, and its next statement
-# sees it. SQLite renders no locking clause; BEGIN IMMEDIATE already serialises writers.
+# waiting children, and one that adds a dependency or puts a child back into the
+# ready-or-todo decision (specify, unblock, request changes, reopen) first share-locks
+# the parents: the second of two such transactions waits for the first to commit, and
+# its next statement sees it. SQLite renders no locking clause; BEGIN IMMEDIATE already
+# serialises writers.
 
 #: Lock the waiting children of :task_id (in id order, so two finishers cannot deadlock).
 LOCK_WAITING_CHILDREN = (
@@ -371,6 +373,17 @@ LOCK_WAITING_CHILDREN = (
 )
 #: Lock one task (a child about to be re-checked).
 LOCK_TASK = select(tasks.c.id).where(tasks.c.id == bindparam("task_id")).with_for_update()
+#: Share-lock a task's parents before deciding between ready and todo for it (specify,
+#: unblock, request changes, reopen): a parent finishing meanwhile either committed
+#: before (and is seen done) or waits, and then its promotion sees the child in todo.
+LOCK_PARENTS_OF = (
+    select(tasks.c.id)
+    .where(
+        tasks.c.id.in_(select(links.c.parent_id).where(links.c.child_id == bindparam("task_id")))
+    )
+    .order_by(tasks.c.id)
+    .with_for_update(read=True)
+)
 #: Share-lock tasks about to become parents; returns those that exist.
 LOCK_PARENTS = (
     select(tasks.c.id)

@@ -90,6 +90,7 @@ def specify_task(session: Session, task_id: int) -> Task:
     task_id = check.task_id(task_id)
 
     def work(s: Tx) -> Task:
+        s.execute(q.LOCK_PARENTS_OF, {"task_id": task_id})
         status = s.execute(q.SPECIFY, {"task_id": task_id}).scalar()
         if status is None:
             steps.explain(s, task_id, Status.READY, None, needs=(Status.TRIAGE,))
@@ -162,6 +163,7 @@ def request_changes(
     who = check.name(reviewer, "reviewer")
 
     def work(s: Tx) -> Task:
+        s.execute(q.LOCK_PARENTS_OF, {"task_id": task_id})
         status = s.execute(q.REQUEST_CHANGES, {"task_id": task_id}).scalar()
         if status is None:
             steps.explain(s, task_id, Status.READY, None, needs=(Status.REVIEW,))
@@ -180,6 +182,7 @@ def reopen_task(session: Session, task_id: int, *, reason: str | None = None) ->
     why = check.text(reason, "reason")
 
     def work(s: Tx) -> Task:
+        s.execute(q.LOCK_PARENTS_OF, {"task_id": task_id})
         status = s.execute(q.REOPEN, {"task_id": task_id}).scalar()
         if status is None:
             steps.explain(s, task_id, Status.READY, None, needs=(Status.DONE,))

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
@@ -76,3 +80,67 @@ def test_a_child_created_while_its_parent_finishes_is_never_left_waiting(
     children = json.loads(out.read_text())
     stuck = [c for c in children if kb.get_task(session, c).status != "ready"]
     assert stuck == [], f"children left waiting for a parent that is done: {stuck}"
+
+
+def _specify_case(session: Session) -> tuple[int, str, int, Callable[[Session], object]]:
+    parent, token = claimed(session, "parent")
+    child = kb.create_task(session, title="child", triage=True)
+    kb.link_tasks(session, parent, child)
+    return parent, token, child, lambda s: kb.specify_task(s, child)
+
+
+def _unblock_case(session: Session) -> tuple[int, str, int, Callable[[Session], object]]:
+    parent, token = claimed(session, "parent")
+    child = kb.create_task(session, title="child", parents=[parent])
+    kb.block_task(session, child, reason="wait")
+    return parent, token, child, lambda s: kb.unblock_task(s, child)
+
+
+def _request_changes_case(session: Session) -> tuple[int, str, int, Callable[[Session], object]]:
+    parent, first = claimed(session, "parent")
+    kb.complete_task(session, parent, claim_lock=first)
+    child = kb.create_task(session, title="child", parents=[parent])
+    held = kb.claim_task(session, child, claimer="w")
+    assert held is not None and held.claim_lock is not None
+    kb.submit_for_review(session, child, claim_lock=held.claim_lock)
+    kb.reopen_task(session, parent, reason="again")
+    again = kb.claim_task(session, parent, claimer="w")
+    assert again is not None and again.claim_lock is not None
+    return parent, again.claim_lock, child, lambda s: kb.request_changes(s, child, reason="redo")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [_specify_case, _unblock_case, _request_changes_case],
+    ids=["specify", "unblock", "request_changes"],
+)
+def test_a_child_deciding_ready_or_todo_while_its_last_parent_finishes_is_not_stranded(
+    db_url: str,
+    engine: Engine,
+    session: Session,
+    case: Callable[[Session], tuple[int, str, int, Callable[[Session], object]]],
+) -> None:
+    """Regression (found by the deps stress scenario): specify, unblock and request
+    changes decide between ready and todo from their statement's snapshot. If the last
+    parent finished meanwhile, its promotion did not see the child (not yet in todo) and
+    the child then wrote todo: stranded. On PostgreSQL a lock held on the child makes the
+    interleaving certain; SQLite runs the two one after the other."""
+    parent, token, child, move = case(session)
+    blocker = engine.connect()
+    if engine.dialect.name == "postgresql":
+        # The move's UPDATE starts (seeing the parent running) and waits for this lock.
+        blocker.exec_driver_sql(f"SELECT id FROM kanban_tasks WHERE id = {child} FOR UPDATE")
+        threading.Timer(1.0, blocker.commit).start()
+    mover = threading.Thread(target=lambda: _with_session(db_url, move))
+    mover.start()
+    time.sleep(0.3)
+    kb.complete_task(session, parent, claim_lock=token)
+    mover.join(timeout=30)
+    blocker.close()
+
+    assert kb.get_task(session, child).status == "ready"
+
+
+def _with_session(url: str, move: Callable[[Session], object]) -> None:
+    with kb.connect(url) as s:
+        move(s)
