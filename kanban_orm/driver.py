@@ -168,6 +168,8 @@ def _result_columns(statement: ClauseElement) -> list[Any]:
 
 _cache: dict[tuple[int, str, tuple[str, ...]], tuple[ClauseElement, Prepared]] = {}
 _cache_lock = threading.Lock()
+#: Far above the library's own statements (a few hundred with every filter combination).
+_CACHE_LIMIT = 2000
 
 
 def prepared(statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...]) -> Prepared:
@@ -180,6 +182,8 @@ def prepared(statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...]) 
         return hit[1]
     made = Prepared(statement, dialect, keys)
     with _cache_lock:
+        if len(_cache) >= _CACHE_LIMIT:
+            _cache.clear()  # statements built per call would otherwise pile up here
         _cache[key] = (statement, made)
     return made
 

@@ -19,13 +19,31 @@ import os
 import time
 import uuid
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
 from kanban_orm import queries as q
+from kanban_orm import steps
 from kanban_orm.clock import utcnow
 from kanban_orm.db import run_write
+from kanban_orm.driver import Tx
+
+CLOSE_ANY_OPEN_RUN = (
+    update(q.runs)
+    .where(q.runs.c.task_id == bindparam("run_task_id"), q.runs.c.ended_at.is_(None))
+    .values(ended_at=utcnow(), outcome="reclaimed")
+)
+TAKE_UNGUARDED = (
+    update(q.tasks)
+    .where(q.tasks.c.id == bindparam("task_id"))  # BROKEN: no status / claim_lock guard
+    .values(status="running", claim_lock=bindparam("token"), attempts=q.tasks.c.attempts + 1)
+)
+SET_RUN = (
+    update(q.tasks)
+    .where(q.tasks.c.id == bindparam("task_id"))
+    .values(current_run_id=bindparam("run_id"))
+)
 
 
 def claim_task(
@@ -38,33 +56,19 @@ def claim_task(
     time.sleep(0.003)  # widen the window between the check and the act
     token = uuid.uuid4().hex
 
-    def unguarded(s: Session) -> kb.Task:
-        s.execute(
-            update(q.runs)
-            .where(q.runs.c.task_id == task_id, q.runs.c.ended_at.is_(None))
-            .values(ended_at=utcnow(), outcome="reclaimed")
-        )
-        s.execute(
-            update(q.tasks)
-            .where(q.tasks.c.id == task_id)  # BROKEN: no status / claim_lock guard
-            .values(status="running", claim_lock=token, attempts=q.tasks.c.attempts + 1)
-        )
-        run_id = (
-            s.execute(
-                q.INSERT_RUN,
-                {"task_id": task_id, "attempt": 1, "claimer": claimer, "claim_lock": token},
-            )
-            .all()[0]
-            .id
-        )
-        s.execute(update(q.tasks).where(q.tasks.c.id == task_id).values(current_run_id=run_id))
+    def unguarded(s: Tx) -> kb.Task:
+        s.execute(CLOSE_ANY_OPEN_RUN, {"run_task_id": task_id})
+        s.execute(TAKE_UNGUARDED, {"task_id": task_id, "token": token})
+        run_id = s.execute(
+            q.INSERT_RUN,
+            {"task_id": task_id, "attempt": 1, "claimer": claimer, "claim_lock": token},
+        ).scalar()
+        s.execute(SET_RUN, {"task_id": task_id, "run_id": run_id})
         s.execute(
             q.INSERT_EVENT,
             {"task_id": task_id, "run_id": run_id, "kind": "claimed", "payload": None},
         )
-        task = s.get(kb.Task, task_id, populate_existing=True)
-        assert task is not None
-        return task
+        return steps.load_task(s, task_id)
 
     return run_write(session, unguarded)
 
