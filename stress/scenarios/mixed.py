@@ -244,6 +244,8 @@ class Held:
     ) -> None:
         self.worker, self.session, self.task_id = worker, session, task_id
         self.token, self.run_id = token, run_id
+        #: How many of its calls were refused with ClaimLost.
+        self.lost = 0
 
     def call(self, kind: str, function: Callable[..., Any], **kwargs: Any) -> bool:
         """Call ``function(session, task_id, claim_lock=token, **kwargs)``; log ``kind``
@@ -254,6 +256,7 @@ class Held:
                 result = function(self.session, self.task_id, claim_lock=self.token, **kwargs)
         except kb.ClaimLost as error:
             self.session.rollback()
+            self.lost += 1
             worker.log(
                 CLAIM_LOST,
                 task=self.task_id,
