@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from ..harness import Scenario
-from . import claims, deps, mixed
+from . import claims, deps, mixed, reclaim
 
 SCENARIOS: dict[str, Scenario] = {
     "claims": claims,
     "deps": deps,
     "mixed": mixed,
+    "reclaim": reclaim,
 }
