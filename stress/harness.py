@@ -250,8 +250,14 @@ def worker_main(
     ready: Semaphore,
     start: Event,
     shared: SynchronizedArray[int] | None = None,
+    began: float | None = None,
 ) -> None:
-    """Entry point of a spawned worker process (module level, so spawn can pickle it)."""
+    """Entry point of a spawned worker process (module level, so spawn can pickle it).
+
+    A replacement started mid-run (chaos) gets ``began``, the parent's time.monotonic()
+    at the start signal (one clock for every process on the machine), so its log times
+    and its timeout count from the run's start like everyone else's.
+    """
     from .scenarios import SCENARIOS
 
     config = Config.from_dict(config_raw)
@@ -263,7 +269,8 @@ def worker_main(
         ready.release()
         if not _wait_for_start(worker, start):
             return
-        worker.started = time.monotonic()  # every worker's clock starts at the signal
+        # Every worker's clock starts at the signal.
+        worker.started = time.monotonic() if began is None else began
         scenario.work(worker)
         worker.log(EXIT)
     except BaseException as error:
@@ -335,12 +342,12 @@ def run(scenario: Scenario, config: Config, *, progress: bool) -> Outcome:
     procs: dict[str, BaseProcess] = {}
     shared: dict[str, SynchronizedArray[int]] = {}
 
-    def spawn(index: int) -> BaseProcess:
+    def spawn(index: int, began: float | None = None) -> BaseProcess:
         name = f"worker-{index}"
         shared[name] = SPAWN.Array("q", 2, lock=False)
         procs[name] = SPAWN.Process(
             target=worker_main,
-            args=(config.as_dict(), index, ready, start, shared[name]),
+            args=(config.as_dict(), index, ready, start, shared[name], began),
             name=name,
         )
         return procs[name]
@@ -397,7 +404,7 @@ class _Killer:
         config: Config,
         procs: dict[str, BaseProcess],
         shared: dict[str, SynchronizedArray[int]],
-        spawn: Callable[[int], BaseProcess],
+        spawn: Callable[[int, float | None], BaseProcess],
         began: float,
     ) -> None:
         self.chaos, self.config, self.procs, self.shared = chaos, config, procs, shared
@@ -461,7 +468,7 @@ class _Killer:
                 "t": round(time.monotonic() - self.began, 3),
             }
         )
-        self.spawn(self.next_index).start()
+        self.spawn(self.next_index, self.began).start()
         self.next_index += 1
         return True
 

@@ -82,7 +82,11 @@ def render(report: dict[str, Any]) -> str:
             f"chaos:       {report['kills']} workers SIGKILLed, "
             f"{report['terminations']} backends terminated"
         )
-    lines += [f"{name + ':':<12} {_number(value)}" for name, value in report["numbers"].items()]
+    lines += [
+        f"{name + ':':<12} {_number(value)}"
+        for name, value in report["numbers"].items()
+        if not isinstance(value, list)  # per-item detail: the JSON report only
+    ]
     lines += [
         "",
         "ALL INVARIANTS HELD" if report["ok"] else "INVARIANTS VIOLATED",
