@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ..harness import Scenario
-from . import claims, deps, mixed, reclaim
+from . import chaos, claims, deps, mixed, reclaim
 
 SCENARIOS: dict[str, Scenario] = {
     "claims": claims,
     "deps": deps,
     "mixed": mixed,
     "reclaim": reclaim,
+    "chaos": chaos,
 }
