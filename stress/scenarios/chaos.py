@@ -293,17 +293,18 @@ def checks(outcome: Outcome, session: Session) -> list[Check]:
         for h in heals
         if h["to_claim"] is None or h["to_claim"] > bound
     ]
-    holder = [
-        p
-        for p in inv.completions_by_holders(
-            events, runs, list(outcome.entries("claimed")), list(outcome.entries("completed"))
-        )
-        if not any(f" {name} " in f" {p} " for name in killed) or "no completed event" in p
-    ]
+    holder = inv.completions_by_holders(
+        events,
+        runs,
+        list(outcome.entries("claimed")),
+        list(outcome.entries("completed")),
+        unlogged_ok=frozenset(killed),
+    )
     false_lost = [
         f"task {e['task']}: {e['worker']} got ClaimLost though run {e['run_id']} completed"
         for e in outcome.entries(FALSE_CLAIM_LOST)
     ]
+    false_lost += inv.refusals_after_reclaim(list(outcome.entries(CLAIM_LOST)), runs)
     kernel = [
         f"{e['worker']} {e['during']}: {e['error']}" for e in outcome.entries(KANBAN_ERROR)
     ] + [f"{e['worker']} stalled with {e['left']} tasks left" for e in outcome.entries(STALLED)]
@@ -332,7 +333,9 @@ def checks(outcome: Outcome, session: Session) -> list[Check]:
             "nobody was killed" if not outcome.kills else inv.sample(victims + slow),
         ),
         Check(
-            "8. no ClaimLost for a completion that landed", not false_lost, inv.sample(false_lost)
+            "8. every ClaimLost refused a reclaimed claim, none a completion that landed",
+            not false_lost,
+            inv.sample(false_lost),
         ),
         Check(
             "9. no kernel error escaped; every surviving worker finished",
