@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -394,3 +396,36 @@ def test_the_replay_catches_a_claim_of_a_held_task_and_an_unblock_of_a_ready_one
     assert inv.replay_violations(events[:2] + events[3:4]) == [
         "event 4 (completed) of task 7: names run 11, but the task is running on run 10"
     ]
+
+
+def test_chaos_times_a_victims_lease_from_the_kill_and_excuses_only_its_unlogged_lines(
+    session: Session, db_url: str, tmp_path: Path
+) -> None:
+    task_id = kb.create_task(session, title="t")
+    _victim, claimed_by_victim = _claim(session, task_id, "worker-1")
+    reaped = _expire_and_reclaim(session, task_id)
+    _heir, claimed = _claim(session, task_id, "worker-2")
+    kb.complete_task(session, task_id, claim_lock=claimed["claim_lock"])
+    # worker-2 died between its completion's commit and the log line.
+    log = [claimed_by_victim, reaped, claimed]
+
+    def judge(*killed: tuple[str, float]) -> tuple[dict[str, str], dict[str, Any]]:
+        kills = [{"worker": w, "stage": "work", "task": task_id, "at": time.time() - ago, "t": 1.0}
+                 for w, ago in killed]  # fmt: skip
+        outcome = _outcome("chaos", db_url, tmp_path, log, kills=kills)
+        return _failed(chaos.checks(outcome, session)), outcome.numbers
+
+    failed, numbers = judge(("worker-1", 2.0), ("worker-2", 0.5))
+    assert failed == {}, failed
+    (heal,) = numbers["heals"]
+    assert heal["worker"] == "worker-1" and heal["task"] == task_id
+    assert 1.0 < heal["to_reclaim"] <= heal["to_claim"] < 5.0, heal
+    assert numbers["kills_holding_no_lease"] == 1  # worker-2's completion had landed
+
+    failed, _ = judge(("worker-1", 2.0))  # worker-2 was not killed: its log must be whole
+    assert set(failed) == {"6"} and "worker-2 logged no completion" in failed["6"], failed
+
+    failed, _ = judge(("worker-1", 60.0), ("worker-2", 0.5))  # healed, but far too late
+    assert set(failed) == {"7"}, failed
+    late = re.search(rf"task {task_id} of worker-1 claimed again ([\d.]+) s after", failed["7"])
+    assert late and 55 < float(late.group(1)) < 65, failed
