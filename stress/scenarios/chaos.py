@@ -21,7 +21,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import exc, select
+from sqlalchemy import exc, select, text
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
@@ -252,7 +252,7 @@ def healing(outcome: Outcome, session: Session) -> list[dict[str, Any]]:
 
 
 def checks(outcome: Outcome, session: Session) -> list[Check]:
-    board = inv.board_violations(session)
+    board = inv.board_violations(session) + integrity(session)
     events = inv.load_events(session)
     runs = inv.load_runs(session)
     tasks = session.execute(select(kb.Task.id, kb.Task.status)).all()
@@ -317,7 +317,8 @@ def checks(outcome: Outcome, session: Session) -> list[Check]:
         ),
         Check("3. every run closed with an outcome", not open_runs, inv.sample(open_runs)),
         Check(
-            "4. board consistent: current_run_id iff one open run, claim_lock iff running",
+            "4. board consistent: current_run_id iff one open run, claim_lock iff running"
+            " (SQLite: PRAGMA integrity_check ok)",
             not board,
             inv.sample(board),
         ),
@@ -345,6 +346,15 @@ def checks(outcome: Outcome, session: Session) -> list[Check]:
             ),
         ),
     ]
+
+
+def integrity(session: Session) -> list[str]:
+    """SQLite only: the file survived writers SIGKILLed mid-commit."""
+    if session.get_bind().dialect.name != "sqlite":
+        return []
+    verdict = session.execute(text("PRAGMA integrity_check")).scalars().all()
+    session.rollback()
+    return [] if verdict == ["ok"] else [f"PRAGMA integrity_check: {'; '.join(verdict)}"]
 
 
 def _by(entries: list[dict[str, Any]], key: str) -> dict[str, int]:
