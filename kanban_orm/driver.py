@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from sqlalchemy import exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, configure_mappers, make_transient_to_detached
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert, Update, UpdateBase
@@ -284,29 +284,47 @@ class Tx:
             self._cursor = None
 
     def attach(self, model: type[M], row: Any) -> M:
-        """``row`` (all of ``model``'s columns) as an instance in the caller's Session.
+        """``row`` (all of ``model``'s columns) as a mapped instance.
 
-        An instance the Session already holds is refreshed in place, as the ORM's
-        ``populate_existing`` would; otherwise a new one joins it as persistent, with
-        no SQL emitted.
+        An instance the caller's Session already holds is refreshed in place, as the
+        ORM's ``populate_existing`` would. Otherwise a new, detached instance with every
+        attribute loaded: adding it to the Session would begin a Session transaction
+        that the next call must then end, a cost paid on every claim for nothing.
         """
-        values = row._asdict()
         mapper = model.__mapper__  # type: ignore[attr-defined]
-        key = mapper.identity_key_from_primary_key([values[c.key] for c in mapper.primary_key])
+        values = dict(zip(_attributes_of(mapper, row._fields), row, strict=True))
+        key = mapper.identity_key_from_primary_key([values[a] for a in _key_of(mapper)])
         held = self.session.identity_map.get(key)
         if held is not None:
-            for column_key, value in values.items():
-                set_committed_value(held, _attribute(mapper, column_key), value)
+            state = instance_state(held)
+            state.dict.update(values)
+            # As a load with populate_existing: the new values become the committed ones
+            # (the ORM's own loader does this; one call instead of one per attribute).
+            state._commit_all(state.dict)
             return held  # type: ignore[no-any-return]
         instance = mapper.class_manager.new_instance()
-        for column_key, value in values.items():
-            set_committed_value(instance, _attribute(mapper, column_key), value)
-        make_transient_to_detached(instance)
-        self.session.add(instance)
+        instance_state(instance).dict.update(values)
+        make_transient_to_detached(instance)  # every attribute now loaded and committed
         return instance  # type: ignore[no-any-return]
 
 
 _attributes: dict[Any, dict[str, str]] = {}
+_attribute_names: dict[tuple[Any, tuple[str, ...]], tuple[str, ...]] = {}
+_key_names: dict[Any, tuple[str, ...]] = {}
+
+
+def _attributes_of(mapper: Any, fields: tuple[str, ...]) -> tuple[str, ...]:
+    names = _attribute_names.get((mapper, fields))
+    if names is None:
+        names = _attribute_names[mapper, fields] = tuple(_attribute(mapper, f) for f in fields)
+    return names
+
+
+def _key_of(mapper: Any) -> tuple[str, ...]:
+    names = _key_names.get(mapper)
+    if names is None:
+        names = _key_names[mapper] = tuple(_attribute(mapper, c.key) for c in mapper.primary_key)
+    return names
 
 
 def _attribute(mapper: Any, column_key: str) -> str:

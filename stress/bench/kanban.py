@@ -101,7 +101,8 @@ def verify(target: Target) -> Verdict:
 
 
 def kb_consumer(target: Target, index: int, quota: int, batch: int) -> Loop:
-    """claim_next (``batch`` 0) or claim_many(limit=batch), then complete_task each."""
+    """claim_next + complete_task (``batch`` 0), or claim_many(limit=batch) + one
+    complete_many for the batch, as a batch worker would."""
     session = kb.connect(target.url)
     kb.board_stats(session)  # warm up: engine, pool, connection set-up (a read, no task)
     claimer = f"bench-{index}"
@@ -119,10 +120,12 @@ def kb_consumer(target: Target, index: int, quota: int, batch: int) -> Loop:
             if not claimed:
                 break
             # Keep the tokens: a Task is live, a later call on its session refreshes it.
-            held = [(task.id, task.claim_lock) for task in claimed]
-            for task_id, lock in held:
-                kb.complete_task(session, task_id, claim_lock=lock)
-                done.append(task_id)
+            held = [(task.id, str(task.claim_lock)) for task in claimed]
+            if batch:
+                kb.complete_many(session, held)
+            else:
+                kb.complete_task(session, held[0][0], claim_lock=held[0][1])
+            done.extend(task_id for task_id, _ in held)
         session.close()
         return done
 

@@ -26,11 +26,11 @@ def systems() -> dict[tuple[str, str], System]:
             "kb-next": (kanban.kb_next_consumer, "kb.claim_next + kb.complete_task"),
             "kb-many10": (
                 kanban.kb_many10_consumer,
-                "kb.claim_many(limit=10) + complete_task each",
+                "kb.claim_many(limit=10) + kb.complete_many of the batch",
             ),
             "kb-many50": (
                 kanban.kb_many50_consumer,
-                "kb.claim_many(limit=50) + complete_task each",
+                "kb.claim_many(limit=50) + kb.complete_many of the batch",
             ),
         }
         for key, (consumer, note) in consumers.items():
