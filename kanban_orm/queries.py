@@ -16,13 +16,17 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Integer,
+    String,
     Table,
     and_,
     bindparam,
     case,
+    column,
     delete,
     exists,
+    false,
     func,
     insert,
     literal,
@@ -31,6 +35,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql import ColumnElement, Executable, Select
 from sqlalchemy.sql.dml import ReturningUpdate
 
@@ -392,6 +397,70 @@ LOCK_PARENTS = (
     .with_for_update(read=True)
 )
 
+
+def _complete_batch() -> Select[Any]:
+    """PostgreSQL: complete a batch of held claims in one statement (complete_many).
+
+    ``:ids`` and ``:tokens`` are parallel arrays; a task whose token no longer holds it
+    is simply not in the result, and the caller rolls the whole batch back. Each run is
+    closed and one ``completed`` event written per task, as complete_task does.
+    """
+    wanted = (
+        func.unnest(
+            bindparam("ids", type_=ARRAY(BigInteger)), bindparam("tokens", type_=ARRAY(String))
+        )
+        .table_valued(column("id", BigInteger), column("token", String))
+        .render_derived(name="wanted")
+    )
+    done = (
+        update(tasks)
+        .where(
+            tasks.c.id == wanted.c.id,
+            tasks.c.status == Status.RUNNING.value,
+            tasks.c.claim_lock == wanted.c.token,
+        )
+        .values(_DONE_VALUES)
+        .returning(*tasks.c)
+        .cte("done")
+    )
+    closed = (
+        update(runs)
+        .where(runs.c.task_id == done.c.id, runs.c.ended_at.is_(None))
+        .values(
+            ended_at=utcnow(),
+            outcome="completed",
+            summary=bindparam("run_summary"),
+            **{"metadata": bindparam("run_metadata", type_=JsonDoc)},
+            error=None,
+        )
+        .returning(runs.c.id, runs.c.task_id)
+        .cte("closed")
+    )
+    logged = insert(events).from_select(
+        ["task_id", "run_id", "kind", "payload", "created_at"],
+        select(
+            done.c.id,
+            closed.c.id,
+            literal("completed"),
+            func.jsonb_build_object(literal("forced"), false()),
+            utcnow(),
+        ).select_from(done.outerjoin(closed, closed.c.task_id == done.c.id)),
+    )
+    return select(done).add_cte(logged.cte("logged"))
+
+
+#: Which of :ids have children waiting in todo (a statement after the batch's UPDATE, so
+#: its snapshot sees links committed while that UPDATE waited; see _finish_run).
+PARENTS_WITH_WAITING_CHILDREN = (
+    select(links.c.parent_id)
+    .distinct()
+    .join(tasks, tasks.c.id == links.c.child_id)
+    .where(
+        links.c.parent_id == func.any(bindparam("ids", type_=ARRAY(BigInteger))),
+        tasks.c.status == Status.TODO.value,
+    )
+)
+
 PROMOTE_CHILDREN = (
     update(tasks)
     .where(
@@ -469,6 +538,7 @@ RECLAIM_EXPIRED = (
 )
 
 FINISH_RUN = _finish_run()
+COMPLETE_BATCH = _complete_batch()
 
 # -- reads ------------------------------------------------------------------------------
 

@@ -404,12 +404,45 @@ def complete_many(
     run_metadata = check.json_object(metadata, "metadata")
 
     def work(s: Tx) -> list[Task]:
+        if s.is_postgresql:
+            return _complete_batch(s, pairs, task_result, run_summary, run_metadata)
         return [
             _complete(s, task_id, token, task_result, run_summary, run_metadata)
             for task_id, token in pairs
         ]
 
     return run_write(session, work) if pairs else []
+
+
+def _complete_batch(
+    s: Tx,
+    pairs: list[tuple[int, str]],
+    task_result: str | None,
+    summary: str | None,
+    metadata: dict[str, Any] | None,
+) -> list[Task]:
+    """PostgreSQL: the whole batch in one statement, then promotion where children wait."""
+    ids = [task_id for task_id, _ in pairs]
+    rows = s.execute(
+        q.COMPLETE_BATCH,
+        {
+            "ids": ids,
+            "tokens": [token for _, token in pairs],
+            "run_summary": summary,
+            "run_metadata": metadata,
+            "task_result": task_result,
+        },
+    ).all()
+    by_id = {row.id: row for row in rows}
+    for task_id, token in pairs:
+        if task_id not in by_id:
+            # Raising rolls back the batch; replays whose first attempt landed are fine.
+            if steps.already_landed(s, token, "completed"):
+                return [steps.load_task(s, t) for t in ids]
+            steps.explain(s, task_id, Status.DONE, token)
+    for parent_id in s.scalars(q.PARENTS_WITH_WAITING_CHILDREN, {"ids": ids}):
+        steps.promote_children(s, parent_id)
+    return [s.attach(Task, by_id[task_id]) for task_id in ids]
 
 
 def _held(claim: object) -> tuple[int, str]:

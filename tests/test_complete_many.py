@@ -79,3 +79,20 @@ def test_a_task_listed_twice_is_refused(session: Session) -> None:
 
 def test_an_empty_batch_writes_nothing(session: Session) -> None:
     assert kb.complete_many(session, []) == []
+
+
+def test_promotes_children_and_writes_the_rows_complete_task_writes(session: Session) -> None:
+    pairs = claim_batch(session, 3)
+    child = kb.create_task(session, title="child", parents=[pairs[0][0], pairs[1][0]])
+    single_id, single_token = pairs[2]
+    kb.complete_task(session, single_id, claim_lock=single_token)
+
+    kb.complete_many(session, pairs[:2])
+
+    assert kb.get_task(session, child).status == "ready"
+    assert [e.kind for e in kb.list_events(session, task_id=child)] == ["created", "promoted"]
+    for task_id, _ in pairs:
+        completed = [e for e in kb.list_events(session, task_id=task_id) if e.kind == "completed"]
+        (run,) = kb.list_runs(session, task_id)
+        assert [(e.run_id, e.payload) for e in completed] == [(run.id, {"forced": False})]
+        assert (run.outcome, run.ended_at is not None) == ("completed", True)
