@@ -72,6 +72,8 @@ class Worker:
     def __init__(self, worker: WorkerContext) -> None:
         self.worker = worker
         self.session = kb.connect(worker.config.db_url)
+        #: How many tasks the last claim() took.
+        self.held = 0
 
     def recover(self, during: str, task: int | None, error: BaseException) -> None:
         self.worker.log(DB_ERROR, task=task, during=during, error=one_line(error))
