@@ -218,8 +218,15 @@ class Tx:
         """Run ``statement``; a list of parameter sets runs it once per set, in order."""
         if params is None or isinstance(params, Mapping):
             return Rows(self._run(statement, params or {}))
+        batch = list(params)
+        if len(batch) > 1 and _writes_only(statement) and _same_keys(batch):
+            # One executemany: the driver loops in C (SQLite) or pipelines (psycopg).
+            plan = prepared(statement, self.dialect, tuple(batch[0]))
+            if not plan.expanding:
+                self._call_many(plan.sql, [plan.bind(one)[1] for one in batch])
+                return Rows([])
         found: list[Any] = []
-        for one in params:
+        for one in batch:
             found.extend(self._run(statement, one))
         return Rows(found)
 
@@ -254,6 +261,14 @@ class Tx:
         except self.dialect.loaded_dbapi.Error as error:
             raise self._translated(error, sql, values) from error
         return cursor
+
+    def _call_many(self, sql: str, values: list[Any]) -> None:
+        if self._cursor is None:
+            self._cursor = self._connection.cursor()
+        try:
+            self._cursor.executemany(sql, values)
+        except self.dialect.loaded_dbapi.Error as error:
+            raise self._translated(error, sql, values) from error
 
     def commit(self) -> None:
         """Commit through the driver (PostgreSQL; SQLite commits with ``raw("COMMIT")``)."""
@@ -306,6 +321,16 @@ class Tx:
         instance_state(instance).dict.update(values)
         make_transient_to_detached(instance)  # every attribute now loaded and committed
         return instance  # type: ignore[no-any-return]
+
+
+def _writes_only(statement: ClauseElement) -> bool:
+    """An INSERT, UPDATE or DELETE that returns no rows (so executemany can run it)."""
+    return isinstance(statement, UpdateBase) and not statement._returning
+
+
+def _same_keys(batch: list[Params]) -> bool:
+    keys = batch[0].keys()
+    return all(one.keys() == keys for one in batch)
 
 
 _attributes: dict[Any, dict[str, str]] = {}

@@ -121,9 +121,10 @@ _RELEASE_CLAIM: dict[str, Any] = {"claim_lock": None, "claim_expires": None, "cu
 # -- creating ---------------------------------------------------------------------------
 
 INSERT_TASK = insert(tasks).returning(tasks.c.id)
-INSERT_LINK = insert(links)
+# inline(): nothing reads these rows back, so PostgreSQL need not return their ids.
+INSERT_LINK = insert(links).inline()
 INSERT_COMMENT = insert(comments).returning(*comments.c)
-INSERT_EVENT = insert(events)
+INSERT_EVENT = insert(events).inline()
 INSERT_RUN = (
     insert(runs)
     .values(started_at=utcnow(), last_heartbeat_at=utcnow())
@@ -456,7 +457,7 @@ PARENTS_WITH_WAITING_CHILDREN = (
     .distinct()
     .join(tasks, tasks.c.id == links.c.child_id)
     .where(
-        links.c.parent_id == func.any(bindparam("ids", type_=ARRAY(BigInteger))),
+        links.c.parent_id.in_(bindparam("ids", expanding=True)),
         tasks.c.status == Status.TODO.value,
     )
 )

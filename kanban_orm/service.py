@@ -266,10 +266,11 @@ def _open_runs(s: Tx, claimed: list[Any], claimer: str) -> list[Any]:
                 "claim_lock": task.claim_lock,
             },
         ).scalar()
-        s.execute(
-            q.SET_CURRENT_RUN, {"task_id": task.id, "token": task.claim_lock, "run_id": run_id}
-        )
         opened.append(task._replace(current_run_id=run_id))
+    s.execute(
+        q.SET_CURRENT_RUN,
+        [{"task_id": t.id, "token": t.claim_lock, "run_id": t.current_run_id} for t in opened],
+    )
     steps.record_many(
         s,
         "claimed",
@@ -406,10 +407,7 @@ def complete_many(
     def work(s: Tx) -> list[Task]:
         if s.is_postgresql:
             return _complete_batch(s, pairs, task_result, run_summary, run_metadata)
-        return [
-            _complete(s, task_id, token, task_result, run_summary, run_metadata)
-            for task_id, token in pairs
-        ]
+        return _complete_in_steps(s, pairs, task_result, run_summary, run_metadata)
 
     return run_write(session, work) if pairs else []
 
@@ -443,6 +441,36 @@ def _complete_batch(
     for parent_id in s.scalars(q.PARENTS_WITH_WAITING_CHILDREN, {"ids": ids}):
         steps.promote_children(s, parent_id)
     return [s.attach(Task, by_id[task_id]) for task_id in ids]
+
+
+def _complete_in_steps(
+    s: Tx,
+    pairs: list[tuple[int, str]],
+    task_result: str | None,
+    summary: str | None,
+    metadata: dict[str, Any] | None,
+) -> list[Task]:
+    """SQLite (statements cost no round trip): each task's UPDATE and run, the events in
+    one executemany, then promotion where children wait."""
+    done = []
+    for task_id, token in pairs:
+        row = s.execute(
+            q.COMPLETE_HELD, {"task_id": task_id, "token": token, "task_result": task_result}
+        ).first()
+        if row is None:
+            if steps.already_landed(s, token, "completed"):
+                return [steps.load_task(s, t) for t, _ in pairs]
+            steps.explain(s, task_id, Status.DONE, token)
+        done.append(row)
+    entries = [
+        (row.id, steps.close_run(s, row.id, "completed", summary=summary, metadata=metadata))
+        for row in done
+    ]
+    steps.record_many(s, "completed", [(t, run, {"forced": False}) for t, run in entries])
+    ids = [row.id for row in done]
+    for parent_id in s.scalars(q.PARENTS_WITH_WAITING_CHILDREN, {"ids": ids}):
+        steps.promote_children(s, parent_id)
+    return [s.attach(Task, row) for row in done]
 
 
 def _held(claim: object) -> tuple[int, str]:
