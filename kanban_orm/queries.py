@@ -377,6 +377,16 @@ LOCK_WAITING_CHILDREN = (
     .order_by(tasks.c.id)
     .with_for_update(of=tasks)
 )
+#: Lock the children of :task_id that have not started (a reopened parent's).
+LOCK_UNSTARTED_CHILDREN = (
+    select(tasks.c.id)
+    .where(
+        tasks.c.status.in_([Status.TODO.value, Status.READY.value]),
+        tasks.c.id.in_(select(links.c.child_id).where(links.c.parent_id == bindparam("task_id"))),
+    )
+    .order_by(tasks.c.id)
+    .with_for_update(of=tasks)
+)
 #: Lock one task (a child about to be re-checked).
 LOCK_TASK = select(tasks.c.id).where(tasks.c.id == bindparam("task_id")).with_for_update()
 #: Share-lock a task's parents before deciding between ready and todo for it (specify,

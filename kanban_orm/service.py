@@ -636,7 +636,7 @@ def unblock_task(session: Session, task_id: int) -> Task:
     task_id = check.task_id(task_id)
 
     def work(s: Tx) -> Task:
-        s.execute(q.LOCK_PARENTS_OF, {"task_id": task_id})
+        steps.lock_for_ready_or_todo(s, task_id)
         status = s.execute(q.UNBLOCK, {"task_id": task_id}).scalar()
         if status is None:
             steps.explain(s, task_id, Status.READY, None, needs=(Status.BLOCKED,))

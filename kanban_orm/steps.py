@@ -195,6 +195,15 @@ def wait_for_event_writers(s: Session) -> None:
             s.execute(statement)
 
 
+def lock_for_ready_or_todo(s: Tx, task_id: int) -> None:
+    """Before deciding between ready and todo for a task: lock it (a concurrent
+    link_tasks locks it too, so its new link is seen) and then share-lock its parents
+    (a parent finishing meanwhile is then seen, or sees this task). Two statements:
+    the second must see what committed while the first waited."""
+    s.execute(q.LOCK_TASK, {"task_id": task_id})
+    s.execute(q.LOCK_PARENTS_OF, {"task_id": task_id})
+
+
 def promote_children(s: Tx, task_id: int) -> None:
     """Children of a now-finished task whose parents are all finished become ready."""
     if not s.execute(q.LOCK_WAITING_CHILDREN, {"task_id": task_id}).first():

@@ -41,6 +41,9 @@ def link_tasks(session: Session, parent_id: int, child_id: int) -> Task:
     def work(s: Tx) -> Task:
         steps.require_tasks(s, [child_id])
         steps.lock_parents(s, [parent_id])
+        # The child too: a specify/unblock/... deciding ready-or-todo for it meanwhile
+        # would not see this link and could make it ready (see queries.LOCK_PARENTS_OF).
+        s.execute(q.LOCK_TASK, {"task_id": child_id})
         if s.is_postgresql:
             s.execute(q.LOCK_LINK_GRAPH, {"key": q.LINK_GRAPH_LOCK_KEY})
         if s.execute(q.LINK_EXISTS, ids).first() is not None:
@@ -90,7 +93,7 @@ def specify_task(session: Session, task_id: int) -> Task:
     task_id = check.task_id(task_id)
 
     def work(s: Tx) -> Task:
-        s.execute(q.LOCK_PARENTS_OF, {"task_id": task_id})
+        steps.lock_for_ready_or_todo(s, task_id)
         status = s.execute(q.SPECIFY, {"task_id": task_id}).scalar()
         if status is None:
             steps.explain(s, task_id, Status.READY, None, needs=(Status.TRIAGE,))
@@ -163,7 +166,7 @@ def request_changes(
     who = check.name(reviewer, "reviewer")
 
     def work(s: Tx) -> Task:
-        s.execute(q.LOCK_PARENTS_OF, {"task_id": task_id})
+        steps.lock_for_ready_or_todo(s, task_id)
         status = s.execute(q.REQUEST_CHANGES, {"task_id": task_id}).scalar()
         if status is None:
             steps.explain(s, task_id, Status.READY, None, needs=(Status.REVIEW,))
@@ -182,11 +185,15 @@ def reopen_task(session: Session, task_id: int, *, reason: str | None = None) ->
     why = check.text(reason, "reason")
 
     def work(s: Tx) -> Task:
-        s.execute(q.LOCK_PARENTS_OF, {"task_id": task_id})
+        steps.lock_for_ready_or_todo(s, task_id)
         status = s.execute(q.REOPEN, {"task_id": task_id}).scalar()
         if status is None:
             steps.explain(s, task_id, Status.READY, None, needs=(Status.DONE,))
         steps.record(s, task_id, "reopened", payload={"reason": why, "status": status})
+        # Lock the children first, as a statement of its own: a finisher of another
+        # parent promoting one of them meanwhile either committed before (the demote
+        # then sees it ready) or waits and then sees this task reopened.
+        s.execute(q.LOCK_UNSTARTED_CHILDREN, {"task_id": task_id})
         demoted = s.execute(q.DEMOTE_CHILDREN, {"task_id": task_id}).scalars().all()
         steps.record_many(s, "waiting", [(c, None, {"parent_id": task_id}) for c in demoted])
         return steps.load_task(s, task_id)

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
+from kanban_orm import steps
 
 from . import workers
 
@@ -144,3 +145,60 @@ def test_a_child_deciding_ready_or_todo_while_its_last_parent_finishes_is_not_st
 def _with_session(url: str, move: Callable[[Session], object]) -> None:
     with kb.connect(url) as s:
         move(s)
+
+
+def _hold_open_after(monkeypatch: pytest.MonkeyPatch, name: str, kind: str) -> threading.Event:
+    """Make the transaction that records ``kind`` (through steps.``name``) linger 1 s
+    after recording it, still open; the event says it got there."""
+    reached = threading.Event()
+    real = getattr(steps, name)
+
+    def lingering(s: Any, *args: Any, **kw: Any) -> None:
+        real(s, *args, **kw)
+        if kind in args and not reached.is_set():
+            reached.set()
+            time.sleep(1.0)
+
+    monkeypatch.setattr(steps, name, lingering)
+    return reached
+
+
+def test_specify_while_a_new_parent_is_being_linked_waits_for_the_link(
+    db_url: str, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (review): specify share-locked only the parents its snapshot could see,
+    so a link being added meanwhile was missed and the child became ready under an
+    unfinished parent."""
+    parent = kb.create_task(session, title="parent")
+    child = kb.create_task(session, title="child", triage=True)
+    linked = _hold_open_after(monkeypatch, "record", "linked")
+    linker = threading.Thread(
+        target=lambda: _with_session(db_url, lambda s: kb.link_tasks(s, parent, child))
+    )
+    linker.start()
+    assert linked.wait(30)
+    specified = kb.specify_task(session, child)
+    linker.join(timeout=30)
+    assert specified.status == "todo"
+    assert kb.get_task(session, child).status == "todo"
+
+
+def test_reopening_a_parent_while_another_parent_finishes_leaves_the_child_waiting(
+    db_url: str, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (review): a finisher of the other parent promoted the child from a
+    snapshot in which the reopened parent was still done."""
+    first, first_token = claimed(session, "first parent")
+    kb.complete_task(session, first, claim_lock=first_token)
+    second, second_token = claimed(session, "second parent")
+    child = kb.create_task(session, title="child", parents=[first, second])
+    reopened = _hold_open_after(monkeypatch, "record_many", "waiting")
+    reopener = threading.Thread(
+        target=lambda: _with_session(db_url, lambda s: kb.reopen_task(s, first))
+    )
+    reopener.start()
+    assert reopened.wait(30)
+    kb.complete_task(session, second, claim_lock=second_token)
+    reopener.join(timeout=30)
+    assert kb.get_task(session, first).status == "ready"
+    assert kb.get_task(session, child).status == "todo"
