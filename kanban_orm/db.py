@@ -354,7 +354,13 @@ def _attempt_on_pool(
     """
     pooled = engine.raw_connection()
     connection: Any = pooled.dbapi_connection
-    tx = Tx(connection, engine.dialect, session, pooled.invalidate)
+    tx = Tx(
+        connection,
+        engine.dialect,
+        session,
+        pooled.invalidate,
+        hide_parameters=engine.hide_parameters,
+    )
     sqlite = engine.dialect.name == "sqlite"
     autocommit = one_statement and not sqlite
     try:
@@ -371,6 +377,8 @@ def _attempt_on_pool(
     except BaseException:
         if not autocommit:
             _roll_back_quietly(pooled, sqlite)
+        for instance in tx.refreshed:
+            session.expire(instance)
         raise
     finally:
         tx.close()
@@ -403,7 +411,11 @@ def _attempt_in_session(session: Session, work: Callable[[Tx], T]) -> T:
 def _work_on_session_connection(session: Session, work: Callable[[Tx], T]) -> T:
     connection = session.connection()  # already begun: as a write by _write_transaction
     tx = Tx(
-        connection.connection.dbapi_connection, connection.dialect, session, connection.invalidate
+        connection.connection.dbapi_connection,
+        connection.dialect,
+        session,
+        connection.invalidate,
+        hide_parameters=connection.engine.hide_parameters,
     )
     try:
         return work(tx)

@@ -104,7 +104,8 @@ class Prepared:
             params = {**self.defaults, **params}
         if self.expanding:
             state = self.compiled.construct_expanded_state(params)
-            values = _processed(state.parameters, state.processors)
+            # The expanded state brings processors for the expanded IN values only.
+            values = _processed(state.parameters, {**self.processors, **state.processors})
             if state.positiontup is None:
                 return state.statement, values
             return state.statement, tuple(values[name] for name in state.positiontup)
@@ -166,7 +167,9 @@ def _result_columns(statement: ClauseElement) -> list[Any]:
     return list(selected) if selected is not None else []
 
 
-_cache: dict[tuple[int, str, tuple[str, ...]], tuple[ClauseElement, Prepared]] = {}
+#: Keyed by the dialect object itself (each Engine has its own): two engines may differ
+#: in driver, parameter style or JSON serializer.
+_cache: dict[tuple[int, int, tuple[str, ...]], tuple[ClauseElement, Dialect, Prepared]] = {}
 _cache_lock = threading.Lock()
 #: Far above the library's own statements (a few hundred with every filter combination).
 _CACHE_LIMIT = 2000
@@ -176,23 +179,23 @@ def prepared(statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...]) 
     """The compiled form of ``statement``, made on first use. Statements are the named,
     long-lived objects of :mod:`kanban_orm.queries`; the entry holds the statement so
     its id cannot be reused by another object."""
-    key = (id(statement), dialect.name, keys)
+    key = (id(statement), id(dialect), keys)
     hit = _cache.get(key)
-    if hit is not None and hit[0] is statement:
-        return hit[1]
+    if hit is not None and hit[0] is statement and hit[1] is dialect:
+        return hit[2]
     made = Prepared(statement, dialect, keys)
     with _cache_lock:
         if len(_cache) >= _CACHE_LIMIT:
             _cache.clear()  # statements built per call would otherwise pile up here
-        _cache[key] = (statement, made)
+        _cache[key] = (statement, dialect, made)
     return made
 
 
 class Tx:
     """One write transaction's statements, on the driver connection the caller opened.
 
-    ``session`` is the caller's Session: the tasks a transition returns are attached to
-    it (or refresh the objects it already holds), as the ORM would have.
+    ``session`` is the caller's Session: a task a transition returns refreshes the
+    instance it already holds, else comes back detached (see :meth:`attach`).
     """
 
     def __init__(
@@ -201,9 +204,15 @@ class Tx:
         dialect: Dialect,
         session: Session,
         on_disconnect: Callable[[], None],
+        *,
+        hide_parameters: bool = False,
     ) -> None:
         self.dialect = dialect
         self.session = session
+        #: Instances of the Session refreshed in place: if the transaction then fails,
+        #: the caller expires them, so no value that never committed stays visible.
+        self.refreshed: list[object] = []
+        self._hide_parameters = hide_parameters
         self._connection = dbapi_connection
         self._cursor: Any = None
         self._on_disconnect = on_disconnect
@@ -288,6 +297,7 @@ class Tx:
             self.dialect.loaded_dbapi.Error,
             connection_invalidated=gone,
             dialect=self.dialect,
+            hide_parameters=self._hide_parameters,
         )
         return translated
 
@@ -316,6 +326,7 @@ class Tx:
             # As a load with populate_existing: the new values become the committed ones
             # (the ORM's own loader does this; one call instead of one per attribute).
             state._commit_all(state.dict)
+            self.refreshed.append(held)
             return held  # type: ignore[no-any-return]
         instance = mapper.class_manager.new_instance()
         instance_state(instance).dict.update(values)

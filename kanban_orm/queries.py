@@ -3,11 +3,11 @@
 This module is the only place SQL is written. Each task UPDATE is a compare-and-swap:
 its WHERE clause names the state it expects (and, for a fenced call, the caller's
 claim_lock), and it bumps ``version``. Zero rows back means the expectation did not
-hold; the service then explains why (:func:`kanban_orm.service._explain`), never
+hold; the service then explains why (:func:`kanban_orm.steps.explain`), never
 retries blindly.
 
-Statements are module constants (or cached per filter combination), so SQLAlchemy's
-compiled cache serves every call after the first.
+Statements are module constants (or cached per filter combination), so each is
+compiled once per dialect (:mod:`kanban_orm.driver`) and run with parameters.
 """
 
 from __future__ import annotations
@@ -553,7 +553,9 @@ COMPLETE_BATCH = _complete_batch()
 
 # -- reads ------------------------------------------------------------------------------
 
-RUN_OUTCOME_BY_TOKEN = select(runs.c.outcome).where(runs.c.claim_lock == bindparam("token"))
+RUN_OUTCOME_BY_TOKEN = select(runs.c.outcome).where(
+    runs.c.task_id == bindparam("task_id"), runs.c.claim_lock == bindparam("token")
+)
 TASK_STATE = select(
     tasks.c.status, tasks.c.claim_lock, tasks.c.attempts, tasks.c.max_attempts
 ).where(tasks.c.id == bindparam("task_id"))

@@ -435,7 +435,7 @@ def _complete_batch(
     for task_id, token in pairs:
         if task_id not in by_id:
             # Raising rolls back the batch; replays whose first attempt landed are fine.
-            if steps.already_landed(s, token, "completed"):
+            if steps.already_landed(s, task_id, token, "completed"):
                 return [steps.load_task(s, t) for t in ids]
             steps.explain(s, task_id, Status.DONE, token)
     for parent_id in s.scalars(q.PARENTS_WITH_WAITING_CHILDREN, {"ids": ids}):
@@ -452,13 +452,15 @@ def _complete_in_steps(
 ) -> list[Task]:
     """SQLite (statements cost no round trip): each task's UPDATE and run, the events in
     one executemany, then promotion where children wait."""
-    done = []
+    done: list[Any] = []
     for task_id, token in pairs:
         row = s.execute(
             q.COMPLETE_HELD, {"task_id": task_id, "token": token, "task_result": task_result}
         ).first()
         if row is None:
-            if steps.already_landed(s, token, "completed"):
+            # Only a replay whose whole batch had landed finds the first pair done
+            # (the batch is one transaction); anything later is a real loss.
+            if not done and steps.already_landed(s, task_id, token, "completed"):
                 return [steps.load_task(s, t) for t, _ in pairs]
             steps.explain(s, task_id, Status.DONE, token)
         done.append(row)
@@ -497,7 +499,7 @@ def _complete(
         statement, {"task_id": task_id, "token": token, "task_result": task_result}
     ).first()
     if done is None:
-        if steps.already_landed(s, token, "completed"):
+        if steps.already_landed(s, task_id, token, "completed"):
             return steps.load_task(s, task_id)
         steps.explain(s, task_id, Status.DONE, token)
     steps.finish_run(
@@ -532,7 +534,7 @@ def fail_task(
         if state is None:
             raise TaskNotFound(task_id)
         if state.claim_lock != token:
-            if steps.already_landed(s, token, "failed"):
+            if steps.already_landed(s, task_id, token, "failed"):
                 return steps.load_task(s, task_id)
             raise ClaimLost(task_id)
         cap = state.max_attempts or config.max_attempts()
@@ -592,7 +594,7 @@ def release_task(
     def work(s: Tx) -> Task:
         released = s.execute(q.RELEASE_HELD, {"task_id": task_id, "token": token}).first()
         if released is None:
-            if steps.already_landed(s, token, "released"):
+            if steps.already_landed(s, task_id, token, "released"):
                 return steps.load_task(s, task_id)
             steps.explain(s, task_id, Status.READY, token)
         steps.finish_run(s, task_id, "released", {"reason": why}, summary=why)
@@ -618,7 +620,7 @@ def block_task(
     def work(s: Tx) -> Task:
         moved = s.execute(statement, {"task_id": task_id, "token": token, "reason": why}).first()
         if moved is None:
-            if steps.already_landed(s, token, "blocked"):
+            if steps.already_landed(s, task_id, token, "blocked"):
                 return steps.load_task(s, task_id)
             steps.explain(s, task_id, Status.BLOCKED, token)
         # Closes the run of a running task; a task that was not running has none.

@@ -115,7 +115,7 @@ def record_many(
         )
 
 
-def already_landed(s: Tx, token: str | None, outcome: str) -> bool:
+def already_landed(s: Tx, task_id: int, token: str | None, outcome: str) -> bool:
     """True when this call is a replay after a dropped connection and its first attempt
     had in fact committed: the claim's run is already closed with ``outcome``.
 
@@ -125,7 +125,7 @@ def already_landed(s: Tx, token: str | None, outcome: str) -> bool:
     """
     if token is None or not replaying_after_disconnect():
         return False
-    landed = s.execute(q.RUN_OUTCOME_BY_TOKEN, {"token": token}).scalar()
+    landed = s.execute(q.RUN_OUTCOME_BY_TOKEN, {"task_id": task_id, "token": token}).scalar()
     return bool(landed == outcome)
 
 

@@ -35,6 +35,9 @@ def upgrade() -> None:
         "LANGUAGE plpgsql AS $$ BEGIN "
         f"PERFORM pg_advisory_xact_lock_shared({LOCK_KEY}); RETURN NULL; END $$"
     )
+    # A database made with create_all() (which installs the guard too) and then stamped
+    # at kb0002 already has the trigger.
+    op.execute("DROP TRIGGER IF EXISTS kanban_task_events_guard ON kanban_task_events")
     op.execute(
         "CREATE TRIGGER kanban_task_events_guard BEFORE INSERT ON kanban_task_events "
         "FOR EACH STATEMENT EXECUTE FUNCTION kanban_event_log_guard()"
