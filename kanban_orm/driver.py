@@ -11,7 +11,9 @@ Values still go through the same type processing SQLAlchemy would apply (datetim
 text on SQLite, JSON documents), so rows written here read back through the ORM exactly
 as rows written by the ORM. Driver errors are raised as SQLAlchemy's own exception types
 (``IntegrityError``, ``OperationalError``, ... with ``connection_invalidated``), so the
-retry layer and callers see one family of errors whichever path ran.
+retry layer and callers see one family of errors whichever path ran. What this path
+does not do: engine events (``before_cursor_execute``, ``handle_error``) and ``echo``
+logging do not see these statements, since they never pass through a Connection.
 """
 
 from __future__ import annotations
