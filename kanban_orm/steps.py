@@ -129,6 +129,15 @@ def already_landed(s: Tx, task_id: int, token: str | None, outcome: str) -> bool
     return bool(landed == outcome)
 
 
+def refused(s: Tx, task_id: int, target: Status, token: str | None, outcome: str) -> Task:
+    """A fenced UPDATE matched no row: the task as it stands when this is a replay whose
+    first attempt had landed with ``outcome`` (see :func:`already_landed`), else the
+    error that says why (:func:`explain`)."""
+    if already_landed(s, task_id, token, outcome):
+        return load_task(s, task_id)
+    explain(s, task_id, target, token)
+
+
 def explain(
     s: Tx,
     task_id: int,
