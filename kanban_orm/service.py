@@ -499,9 +499,7 @@ def _complete(
         statement, {"task_id": task_id, "token": token, "task_result": task_result}
     ).first()
     if done is None:
-        if steps.already_landed(s, task_id, token, "completed"):
-            return steps.load_task(s, task_id)
-        steps.explain(s, task_id, Status.DONE, token)
+        return steps.refused(s, task_id, Status.DONE, token, "completed")
     steps.finish_run(
         s,
         task_id,
@@ -594,9 +592,7 @@ def release_task(
     def work(s: Tx) -> Task:
         released = s.execute(q.RELEASE_HELD, {"task_id": task_id, "token": token}).first()
         if released is None:
-            if steps.already_landed(s, task_id, token, "released"):
-                return steps.load_task(s, task_id)
-            steps.explain(s, task_id, Status.READY, token)
+            return steps.refused(s, task_id, Status.READY, token, "released")
         steps.finish_run(s, task_id, "released", {"reason": why}, summary=why)
         return s.attach(Task, released)
 
@@ -620,9 +616,7 @@ def block_task(
     def work(s: Tx) -> Task:
         moved = s.execute(statement, {"task_id": task_id, "token": token, "reason": why}).first()
         if moved is None:
-            if steps.already_landed(s, task_id, token, "blocked"):
-                return steps.load_task(s, task_id)
-            steps.explain(s, task_id, Status.BLOCKED, token)
+            return steps.refused(s, task_id, Status.BLOCKED, token, "blocked")
         # Closes the run of a running task; a task that was not running has none.
         steps.finish_run(s, task_id, "blocked", {"reason": why}, error=why)
         return s.attach(Task, moved)

@@ -124,9 +124,7 @@ def submit_for_review(
 
     def work(s: Tx) -> Task:
         if s.execute(q.SUBMIT_FOR_REVIEW, params).first() is None:
-            if steps.already_landed(s, task_id, token, "submitted"):
-                return steps.load_task(s, task_id)
-            steps.explain(s, task_id, Status.REVIEW, token)
+            return steps.refused(s, task_id, Status.REVIEW, token, "submitted")
         run_id = steps.close_run(
             s, task_id, "submitted", summary=run_summary, metadata=run_metadata
         )
