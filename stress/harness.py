@@ -58,6 +58,9 @@ POLL_SECONDS = 0.1
 #: Worker log kind for a database error that reached the worker (raw driver error or
 #: DatabaseBusy): what the seed's invariant 6 counts.
 DB_ERROR = "db_error"
+#: The errors a worker survives and logs as DB_ERROR: each is a finding for the checks,
+#: not a crash.
+DB_ERRORS = (sa.exc.DBAPIError, kb.DatabaseBusy)
 #: Worker log kinds the harness itself writes.
 READY, EXIT, CRASH, TIMED_OUT = "ready", "exit", "crash", "timed_out"
 #: The casualty line added when a worker could not start: no work ran at all.
@@ -158,6 +161,23 @@ def one_line(error: BaseException, limit: int = 200) -> str:
 
 
 # -- inside a worker process ------------------------------------------------------------
+
+
+class StallWatch:
+    """Notices a measure of progress (tasks left, the newest event id) that has not
+    moved for ``seconds``, so a worker on a board that cannot finish stops by itself."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.last: Any = None
+        self._since = time.monotonic()
+
+    def stalled(self, value: Any) -> bool:
+        now = time.monotonic()
+        if value != self.last:
+            self.last, self._since = value, now
+            return False
+        return now - self._since > self.seconds
 
 
 class WorkerContext:

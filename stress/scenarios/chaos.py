@@ -21,7 +21,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import exc, select, text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
@@ -29,12 +29,14 @@ import kanban_orm as kb
 from .. import invariants as inv
 from ..harness import (
     DB_ERROR,
+    DB_ERRORS,
     TRANSACTION,
     WORKING,
     Chaos,
     Check,
     Config,
     Outcome,
+    StallWatch,
     WorkerContext,
     one_line,
 )
@@ -58,7 +60,6 @@ STALL_SECONDS = 30.0
 #: Log kinds: a ClaimLost for a claim whose run had in fact completed (the kernel
 #: reported a landed completion as lost), and a replaced session.
 FALSE_CLAIM_LOST, RECONNECTED = "false_claim_lost", "reconnected"
-DB_ERRORS = (exc.DBAPIError, kb.DatabaseBusy)
 
 
 def setup(session: Session, config: Config) -> None:
@@ -86,7 +87,7 @@ class Worker:
 
     def run(self) -> None:
         worker = self.worker
-        last_left, last_change = -1, time.monotonic()
+        progress = StallWatch(STALL_SECONDS)
         while not worker.out_of_time():
             for task in self.claim():
                 self.finish(task)
@@ -99,9 +100,7 @@ class Worker:
                 continue
             if not left:
                 return
-            if left != last_left:
-                last_left, last_change = left, time.monotonic()
-            elif time.monotonic() - last_change > STALL_SECONDS:
+            if progress.stalled(left):
                 worker.log(STALLED, left=left, seconds=STALL_SECONDS)
                 return
             time.sleep(worker.random.uniform(*IDLE_MS) / 1000)

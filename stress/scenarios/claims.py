@@ -12,12 +12,12 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import exc, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
 
-from ..harness import DB_ERROR, Check, Config, Outcome, WorkerContext, one_line
+from ..harness import DB_ERROR, DB_ERRORS, Check, Config, Outcome, WorkerContext, one_line
 
 DESCRIPTION = "workers race claim_task on the same ready tasks, then complete them"
 #: The seed's exit rule: the ready pool must stay empty this many polls in a row.
@@ -27,8 +27,6 @@ EMPTY_POLLS_BEFORE_EXIT = 20
 PICK_AMONG = 3
 #: Log kinds: a claim taken away before completion, and any other kernel error.
 CLAIM_LOST, KANBAN_ERROR = "claim_lost", "kanban_error"
-#: Errors a worker survives and logs: each is a finding for the checks, not a crash.
-DB_ERRORS = (exc.DBAPIError, kb.DatabaseBusy)
 
 
 def setup(session: Session, config: Config) -> None:

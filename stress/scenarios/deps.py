@@ -36,12 +36,21 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from sqlalchemy import exc, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
 
-from ..harness import DB_ERROR, Check, Config, Outcome, WorkerContext, one_line
+from ..harness import (
+    DB_ERROR,
+    DB_ERRORS,
+    Check,
+    Config,
+    Outcome,
+    StallWatch,
+    WorkerContext,
+    one_line,
+)
 from ..invariants import board_violations
 
 DESCRIPTION = "a DAG (fan-out, fan-in, diamonds, chains) built while workers claim and complete"
@@ -66,7 +75,6 @@ BATCH = (2, 4)
 #: errors, and a worker that stopped because the board could make no more progress.
 SHAPE, BUILT, BUILD_ERROR = "shape", "built", "build_error"
 CLAIM_LOST, KANBAN_ERROR, STUCK, STALLED = "claim_lost", "kanban_error", "stuck", "stalled"
-DB_ERRORS = (exc.DBAPIError, kb.DatabaseBusy)
 FINISHED = ("done", "archived")
 
 
@@ -121,7 +129,7 @@ def work(worker: WorkerContext) -> None:
 
 def drain(worker: WorkerContext, session: Session, expected: int) -> None:
     """Claim and complete until every planned task is done (or the board cannot move)."""
-    last_event, last_change = -1, time.monotonic()
+    progress = StallWatch(STALL_SECONDS)
     while not worker.out_of_time():
         held = claim(worker, session)
         for claimed in held:
@@ -133,7 +141,7 @@ def drain(worker: WorkerContext, session: Session, expected: int) -> None:
             counts, newest = board(session)
         except DB_ERRORS as error:
             worker.log(DB_ERROR, task=None, during="board poll", error=one_line(error))
-            counts, newest = Counter(), last_event
+            counts, newest = Counter(), progress.last
         if counts["done"] >= expected:
             return
         if _stuck(counts, expected):
@@ -144,9 +152,7 @@ def drain(worker: WorkerContext, session: Session, expected: int) -> None:
             session.rollback()
             worker.log(STUCK, todo=todo, counts=dict(counts))
             return
-        if newest != last_event:
-            last_event, last_change = newest, time.monotonic()
-        elif time.monotonic() - last_change > STALL_SECONDS:
+        if progress.stalled(newest):
             worker.log(STALLED, counts=dict(counts), seconds=STALL_SECONDS)
             return
         time.sleep(worker.random.uniform(*IDLE_MS) / 1000)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import exc, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
@@ -28,11 +28,13 @@ from kanban_orm.clock import utcnow
 from .. import invariants as inv
 from ..harness import (
     DB_ERROR,
+    DB_ERRORS,
     TRANSACTION,
     WORKING,
     Check,
     Config,
     Outcome,
+    StallWatch,
     WorkerContext,
     one_line,
 )
@@ -72,7 +74,6 @@ STALL_SECONDS = 30.0
 CLAIM_LOST, REFUSED, KANBAN_ERROR, STALLED = "claim_lost", "refused", "kanban_error", "stalled"
 #: Event kinds the workers log when their call committed (and ``reclaimed``, with a count).
 EVENT_KINDS = ("claimed", "completed", "failed", "released", "blocked", "unblocked", "reclaimed")
-DB_ERRORS = (exc.DBAPIError, kb.DatabaseBusy)
 
 
 def setup(session: Session, config: Config) -> None:
@@ -127,7 +128,7 @@ def pick(session: Session, status: str, n: int = PICK_AMONG) -> list[int]:
 
 
 def churn(worker: WorkerContext, session: Session) -> None:
-    last_left, last_change = -1, time.monotonic()
+    progress = StallWatch(STALL_SECONDS)
     while not worker.out_of_time():
         try:
             roll = worker.random.random()
@@ -153,9 +154,7 @@ def churn(worker: WorkerContext, session: Session) -> None:
             continue
         if not left:
             return
-        if left != last_left:
-            last_left, last_change = left, time.monotonic()
-        elif time.monotonic() - last_change > STALL_SECONDS:
+        if progress.stalled(left):
             worker.log(STALLED, left=left, seconds=STALL_SECONDS)
             return
         time.sleep(worker.random.uniform(*IDLE_MS) / 1000)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import exc, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
@@ -24,11 +24,13 @@ import kanban_orm as kb
 from .. import invariants as inv
 from ..harness import (
     DB_ERROR,
+    DB_ERRORS,
     TRANSACTION,
     WORKING,
     Check,
     Config,
     Outcome,
+    StallWatch,
     WorkerContext,
     one_line,
 )
@@ -65,7 +67,6 @@ STALL_SECONDS = 30.0
 #: Log kinds: a late call refused as it must be, one accepted (a violation), and an
 #: expired lease that nobody reclaimed in time (a finding).
 LATE_REFUSED, LATE_ACCEPTED, NOT_RECLAIMED = "late_refused", "late_accepted", "not_reclaimed"
-DB_ERRORS = (exc.DBAPIError, kb.DatabaseBusy)
 
 
 def setup(session: Session, config: Config) -> None:
@@ -75,7 +76,7 @@ def setup(session: Session, config: Config) -> None:
 
 def work(worker: WorkerContext) -> None:
     session = kb.connect(worker.config.db_url)
-    last_left, last_change = -1, time.monotonic()
+    progress = StallWatch(STALL_SECONDS)
     try:
         while not worker.out_of_time():
             if worker.index == 0:
@@ -95,9 +96,7 @@ def work(worker: WorkerContext) -> None:
                 continue
             if not left:
                 return
-            if left != last_left:
-                last_left, last_change = left, time.monotonic()
-            elif time.monotonic() - last_change > STALL_SECONDS:
+            if progress.stalled(left):
                 worker.log(STALLED, left=left, seconds=STALL_SECONDS)
                 return
             time.sleep(worker.random.uniform(*IDLE_MS) / 1000)
