@@ -55,6 +55,25 @@ def _utcnow_postgresql(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str
     return f"({now} + make_interval(secs => {offset}))" if offset is not None else now
 
 
+class utcnow_at_statement_start(utcnow):
+    """The current time as of the statement's start, for comparisons that should use an
+    index: PostgreSQL uses ``clock_timestamp()`` (volatile) in a condition only as a
+    filter, row by row, but ``statement_timestamp()`` (stable) as an index bound.
+    SQLite's ``'now'`` is the statement's time already."""
+
+    inherit_cache = True
+    name = "kanban_utcnow_at_statement_start"
+
+
+@compiles(utcnow_at_statement_start, "postgresql")
+def _statement_start_postgresql(
+    element: utcnow_at_statement_start, compiler: SQLCompiler, **kw: Any
+) -> str:
+    if list(element.clauses):
+        raise CompileError("utcnow_at_statement_start takes no offset")
+    return "timezone('UTC', statement_timestamp())"
+
+
 @compiles(utcnow)
 def _utcnow_default(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
     raise CompileError(f"kanban_orm supports SQLite and PostgreSQL, not {compiler.dialect.name!r}")

@@ -28,9 +28,11 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, configure_mappers, make_transient_to_detached
 from sqlalchemy.orm.attributes import instance_state
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql import ClauseElement, sqltypes
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert, Update, UpdateBase
+from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.types import TypeDecorator
 
 M = TypeVar("M")
 Params = Mapping[str, Any]
@@ -75,8 +77,9 @@ class Prepared:
     __slots__ = (
         "compiled",
         "defaults",
-        "expanding",
+        "expanded",
         "names",
+        "per_call",
         "processors",
         "result",
         "row_type",
@@ -84,15 +87,16 @@ class Prepared:
     )
 
     def __init__(self, statement: ClauseElement, dialect: Dialect, keys: Sequence[str]) -> None:
-        # INSERT and UPDATE without explicit values compile to the columns passed.
-        column_keys = list(keys) if isinstance(statement, Insert | Update) else None
-        compiled: SQLCompiler = statement.compile(dialect=dialect, column_keys=column_keys)  # type: ignore[assignment]
+        compiled = _compile(statement, dialect, keys)
         self.compiled = compiled
         self.sql = compiled.string
-        self.expanding = _POSTCOMPILE in self.sql
         self.names = compiled.positiontup if dialect.positional else None
         self.processors = _bind_processors(compiled, dialect)
         self.defaults = _python_defaults(compiled)
+        #: Parameters rendered into the SQL at execution (IN lists, a LIMIT): per call.
+        self.per_call = _rendered_per_call(compiled)
+        #: SQL and parameter order per value of rendered scalars (a LIMIT), made on first use.
+        self.expanded: dict[tuple[Any, ...], tuple[str, Any]] = {}
         columns = _result_columns(statement)
         self.result = [
             c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
@@ -100,21 +104,33 @@ class Prepared:
         keys_out = [getattr(c, "key", None) or f"c{i}" for i, c in enumerate(columns)]
         self.row_type = namedtuple("Row", keys_out, rename=True) if columns else None
 
+    def _expand(self, params: Params) -> tuple[str, Any]:
+        state = self.compiled.construct_expanded_state(params)
+        return state.statement, state.positiontup
+
     def bind(self, params: Params) -> tuple[str, Any]:
         """The SQL and the driver's parameters (a tuple or a dict) for one call."""
         if self.defaults:
             params = {**self.defaults, **params}
-        if self.expanding:
-            state = self.compiled.construct_expanded_state(params)
-            # The expanded state brings processors for the expanded IN values only.
-            values = _processed(state.parameters, {**self.processors, **state.processors})
-            if state.positiontup is None:
-                return state.statement, values
-            return state.statement, tuple(values[name] for name in state.positiontup)
+        sql, names = self.sql, self.names
+        if self.per_call:
+            rendered = tuple(params.get(name) for name in self.per_call)
+            if any(isinstance(value, list | tuple) for value in rendered):
+                # IN lists add parameters of their own, with processors of their own.
+                state = self.compiled.construct_expanded_state(params)
+                values = _processed(state.parameters, {**self.processors, **state.processors})
+                if state.positiontup is None:
+                    return state.statement, values
+                return state.statement, tuple(values[name] for name in state.positiontup)
+            found = self.expanded.get(rendered)
+            if found is None:
+                found = self.expanded[rendered] = self._expand(params)
+            sql, names = found
+            names = names if self.names is not None else None
         values = _processed(self.compiled.construct_params(params), self.processors)
-        if self.names is None:
-            return self.sql, values
-        return self.sql, tuple(values[name] for name in self.names)
+        if names is None:
+            return sql, values
+        return sql, tuple(values[name] for name in names)
 
     def rows(self, raw: list[Any], description: Any) -> list[Any]:
         if self.row_type is None:
@@ -139,6 +155,63 @@ def _processed(values: Any, processors: Mapping[str, Any]) -> Any:
         if name in values:
             values[name] = process(values[name])
     return values
+
+
+def _compile(statement: ClauseElement, dialect: Dialect, keys: Sequence[str]) -> SQLCompiler:
+    # INSERT and UPDATE without explicit values compile to the columns passed.
+    column_keys = list(keys) if isinstance(statement, Insert | Update) else None
+    compiler = _constants_inline(dialect.statement_compiler)
+    return compiler(dialect, statement, column_keys=column_keys)
+
+
+_inline_compilers: dict[type[SQLCompiler], type[SQLCompiler]] = {}
+
+
+def _constants_inline(base: type[SQLCompiler]) -> type[SQLCompiler]:
+    """The dialect's compiler, rendering the constants of a statement (the values written
+    into :mod:`kanban_orm.queries`: statuses, the 1 of ``version + 1``) into its SQL
+    instead of binding them.
+
+    Hand-written SQL spells them out, and PostgreSQL plans by them: its statistics say
+    how rare ``status = 'running'`` is, but not ``status = $3``. A prepared statement
+    whose generic plan costs more than the plans made for the actual values is planned
+    afresh on every call, which cost more than running the statement.
+    """
+    compiler = _inline_compilers.get(base)
+    if compiler is None:
+
+        class InlineConstants(base):  # type: ignore[valid-type,misc]
+            def visit_bindparam(self, bindparam: BindParameter[Any], **kw: Any) -> str:
+                if _is_constant(bindparam) and _renders_inline(bindparam, self.dialect):
+                    kw["literal_binds"] = True
+                return super().visit_bindparam(bindparam, **kw)  # type: ignore[no-any-return]
+
+        compiler = _inline_compilers[base] = InlineConstants
+    return compiler
+
+
+def _is_constant(bind: BindParameter[Any]) -> bool:
+    """A value (or, for ``IN``, a list of them) given where the statement was written, of
+    a type rendered as plain SQL."""
+    if not bind.unique or bind.callable is not None or bind.literal_execute:
+        return False
+    values = bind.value if bind.expanding else [bind.value]
+    if not isinstance(values, list | tuple) or not values:
+        return False
+    if isinstance(bind.type, TypeDecorator | sqltypes.JSON):
+        return False
+    return all(isinstance(value, str | int | bool) for value in values)
+
+
+def _renders_inline(bind: BindParameter[Any], dialect: Dialect) -> bool:
+    return bind.type.dialect_impl(dialect).literal_processor(dialect) is not None
+
+
+def _rendered_per_call(compiled: SQLCompiler) -> tuple[str, ...]:
+    """The parameters each call renders into the SQL: IN lists, and a ``literal_execute``
+    parameter such as a LIMIT."""
+    rendered = [*compiled.literal_execute_params, *compiled.post_compile_params]
+    return tuple(compiled.bind_names[bind] for bind in rendered)
 
 
 def _python_defaults(compiled: SQLCompiler) -> dict[str, Any]:
@@ -233,7 +306,7 @@ class Tx:
         if len(batch) > 1 and _writes_only(statement) and _same_keys(batch):
             # One executemany: the driver loops in C (SQLite) or pipelines (psycopg).
             plan = prepared(statement, self.dialect, tuple(batch[0]))
-            if not plan.expanding:
+            if not plan.per_call:
                 self._call_many(plan.sql, [plan.bind(one)[1] for one in batch])
                 return Rows([])
         found: list[Any] = []

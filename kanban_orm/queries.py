@@ -39,7 +39,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql import ColumnElement, Executable, Select
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from .clock import new_claim_token, utcnow
+from .clock import new_claim_token, utcnow, utcnow_at_statement_start
 from .models import (
     EVENT_LOG_GUARD_TRIGGER,
     EVENT_LOG_LOCK_KEY,
@@ -185,7 +185,10 @@ def claim_next_statement(by_assignee: bool, by_tenant: bool) -> ReturningUpdate[
         pick = pick.where(candidate.c.tenant == bindparam("only_tenant"))
     pick = (
         pick.order_by(candidate.c.priority.desc(), candidate.c.id)
-        .limit(bindparam("limit", type_=Integer))
+        # The limit is written into the SQL (one prepared statement per batch size):
+        # with a bound LIMIT, PostgreSQL's generic plan is costed for a tenth of the
+        # table, so it kept re-planning the statement on every call instead.
+        .limit(bindparam("limit", type_=Integer, literal_execute=True))
         .with_for_update(skip_locked=True, of=candidate)
     )
     # A MATERIALIZED CTE joined with UPDATE ... FROM: PostgreSQL evaluates the pick
@@ -282,7 +285,10 @@ def expired_claims_statement(by_assignee: bool, by_tenant: bool) -> Select[Any]:
     (a claimer scoped to one tenant must not touch another tenant's tasks)."""
     statement = select(
         tasks.c.id, tasks.c.claim_lock, tasks.c.attempts, tasks.c.max_attempts
-    ).where(tasks.c.status == Status.RUNNING.value, tasks.c.claim_expires < utcnow())
+    ).where(
+        tasks.c.status == Status.RUNNING.value,
+        tasks.c.claim_expires < utcnow_at_statement_start(),
+    )
     if by_assignee:
         statement = statement.where(tasks.c.assignee == bindparam("only_assignee"))
     if by_tenant:

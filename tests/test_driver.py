@@ -1,0 +1,88 @@
+"""The driver path's compiled statements: constants written into the SQL, values bound.
+
+PostgreSQL plans a prepared statement once for all calls only when it can cost it
+without the values; ``status = $3`` hides how rare a status is, so constants of
+:mod:`kanban_orm.queries` are rendered inline and only the caller's values are bound.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import bindparam, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Session
+
+import kanban_orm as kb
+from kanban_orm import driver
+from kanban_orm import queries as q
+
+DIALECTS = {"sqlite": sqlite.dialect(), "postgres": postgresql.psycopg.dialect()}
+
+
+@pytest.fixture(params=list(DIALECTS))
+def dialect(request: pytest.FixtureRequest) -> Dialect:
+    return DIALECTS[request.param]
+
+
+def values_of(plan: driver.Prepared, params: dict[str, Any]) -> list[Any]:
+    _sql, values = plan.bind(params)
+    return list(values.values()) if isinstance(values, dict) else list(values)
+
+
+def test_constants_are_written_into_the_sql_and_values_are_bound(dialect: Dialect) -> None:
+    plan = driver.prepared(q.claim_next_statement(False, False), dialect, ("limit", "ttl"))
+    sql, _ = plan.bind({"limit": 1, "ttl": 60})
+
+    assert "candidate.status = 'ready'" in sql
+    assert "status='running'" in sql
+    assert "version=(kanban_tasks.version + 1)" in sql
+    assert values_of(plan, {"limit": 1, "ttl": 45}).count(45) == 1
+
+
+def test_a_constant_string_is_quoted_by_the_dialect(dialect: Dialect) -> None:
+    statement = select(q.tasks.c.id).where(q.tasks.c.title == "it's", q.tasks.c.priority == 3)
+    sql, values = driver.prepared(statement, dialect, ()).bind({})
+
+    assert "kanban_tasks.title = 'it''s'" in sql
+    assert "kanban_tasks.priority = 3" in sql
+    assert not values
+
+
+def test_a_constant_in_list_is_inline_and_a_caller_list_is_bound(dialect: Dialect) -> None:
+    statement = select(q.tasks.c.id).where(
+        q.tasks.c.status.in_(["todo", "ready"]),
+        q.tasks.c.id.in_(bindparam("ids", expanding=True)),
+    )
+    plan = driver.prepared(statement, dialect, ("ids",))
+    sql, _ = plan.bind({"ids": [7, 8, 9]})
+
+    assert "'todo', 'ready'" in sql
+    assert values_of(plan, {"ids": [7, 8, 9]}) == [7, 8, 9]
+    assert values_of(plan, {"ids": [5]}) == [5]
+
+
+def test_each_limit_gets_its_own_sql_made_once(dialect: Dialect) -> None:
+    plan = driver.prepared(q.claim_next_statement(False, False), dialect, ("limit", "ttl"))
+    ten, _ = plan.bind({"limit": 10, "ttl": 60})
+    fifty, _ = plan.bind({"limit": 50, "ttl": 60})
+
+    assert "LIMIT 10" in ten and "LIMIT 50" in fifty
+    assert plan.bind({"limit": 10, "ttl": 5})[0] is ten  # the cached string, not re-made
+    assert {(10,), (50,)} <= set(plan.expanded)
+
+
+def test_statements_with_inline_constants_behave_the_same(session: Session) -> None:
+    """End to end on the database: the constants in the claim, complete and promotion
+    statements select and write exactly what they did as bound values."""
+    parent = kb.create_task(session, title="it's a parent", priority=3)
+    child = kb.create_task(session, title="child", parents=[parent])
+    claimed = kb.claim_many(session, claimer="w", limit=5)
+    assert [t.id for t in claimed] == [parent]
+    assert claimed[0].claim_lock is not None
+    kb.complete_task(session, parent, claim_lock=claimed[0].claim_lock)
+
+    assert kb.get_task(session, parent).status == "done"
+    assert kb.get_task(session, child).status == "ready"
