@@ -30,6 +30,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     or_,
     select,
     text,
@@ -368,10 +369,11 @@ COMPLETE_FORCED = (
 # child linked to a parent that is finishing would be seen by neither side. So the
 # transaction that enables a promotion (finishing a parent, unlinking) first locks the
 # waiting children, and one that adds a dependency or puts a child back into the
-# ready-or-todo decision (specify, unblock, request changes, reopen) first share-locks
-# the parents: the second of two such transactions waits for the first to commit, and
-# its next statement sees it. SQLite renders no locking clause; BEGIN IMMEDIATE already
-# serialises writers.
+# ready-or-todo decision (specify, unblock, request changes, reopen) first locks the
+# parents and writes a new version of their rows (TOUCH_PARENTS): the second of two such
+# transactions waits for the first to commit, and its next statement sees it; a
+# completion in one statement (COMPLETE_UNCONTESTED) sees the new row version and steps
+# aside. SQLite renders no locking clause; BEGIN IMMEDIATE already serialises writers.
 
 #: Lock the waiting children of :task_id (in id order, so two finishers cannot deadlock).
 LOCK_WAITING_CHILDREN = (
@@ -395,51 +397,67 @@ LOCK_UNSTARTED_CHILDREN = (
 )
 #: Lock one task (a child about to be re-checked).
 LOCK_TASK = select(tasks.c.id).where(tasks.c.id == bindparam("task_id")).with_for_update()
-#: Share-lock a task's parents before deciding between ready and todo for it (specify,
-#: unblock, request changes, reopen): a parent finishing meanwhile either committed
+
+
+def _touching(parents: Select[Any]) -> ReturningUpdate[Any]:
+    """Lock the tasks ``parents`` selects, in id order (two touchers cannot deadlock),
+    and write a new version of each row with nothing changed; their ids.
+
+    A row lock alone would make a concurrent completion wait, but not show it that
+    anything happened; the new row version does (see :data:`COMPLETE_UNCONTESTED`).
+    ``version`` is left alone: the task itself did not change.
+    """
+    locked = (
+        parents.order_by(tasks.c.id)
+        .with_for_update(key_share=True)
+        .cte("locked")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    return (
+        update(tasks)
+        .where(tasks.c.id == locked.c.id)
+        .values(version=tasks.c.version)
+        .returning(tasks.c.id)
+    )
+
+
+#: Before deciding between ready and todo for :task_id (specify, unblock, request
+#: changes, reopen): touch its parents. A parent finishing meanwhile either committed
 #: before (and is seen done) or waits, and then its promotion sees the child in todo.
-LOCK_PARENTS_OF = (
-    select(tasks.c.id)
-    .where(
+TOUCH_PARENTS_OF = _touching(
+    select(tasks.c.id).where(
         tasks.c.id.in_(select(links.c.parent_id).where(links.c.child_id == bindparam("task_id")))
     )
-    .order_by(tasks.c.id)
-    .with_for_update(read=True)
 )
-#: Share-lock tasks about to become parents; returns those that exist.
-LOCK_PARENTS = (
-    select(tasks.c.id)
-    .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
-    .order_by(tasks.c.id)
-    .with_for_update(read=True)
+#: Touch tasks about to become parents (a new link); returns those that exist.
+TOUCH_PARENTS = _touching(
+    select(tasks.c.id).where(tasks.c.id.in_(bindparam("ids", expanding=True)))
 )
 
 
-def _complete_batch() -> Select[Any]:
-    """PostgreSQL: complete a batch of held claims in one statement (complete_many).
-
-    ``:ids`` and ``:tokens`` are parallel arrays; a task whose token no longer holds it
-    is simply not in the result, and the caller rolls the whole batch back. Each run is
-    closed and one ``completed`` event written per task, as complete_task does.
-    """
-    wanted = (
+def _held_pairs() -> Any:
+    """``:ids`` and ``:tokens``, parallel arrays, as rows (id, token)."""
+    return (
         func.unnest(
             bindparam("ids", type_=ARRAY(BigInteger)), bindparam("tokens", type_=ARRAY(String))
         )
         .table_valued(column("id", BigInteger), column("token", String))
         .render_derived(name="wanted")
     )
-    done = (
-        update(tasks)
-        .where(
-            tasks.c.id == wanted.c.id,
-            tasks.c.status == Status.RUNNING.value,
-            tasks.c.claim_lock == wanted.c.token,
-        )
-        .values(_DONE_VALUES)
-        .returning(*tasks.c)
-        .cte("done")
-    )
+
+
+def _held_pair() -> Any:
+    """``:task_id`` and ``:token`` as one row (id, token)."""
+    return select(
+        bindparam("task_id", type_=BigInteger).label("id"),
+        bindparam("token", type_=String).label("token"),
+    ).subquery("wanted")
+
+
+def _completing(*where: ColumnElement[bool]) -> Select[Any]:
+    """PostgreSQL: complete the running tasks ``where`` selects, close each one's run and
+    write one ``completed`` event per task, in one statement; the tasks' new rows."""
+    done = update(tasks).where(*where).values(_DONE_VALUES).returning(*tasks.c).cte("done")
     closed = (
         update(runs)
         .where(runs.c.task_id == done.c.id, runs.c.ended_at.is_(None))
@@ -464,6 +482,74 @@ def _complete_batch() -> Select[Any]:
         ).select_from(done.outerjoin(closed, closed.c.task_id == done.c.id)),
     )
     return select(done).add_cte(logged.cte("logged"))
+
+
+def _complete_batch() -> Select[Any]:
+    """PostgreSQL: complete a batch of held claims in one statement (complete_many).
+
+    A task whose token no longer holds it is simply not in the result, and the caller
+    rolls the whole batch back. Promotion is the caller's next statement.
+    """
+    wanted = _held_pairs()
+    return _completing(
+        tasks.c.id == wanted.c.id,
+        tasks.c.status == Status.RUNNING.value,
+        tasks.c.claim_lock == wanted.c.token,
+    )
+
+
+def _complete_uncontested(one: bool) -> Select[Any]:
+    """PostgreSQL: complete held claims in one statement that is its own transaction,
+    when nothing can need promoting; all of ``:ids`` or none of them (then nothing is
+    written and the caller takes the transaction path).
+
+    Completing a parent must promote the children that wait for it, and a child can
+    start waiting (a link, a ready-or-todo decision) in a transaction that commits after
+    this statement's snapshot was taken, invisible to it. Every such transaction updates
+    the parent's row first (:data:`TOUCH_PARENTS`), so here the parent's row is no longer
+    the version the snapshot saw. Each task is locked only if it is held by its token,
+    has no child waiting in the snapshot, and is still the snapshot's row version
+    (same ``ctid``: PostgreSQL re-checks a row that changed while it waited for the
+    lock against the newest version). The UPDATE runs only if every task was locked.
+
+    ``one``: for a single claim, ``:task_id`` and ``:token`` instead of the arrays. Its
+    own statement, because PostgreSQL plans a prepared statement once for all calls only
+    if the generic plan costs no more than the ones made for the actual values, and a
+    generic plan must assume an array of several elements.
+    """
+    wanted = _held_pair() if one else _held_pairs()
+    seen = tasks.alias("seen")
+    child = tasks.alias("child")
+    unchanged = literal_column(f"{tasks.name}.ctid") == (
+        select(literal_column(f"{seen.name}.ctid"))
+        .select_from(seen)
+        .where(seen.c.id == tasks.c.id)
+        .scalar_subquery()
+    )
+    nothing_waits = ~exists().where(
+        links.c.parent_id == tasks.c.id,
+        child.c.id == links.c.child_id,
+        child.c.status == Status.TODO.value,
+    )
+    locked = (
+        select(tasks.c.id)
+        .where(
+            tasks.c.id == wanted.c.id,
+            tasks.c.status == Status.RUNNING.value,
+            tasks.c.claim_lock == wanted.c.token,
+            unchanged,
+            nothing_waits,
+        )
+        .order_by(tasks.c.id)
+        .with_for_update(of=tasks, key_share=True)
+        .cte("locked")
+        .prefix_with("MATERIALIZED")
+    )
+    wanted_count = (
+        literal(1) if one else func.cardinality(bindparam("ids", type_=ARRAY(BigInteger)))
+    )
+    every_one = select(func.count()).select_from(locked).scalar_subquery() == wanted_count
+    return _completing(tasks.c.id == locked.c.id, every_one)
 
 
 #: Which of :ids have children waiting in todo (a statement after the batch's UPDATE, so
@@ -556,6 +642,8 @@ RECLAIM_EXPIRED = (
 
 FINISH_RUN = _finish_run()
 COMPLETE_BATCH = _complete_batch()
+COMPLETE_UNCONTESTED = _complete_uncontested(one=False)
+COMPLETE_ONE_UNCONTESTED = _complete_uncontested(one=True)
 
 # -- reads ------------------------------------------------------------------------------
 

@@ -376,6 +376,12 @@ def complete_task(
     def work(s: Tx) -> Task:
         return _complete(s, task_id, token, task_result, run_summary, run_metadata)
 
+    if token is not None:
+        done = _complete_uncontested(
+            session, [(task_id, token)], task_result, run_summary, run_metadata
+        )
+        if done is not None:
+            return done[0]
     return run_write(session, work)
 
 
@@ -409,7 +415,50 @@ def complete_many(
             return _complete_batch(s, pairs, task_result, run_summary, run_metadata)
         return _complete_in_steps(s, pairs, task_result, run_summary, run_metadata)
 
-    return run_write(session, work) if pairs else []
+    if not pairs:
+        return []
+    done = _complete_uncontested(session, pairs, task_result, run_summary, run_metadata)
+    return done if done is not None else run_write(session, work)
+
+
+def _complete_uncontested(
+    session: Session,
+    pairs: list[tuple[int, str]],
+    task_result: str | None,
+    summary: str | None,
+    metadata: dict[str, Any] | None,
+) -> list[Task] | None:
+    """PostgreSQL: complete every held claim in ``pairs`` with one statement that is its
+    own transaction (queries.COMPLETE_UNCONTESTED), the tasks in the order given; None
+    when it completed none, and on SQLite: the caller then runs the transaction path,
+    which promotes waiting children and explains a claim that no longer holds.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    ids = [task_id for task_id, _ in pairs]
+    params: dict[str, Any] = {
+        "task_result": task_result,
+        "run_summary": summary,
+        "run_metadata": metadata,
+    }
+    if len(pairs) == 1:
+        statement = q.COMPLETE_ONE_UNCONTESTED
+        params.update(task_id=pairs[0][0], token=pairs[0][1])
+    else:
+        statement = q.COMPLETE_UNCONTESTED
+        params.update(ids=ids, tokens=[token for _, token in pairs])
+
+    def work(s: Tx) -> list[Task] | None:
+        rows = s.execute(statement, params).all()
+        if rows:
+            by_id = {row.id: row for row in rows}
+            return [s.attach(Task, by_id[task_id]) for task_id in ids]
+        # A replay whose first attempt had landed: all of the batch did (one statement).
+        if steps.already_landed(s, *pairs[0], "completed"):
+            return [steps.load_task(s, task_id) for task_id in ids]
+        return None
+
+    return run_write(session, work, one_statement=True)
 
 
 def _complete_batch(

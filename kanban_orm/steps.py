@@ -182,9 +182,9 @@ def require_tasks(session: Tx, task_ids: Sequence[int]) -> None:
 
 
 def lock_parents(session: Tx, task_ids: Sequence[int]) -> None:
-    """Share-lock tasks that are about to become parents (see queries.LOCK_WAITING_CHILDREN);
-    raise :class:`TaskNotFound` for the first that does not exist."""
-    _require_found(task_ids, set(session.scalars(q.LOCK_PARENTS, {"ids": list(task_ids)})))
+    """Lock tasks that are about to become parents (see queries.TOUCH_PARENTS); raise
+    :class:`TaskNotFound` for the first that does not exist."""
+    _require_found(task_ids, set(session.scalars(q.TOUCH_PARENTS, {"ids": list(task_ids)})))
 
 
 def _require_found(task_ids: Sequence[int], found: set[int]) -> None:
@@ -206,11 +206,11 @@ def wait_for_event_writers(s: Session) -> None:
 
 def lock_for_ready_or_todo(s: Tx, task_id: int) -> None:
     """Before deciding between ready and todo for a task: lock it (a concurrent
-    link_tasks locks it too, so its new link is seen) and then share-lock its parents
-    (a parent finishing meanwhile is then seen, or sees this task). Two statements:
-    the second must see what committed while the first waited."""
+    link_tasks locks it too, so its new link is seen) and then its parents (a parent
+    finishing meanwhile is then seen, or sees this task; see queries.TOUCH_PARENTS_OF).
+    Two statements: the second must see what committed while the first waited."""
     s.execute(q.LOCK_TASK, {"task_id": task_id})
-    s.execute(q.LOCK_PARENTS_OF, {"task_id": task_id})
+    s.execute(q.TOUCH_PARENTS_OF, {"task_id": task_id})
 
 
 def promote_children(s: Tx, task_id: int) -> None:

@@ -40,10 +40,11 @@ def link_tasks(session: Session, parent_id: int, child_id: int) -> Task:
 
     def work(s: Tx) -> Task:
         steps.require_tasks(s, [child_id])
-        steps.lock_parents(s, [parent_id])
         # The child too: a specify/unblock/... deciding ready-or-todo for it meanwhile
-        # would not see this link and could make it ready (see queries.LOCK_PARENTS_OF).
+        # would not see this link and could make it ready (see queries.TOUCH_PARENTS_OF).
+        # Child first, then parent: the order those deciders lock in.
         s.execute(q.LOCK_TASK, {"task_id": child_id})
+        steps.lock_parents(s, [parent_id])
         if s.is_postgresql:
             s.execute(q.LOCK_LINK_GRAPH, {"key": q.LINK_GRAPH_LOCK_KEY})
         if s.execute(q.LINK_EXISTS, ids).first() is not None:

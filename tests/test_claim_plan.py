@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import event, insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Executable
@@ -73,3 +75,60 @@ def test_the_claim_update_finds_the_picked_row_by_primary_key(empty_db_url: str)
         # The target table itself (no alias), as opposed to the subqueries' aliases.
         assert re.search(r"pk_kanban_tasks on kanban_tasks\s+\(cost", update), plan
         assert not re.search(r"ix_kanban_tasks_claim_order on kanban_tasks\s+\(cost", update), plan
+
+
+def test_the_expired_claims_scan_is_bounded_by_the_expiry_index(engine: Engine) -> None:
+    """Regression: with a volatile clock in the condition PostgreSQL read the whole
+    expiry index and filtered row by row, on every claim's reclaim check."""
+    later = datetime.now(UTC) + timedelta(hours=1)
+    running = {"status": "running", "claim_lock": "k", "claim_expires": later}
+    done = {"status": "done", "claim_lock": None, "claim_expires": None}
+    backlog = [{"title": f"t{i}", **(running if i % 2 else done)} for i in range(6000)]
+    with engine.begin() as conn:
+        conn.execute(insert(q.tasks), backlog)
+        conn.exec_driver_sql("ANALYZE" if conn.dialect.name == "sqlite" else "ANALYZE kanban_tasks")
+    with engine.connect() as conn:
+        plan = explain(conn, q.expired_claims_statement(False, False), {"limit": 10})
+        conn.rollback()
+
+    if engine.dialect.name == "sqlite":
+        assert "USING INDEX ix_kanban_tasks_claim_expires (claim_expires<?)" in plan, plan
+    else:
+        assert "ix_kanban_tasks_claim_expires" in plan, plan
+        assert re.search(r"Index Cond: \(claim_expires < timezone", plan), plan
+
+
+def test_hot_statements_settle_on_one_plan_for_all_calls(engine: Engine) -> None:
+    """PostgreSQL re-plans a prepared statement on every call when its generic plan
+    looks dearer than the plans made for the actual values; that planning cost more
+    than running the claim. The claim and complete statements must settle on the
+    generic plan after the planner's five trial calls. (Batch statements take arrays,
+    whose generic plan assumes a size; they may be planned per call, once per batch.)
+    SQLite has no such planner."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL planner decision; SQLite prepares once by design")
+    history = [{"title": f"old {i}", "status": "done"} for i in range(5000)]
+    with engine.begin() as conn:
+        conn.execute(insert(q.tasks), history)  # what a board in use looks like
+        conn.exec_driver_sql("ANALYZE kanban_tasks")
+    with kb.connect(engine.url.render_as_string(hide_password=False)) as session:
+        for i in range(100):
+            kb.create_task(session, title=f"t{i}")
+        for _ in range(12):
+            for task in kb.claim_many(session, claimer="w", limit=1):
+                assert task.claim_lock is not None
+                kb.complete_task(session, task.id, claim_lock=task.claim_lock)
+            tasks = kb.claim_many(session, claimer="w", limit=3)
+            kb.complete_many(session, tasks)
+    with engine.connect() as conn:
+        plans = conn.exec_driver_sql(
+            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+        ).all()
+    hot = {
+        "claim": [p for p in plans if "SKIP LOCKED" in p.statement and "LIMIT" in p.statement],
+        "complete one": [p for p in plans if "ctid" in p.statement and "unnest" not in p.statement],
+    }
+    assert plans, "the driver path should have prepared its statements on this connection"
+    for name, found in hot.items():
+        assert found, f"{name} statement not prepared: {[p.statement[:80] for p in plans]}"
+        assert all(p.generic_plans > 0 for p in found), (name, found)

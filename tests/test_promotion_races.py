@@ -202,3 +202,28 @@ def test_reopening_a_parent_while_another_parent_finishes_leaves_the_child_waiti
     reopener.join(timeout=30)
     assert kb.get_task(session, first).status == "ready"
     assert kb.get_task(session, child).status == "todo"
+
+
+def test_a_link_committed_while_its_parent_completes_in_one_statement_is_seen(
+    db_url: str, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """complete_task first tries one statement whose snapshot cannot see a link that
+    commits while it waits for the parent's row lock (queries.COMPLETE_UNCONTESTED).
+    The linker's touch gives the parent a new row version, so that statement steps
+    aside and the transaction path promotes the new child."""
+    parent, token = claimed(session, "parent")
+    child = kb.create_task(session, title="child")
+    linked = _hold_open_after(monkeypatch, "record", "linked")
+    linker = threading.Thread(
+        target=lambda: _with_session(db_url, lambda s: kb.link_tasks(s, parent, child))
+    )
+    linker.start()
+    assert linked.wait(30)
+    assert kb.get_task(session, child).status == "ready"  # the link is not committed yet
+    kb.complete_task(session, parent, claim_lock=token)
+    linker.join(timeout=30)
+
+    assert kb.get_task(session, parent).status == "done"
+    assert kb.get_task(session, child).status == "ready"
+    kinds = [e.kind for e in kb.list_events(session, task_id=child)]
+    assert kinds[-2:] == ["linked", "promoted"], kinds
