@@ -265,11 +265,12 @@ SET_CURRENT_RUN = (
 
 # -- leases -----------------------------------------------------------------------------
 
-_HELD = and_(
-    tasks.c.id == bindparam("task_id"),
-    tasks.c.status == Status.RUNNING.value,
-    tasks.c.claim_lock == bindparam("token"),
-)
+#: The caller's claim still holds the task. A claim_lock is set only while the task runs
+#: (CHECK claim_lock_iff_running), so the token says ``status = 'running'`` too; naming
+#: the status as well invited PostgreSQL to find the task through the claim-order index,
+#: walking every entry for 'running', dead ones of finished claims included, instead of
+#: looking up the primary key.
+_HELD = and_(tasks.c.id == bindparam("task_id"), tasks.c.claim_lock == bindparam("token"))
 
 HEARTBEAT = (
     update(tasks)
@@ -487,15 +488,11 @@ def _completing(*where: ColumnElement[bool]) -> Select[Any]:
 def _complete_batch() -> Select[Any]:
     """PostgreSQL: complete a batch of held claims in one statement (complete_many).
 
-    A task whose token no longer holds it is simply not in the result, and the caller
+    A task whose token no longer holds it (see _HELD) is simply not in the result, and the caller
     rolls the whole batch back. Promotion is the caller's next statement.
     """
     wanted = _held_pairs()
-    return _completing(
-        tasks.c.id == wanted.c.id,
-        tasks.c.status == Status.RUNNING.value,
-        tasks.c.claim_lock == wanted.c.token,
-    )
+    return _completing(tasks.c.id == wanted.c.id, tasks.c.claim_lock == wanted.c.token)
 
 
 def _complete_uncontested(one: bool) -> Select[Any]:
@@ -535,8 +532,7 @@ def _complete_uncontested(one: bool) -> Select[Any]:
         select(tasks.c.id)
         .where(
             tasks.c.id == wanted.c.id,
-            tasks.c.status == Status.RUNNING.value,
-            tasks.c.claim_lock == wanted.c.token,
+            tasks.c.claim_lock == wanted.c.token,  # so running (see _HELD)
             unchanged,
             nothing_waits,
         )
@@ -628,12 +624,7 @@ RELEASE_HELD = (
 #: cannot overwrite a completion that landed after the reaper looked.
 RECLAIM_EXPIRED = (
     update(tasks)
-    .where(
-        tasks.c.id == bindparam("task_id"),
-        tasks.c.status == Status.RUNNING.value,
-        tasks.c.claim_lock == bindparam("token"),
-        tasks.c.claim_expires < utcnow(),
-    )
+    .where(_HELD, tasks.c.claim_expires < utcnow())
     .values(
         status=bindparam("next_status"), block_reason=bindparam("reason"), **_RELEASE_CLAIM, **_BUMP
     )

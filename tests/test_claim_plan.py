@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Executable
 
 import kanban_orm as kb
+from kanban_orm import driver
 from kanban_orm import queries as q
 
 
@@ -132,3 +133,26 @@ def test_hot_statements_settle_on_one_plan_for_all_calls(engine: Engine) -> None
     for name, found in hot.items():
         assert found, f"{name} statement not prepared: {[p.statement[:80] for p in plans]}"
         assert all(p.generic_plans > 0 for p in found), (name, found)
+
+
+def test_a_held_claim_is_found_by_primary_key(engine: Engine) -> None:
+    """Regression: the fenced guard named ``status = 'running'`` besides the token, and
+    PostgreSQL, whose statistics said almost nothing runs, found the task through the
+    claim-order index, walking every 'running' entry, the dead ones of finished claims
+    included (0.3 ms per completion on a busy board instead of a key lookup)."""
+    with engine.begin() as conn:
+        conn.execute(insert(q.tasks), [{"title": f"t{i}", "status": "ready"} for i in range(6000)])
+        conn.exec_driver_sql("ANALYZE" if conn.dialect.name == "sqlite" else "ANALYZE kanban_tasks")
+    plan = driver.prepared(q.COMPLETE_HELD, engine.dialect, ("task_id", "token", "task_result"))
+    sql, values = plan.bind({"task_id": 17, "token": "k", "task_result": None})
+    prefix = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(prefix + sql, values).all()
+        conn.rollback()
+    found = "\n".join(" ".join(str(col) for col in row) for row in rows)
+
+    if engine.dialect.name == "sqlite":
+        assert "USING INTEGER PRIMARY KEY (rowid=?)" in found, found
+    else:
+        assert "pk_kanban_tasks" in found, found
+        assert "ix_kanban_tasks_claim_order" not in found, found
