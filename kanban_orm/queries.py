@@ -16,6 +16,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Integer,
     String,
@@ -304,17 +305,18 @@ def expired_claims_statement(by_assignee: bool, by_tenant: bool) -> Select[Any]:
 
 # -- finishing a run --------------------------------------------------------------------
 
+_CLOSING_RUN: dict[str, Any] = {
+    "ended_at": utcnow(),
+    "outcome": bindparam("run_outcome"),
+    "summary": bindparam("run_summary"),
+    # the Core column is "metadata" (only the ORM attribute is metadata_)
+    "metadata": bindparam("run_metadata", type_=JsonDoc),
+    "error": bindparam("run_error"),
+}
 CLOSE_OPEN_RUN = (
     update(runs)
     .where(runs.c.task_id == bindparam("run_task_id"), runs.c.ended_at.is_(None))
-    .values(
-        ended_at=utcnow(),
-        outcome=bindparam("run_outcome"),
-        summary=bindparam("run_summary"),
-        # the Core column is "metadata" (only the ORM attribute is metadata_)
-        **{"metadata": bindparam("run_metadata", type_=JsonDoc)},
-        error=bindparam("run_error"),
-    )
+    .values(_CLOSING_RUN)
     .returning(runs.c.id)
 )
 
@@ -547,6 +549,61 @@ def _complete_uncontested(one: bool) -> Select[Any]:
     every_one = select(func.count()).select_from(locked).scalar_subquery() == wanted_count
     return _completing(tasks.c.id == locked.c.id, every_one)
 
+
+# -- SQLite batches: SQLite has no data-modifying CTEs, so a batch takes one statement
+# per step, with its ids (and tokens) bound as one JSON array that json_each turns into
+# rows: one statement, prepared once, whatever the batch size.
+
+
+def _json_members(name: str) -> Select[Any]:
+    """SQLite: the members of the list bound as ``:name``, as rows of ``value``."""
+    members = func.json_each(bindparam(name, type_=JSON)).table_valued("value")
+    return select(members.c.value)
+
+
+#: SQLite's claim, second step: a run for each claimed task in ``:ids``; (id, task_id).
+OPEN_RUNS = (
+    insert(runs)
+    .from_select(
+        ["task_id", "attempt", "claimer", "claim_lock", "started_at", "last_heartbeat_at"],
+        select(
+            tasks.c.id,
+            tasks.c.attempts,
+            bindparam("claimer", type_=runs.c.claimer.type),
+            tasks.c.claim_lock,
+            utcnow(),
+            utcnow(),
+        ).where(tasks.c.id.in_(_json_members("ids"))),
+    )
+    .returning(runs.c.id, runs.c.task_id)
+)
+
+
+def _complete_pairs() -> ReturningUpdate[Any]:
+    """SQLite: complete the held claims ``:pairs``, a list of [task_id, token]; the new
+    rows of those the token still holds (see _HELD)."""
+    members = func.json_each(bindparam("pairs", type_=JSON)).table_valued("value")
+    wanted = select(
+        func.json_extract(members.c.value, "$[0]").label("id"),
+        func.json_extract(members.c.value, "$[1]").label("token"),
+    ).subquery("wanted")
+    return (
+        update(tasks)
+        .where(tasks.c.id == wanted.c.id, tasks.c.claim_lock == wanted.c.token)
+        .values(_DONE_VALUES)
+        .returning(*tasks.c)
+    )
+
+
+COMPLETE_PAIRS = _complete_pairs()
+
+#: SQLite: close the open runs of the tasks in ``:ids``; (id, task_id) of each.
+CLOSE_OPEN_RUNS = (
+    update(runs)
+    .where(runs.c.task_id.in_(_json_members("ids")), runs.c.ended_at.is_(None))
+    .values(_CLOSING_RUN)
+    .returning(runs.c.id, runs.c.task_id)
+)
 
 #: Which of :ids have children waiting in todo (a statement after the batch's UPDATE, so
 #: its snapshot sees links committed while that UPDATE waited; see _finish_run).

@@ -255,18 +255,11 @@ def _claim(s: Tx, claim: ReturningUpdate[Any], params: dict[str, Any], who: str)
 
 def _open_runs(s: Tx, claimed: list[Any], claimer: str) -> list[Any]:
     """SQLite's claim, after the UPDATE: each claimed row with its new run."""
-    opened = []
-    for task in claimed:
-        run_id = s.execute(
-            q.INSERT_RUN,
-            {
-                "task_id": task.id,
-                "attempt": task.attempts,
-                "claimer": claimer,
-                "claim_lock": task.claim_lock,
-            },
-        ).scalar()
-        opened.append(task._replace(current_run_id=run_id))
+    if not claimed:
+        return []
+    opened_runs = s.execute(q.OPEN_RUNS, {"ids": [t.id for t in claimed], "claimer": claimer})
+    run_of = {run.task_id: run.id for run in opened_runs}
+    opened = [task._replace(current_run_id=run_of[task.id]) for task in claimed]
     s.execute(
         q.SET_CURRENT_RUN,
         [{"task_id": t.id, "token": t.claim_lock, "run_id": t.current_run_id} for t in opened],
@@ -499,29 +492,36 @@ def _complete_in_steps(
     summary: str | None,
     metadata: dict[str, Any] | None,
 ) -> list[Task]:
-    """SQLite (statements cost no round trip): each task's UPDATE and run, the events in
-    one executemany, then promotion where children wait."""
-    done: list[Any] = []
-    for task_id, token in pairs:
-        row = s.execute(
-            q.COMPLETE_HELD, {"task_id": task_id, "token": token, "task_result": task_result}
-        ).first()
-        if row is None:
-            # Only a replay whose whole batch had landed finds the first pair done
-            # (the batch is one transaction); anything later is a real loss.
-            if not done and steps.already_landed(s, task_id, token, "completed"):
-                return [steps.load_task(s, t) for t, _ in pairs]
-            steps.explain(s, task_id, Status.DONE, token)
-        done.append(row)
-    entries = [
-        (row.id, steps.close_run(s, row.id, "completed", summary=summary, metadata=metadata))
-        for row in done
-    ]
-    steps.record_many(s, "completed", [(t, run, {"forced": False}) for t, run in entries])
-    ids = [row.id for row in done]
+    """SQLite: the batch's UPDATE, its runs closed, its events, a statement each; then
+    promotion where children wait."""
+    rows = s.execute(
+        q.COMPLETE_PAIRS, {"pairs": [list(pair) for pair in pairs], "task_result": task_result}
+    ).all()
+    by_id = {row.id: row for row in rows}
+    if len(by_id) < len(pairs):
+        lost = [(task_id, token) for task_id, token in pairs if task_id not in by_id]
+        # Only a replay whose whole batch had landed finds every pair done (the batch
+        # is one transaction); anything else is a real loss.
+        task_id, token = lost[0]
+        if not rows and steps.already_landed(s, task_id, token, "completed"):
+            return [steps.load_task(s, t) for t, _ in pairs]
+        steps.explain(s, task_id, Status.DONE, token)
+    ids = [task_id for task_id, _ in pairs]
+    closed = s.execute(
+        q.CLOSE_OPEN_RUNS,
+        {
+            "ids": ids,
+            "run_outcome": "completed",
+            "run_summary": summary,
+            "run_metadata": metadata,
+            "run_error": None,
+        },
+    )
+    run_of = {run.task_id: run.id for run in closed}
+    steps.record_many(s, "completed", [(t, run_of.get(t), {"forced": False}) for t in ids])
     for parent_id in s.scalars(q.PARENTS_WITH_WAITING_CHILDREN, {"ids": ids}):
         steps.promote_children(s, parent_id)
-    return [s.attach(Task, row) for row in done]
+    return [s.attach(Task, by_id[task_id]) for task_id in ids]
 
 
 def _held(claim: object) -> tuple[int, str]:

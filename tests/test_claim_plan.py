@@ -156,3 +156,24 @@ def test_a_held_claim_is_found_by_primary_key(engine: Engine) -> None:
     else:
         assert "pk_kanban_tasks" in found, found
         assert "ix_kanban_tasks_claim_order" not in found, found
+
+
+def test_sqlite_batch_steps_look_tasks_and_runs_up_by_key(engine: Engine) -> None:
+    """SQLite runs a batch as one statement per step, its ids bound as a JSON list; each
+    must look its rows up by key, not scan the board."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's batch statements; PostgreSQL's batch is one statement")
+    with engine.begin() as conn:
+        conn.execute(insert(q.tasks), [{"title": f"t{i}", "status": "ready"} for i in range(6000)])
+        conn.exec_driver_sql("ANALYZE")
+    params = {"ids": [1, 2], "pairs": [[1, "k"]], "claimer": "w", "task_result": None}
+    params.update(run_outcome="completed", run_summary=None, run_metadata=None, run_error=None)
+    with engine.connect() as conn:
+        for statement in (q.OPEN_RUNS, q.COMPLETE_PAIRS, q.CLOSE_OPEN_RUNS):
+            plan = driver.prepared(statement, engine.dialect, tuple(params))
+            sql, values = plan.bind(params)
+            found = " ".join(
+                r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, values)
+            )
+            assert "SCAN kanban_task" not in found, found
+            assert "SEARCH kanban_task" in found, found
