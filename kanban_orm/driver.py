@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import exc
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import Session, configure_mappers, make_transient_to_detached
+from sqlalchemy.orm import Session, configure_mappers
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.sql import ClauseElement, sqltypes
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -77,6 +77,7 @@ class Prepared:
     __slots__ = (
         "compiled",
         "defaults",
+        "direct",
         "expanded",
         "names",
         "per_call",
@@ -97,6 +98,9 @@ class Prepared:
         self.per_call = _rendered_per_call(compiled)
         #: SQL and parameter order per value of rendered scalars (a LIMIT), made on first use.
         self.expanded: dict[tuple[Any, ...], tuple[str, Any]] = {}
+        #: The parameter names, when every one is the caller's value under its own name
+        #: (the common case): then binding needs no help from the compiled statement.
+        self.direct = None if self.per_call or self.defaults else _named_as_passed(compiled)
         columns = _result_columns(statement)
         self.result = [
             c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
@@ -110,6 +114,11 @@ class Prepared:
 
     def bind(self, params: Params) -> tuple[str, Any]:
         """The SQL and the driver's parameters (a tuple or a dict) for one call."""
+        if self.direct is not None:
+            values = _processed({name: params[name] for name in self.direct}, self.processors)
+            if self.names is None:
+                return self.sql, values
+            return self.sql, tuple(values[name] for name in self.names)
         if self.defaults:
             params = {**self.defaults, **params}
         sql, names = self.sql, self.names
@@ -182,7 +191,9 @@ def _constants_inline(base: type[SQLCompiler]) -> type[SQLCompiler]:
 
         class InlineConstants(base):  # type: ignore[valid-type,misc]
             def visit_bindparam(self, bindparam: BindParameter[Any], **kw: Any) -> str:
-                if _is_constant(bindparam) and _renders_inline(bindparam, self.dialect):
+                if _is_constant(bindparam) and (
+                    bindparam.value is None or _renders_inline(bindparam, self.dialect)
+                ):
                     kw["literal_binds"] = True
                 return super().visit_bindparam(bindparam, **kw)  # type: ignore[no-any-return]
 
@@ -192,13 +203,15 @@ def _constants_inline(base: type[SQLCompiler]) -> type[SQLCompiler]:
 
 def _is_constant(bind: BindParameter[Any]) -> bool:
     """A value (or, for ``IN``, a list of them) given where the statement was written, of
-    a type rendered as plain SQL."""
+    a type rendered as plain SQL; or a None, written as NULL."""
     if not bind.unique or bind.callable is not None or bind.literal_execute:
         return False
-    values = bind.value if bind.expanding else [bind.value]
-    if not isinstance(values, list | tuple) or not values:
-        return False
     if isinstance(bind.type, TypeDecorator | sqltypes.JSON):
+        return False
+    if not bind.expanding:
+        return bind.value is None or isinstance(bind.value, str | int | bool)
+    values = bind.value
+    if not isinstance(values, list | tuple) or not values:
         return False
     return all(isinstance(value, str | int | bool) for value in values)
 
@@ -212,6 +225,15 @@ def _rendered_per_call(compiled: SQLCompiler) -> tuple[str, ...]:
     parameter such as a LIMIT."""
     rendered = [*compiled.literal_execute_params, *compiled.post_compile_params]
     return tuple(compiled.bind_names[bind] for bind in rendered)
+
+
+def _named_as_passed(compiled: SQLCompiler) -> tuple[str, ...] | None:
+    names = []
+    for bind, name in compiled.bind_names.items():
+        if name != bind.key or bind.callable is not None or bind.expanding:
+            return None
+        names.append(name)
+    return tuple(names)
 
 
 def _python_defaults(compiled: SQLCompiler) -> dict[str, Any]:
@@ -403,9 +425,13 @@ class Tx:
             state._commit_all(state.dict)
             self.refreshed.append(held)
             return held  # type: ignore[no-any-return]
+        # What make_transient_to_detached does, minus working out again what is known
+        # here: the identity key, and that every column is loaded.
         instance = mapper.class_manager.new_instance()
-        instance_state(instance).dict.update(values)
-        make_transient_to_detached(instance)  # every attribute now loaded and committed
+        state = instance_state(instance)
+        state.dict.update(values)
+        state.key = key
+        state._commit_all(state.dict)
         return instance  # type: ignore[no-any-return]
 
 

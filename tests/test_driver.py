@@ -7,13 +7,16 @@ without the values; ``status = $3`` hides how rare a status is, so constants of
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytest
 from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import SAWarning
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import ClauseElement
 
 import kanban_orm as kb
 from kanban_orm import driver
@@ -86,3 +89,33 @@ def test_statements_with_inline_constants_behave_the_same(session: Session) -> N
 
     assert kb.get_task(session, parent).status == "done"
     assert kb.get_task(session, child).status == "ready"
+
+
+def _bound_by_name() -> list[tuple[str, Any]]:
+    """The statements of queries.py whose parameters are all the caller's, under their
+    own names, with those names."""
+    found = []
+    for name, statement in vars(q).items():
+        if not name.isupper() or not isinstance(statement, ClauseElement):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SAWarning)  # an INSERT probed with no values
+            probe = driver.Prepared(statement, DIALECTS["sqlite"], ())
+        keys = tuple(sorted({b.key for b in probe.compiled.bind_names if not b.unique}))
+        if keys and driver.Prepared(statement, DIALECTS["sqlite"], keys).direct is not None:
+            found.append((name, keys))
+    return found
+
+
+@pytest.mark.parametrize(("name", "keys"), _bound_by_name())
+def test_binding_by_name_gives_what_the_compiled_statement_gives(
+    dialect: Dialect, name: str, keys: tuple[str, ...]
+) -> None:
+    """Such statements are bound without the compiled statement's help (the hot path);
+    the SQL and values must be what the compiled statement makes of them."""
+    plan = driver.Prepared(getattr(q, name), dialect, keys)
+    params = {key: [3, 4] if key in {"ids", "tokens", "pairs"} else f"{key}-value" for key in keys}
+    fast = plan.bind(params)
+    plan.direct = None
+    slow = plan.bind(params)
+    assert repr(fast) == repr(slow)
