@@ -449,14 +449,6 @@ def _held_pairs() -> Any:
     )
 
 
-def _held_pair() -> Any:
-    """``:task_id`` and ``:token`` as one row (id, token)."""
-    return select(
-        bindparam("task_id", type_=BigInteger).label("id"),
-        bindparam("token", type_=String).label("token"),
-    ).subquery("wanted")
-
-
 def _completing(*where: ColumnElement[bool]) -> Select[Any]:
     """PostgreSQL: complete the running tasks ``where`` selects, close each one's run and
     write one ``completed`` event per task, in one statement; the tasks' new rows."""
@@ -497,26 +489,9 @@ def _complete_batch() -> Select[Any]:
     return _completing(tasks.c.id == wanted.c.id, tasks.c.claim_lock == wanted.c.token)
 
 
-def _complete_uncontested(one: bool) -> Select[Any]:
-    """PostgreSQL: complete held claims in one statement that is its own transaction,
-    when nothing can need promoting; all of ``:ids`` or none of them (then nothing is
-    written and the caller takes the transaction path).
-
-    Completing a parent must promote the children that wait for it, and a child can
-    start waiting (a link, a ready-or-todo decision) in a transaction that commits after
-    this statement's snapshot was taken, invisible to it. Every such transaction updates
-    the parent's row first (:data:`TOUCH_PARENTS`), so here the parent's row is no longer
-    the version the snapshot saw. Each task is locked only if it is held by its token,
-    has no child waiting in the snapshot, and is still the snapshot's row version
-    (same ``ctid``: PostgreSQL re-checks a row that changed while it waited for the
-    lock against the newest version). The UPDATE runs only if every task was locked.
-
-    ``one``: for a single claim, ``:task_id`` and ``:token`` instead of the arrays. Its
-    own statement, because PostgreSQL plans a prepared statement once for all calls only
-    if the generic plan costs no more than the ones made for the actual values, and a
-    generic plan must assume an array of several elements.
-    """
-    wanted = _held_pair() if one else _held_pairs()
+def _uncontested() -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """The conditions of a completion that needs no promotion, on ``tasks`` rows: still
+    the row version this statement's snapshot saw, and no child waiting in it."""
     seen = tasks.alias("seen")
     child = tasks.alias("child")
     unchanged = literal_column(f"{tasks.name}.ctid") == (
@@ -530,6 +505,33 @@ def _complete_uncontested(one: bool) -> Select[Any]:
         child.c.id == links.c.child_id,
         child.c.status == Status.TODO.value,
     )
+    return unchanged, nothing_waits
+
+
+def _complete_uncontested(one: bool) -> Select[Any]:
+    """PostgreSQL: complete held claims in one statement that is its own transaction,
+    when nothing can need promoting; all of ``:ids`` or none of them (then nothing is
+    written and the caller takes the transaction path).
+
+    Completing a parent must promote the children that wait for it, and a child can
+    start waiting (a link, a ready-or-todo decision) in a transaction that commits after
+    this statement's snapshot was taken, invisible to it. Every such transaction updates
+    the parent's row first (:data:`TOUCH_PARENTS`), so here the parent's row is no longer
+    the version the snapshot saw. A task is completed only if it is held by its token,
+    has no child waiting in the snapshot, and is still the snapshot's row version (same
+    ``ctid``: PostgreSQL re-checks a row that changed while the statement waited for its
+    lock against the newest version, where the snapshot's ``ctid`` no longer matches).
+
+    ``one``: a single claim, ``:task_id`` and ``:token``, completed by the guarded UPDATE
+    itself. Its own statement, also because PostgreSQL plans a prepared statement once
+    for all calls only if the generic plan costs no more than the ones made for the
+    actual values, and a generic plan must assume an array of several elements. A batch
+    (``:ids``, ``:tokens``) locks its tasks first and updates only if it locked them all.
+    """
+    unchanged, nothing_waits = _uncontested()
+    if one:
+        return _completing(_HELD, unchanged, nothing_waits)
+    wanted = _held_pairs()
     locked = (
         select(tasks.c.id)
         .where(
@@ -543,9 +545,7 @@ def _complete_uncontested(one: bool) -> Select[Any]:
         .cte("locked")
         .prefix_with("MATERIALIZED")
     )
-    wanted_count = (
-        literal(1) if one else func.cardinality(bindparam("ids", type_=ARRAY(BigInteger)))
-    )
+    wanted_count = func.cardinality(bindparam("ids", type_=ARRAY(BigInteger)))
     every_one = select(func.count()).select_from(locked).scalar_subquery() == wanted_count
     return _completing(tasks.c.id == locked.c.id, every_one)
 

@@ -204,8 +204,9 @@ def test_reopening_a_parent_while_another_parent_finishes_leaves_the_child_waiti
     assert kb.get_task(session, child).status == "todo"
 
 
+@pytest.mark.parametrize("batch", [False, True], ids=["complete_task", "complete_many"])
 def test_a_link_committed_while_its_parent_completes_in_one_statement_is_seen(
-    db_url: str, session: Session, monkeypatch: pytest.MonkeyPatch
+    db_url: str, session: Session, monkeypatch: pytest.MonkeyPatch, batch: bool
 ) -> None:
     """complete_task first tries one statement whose snapshot cannot see a link that
     commits while it waits for the parent's row lock (queries.COMPLETE_UNCONTESTED).
@@ -220,7 +221,10 @@ def test_a_link_committed_while_its_parent_completes_in_one_statement_is_seen(
     linker.start()
     assert linked.wait(30)
     assert kb.get_task(session, child).status == "ready"  # the link is not committed yet
-    kb.complete_task(session, parent, claim_lock=token)
+    if batch:
+        kb.complete_many(session, [claimed(session, "other"), (parent, token)])
+    else:
+        kb.complete_task(session, parent, claim_lock=token)
     linker.join(timeout=30)
 
     assert kb.get_task(session, parent).status == "done"
