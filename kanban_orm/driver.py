@@ -133,7 +133,9 @@ class Prepared:
                 return state.statement, tuple(values[name] for name in state.positiontup)
             found = self.expanded.get(rendered)
             if found is None:
-                found = self.expanded[rendered] = self._expand(params)
+                found = self._expand(params)
+                if len(self.expanded) < _EXPANDED_LIMIT:
+                    self.expanded[rendered] = found
             sql, names = found
             names = names if self.names is not None else None
         values = _processed(self.compiled.construct_params(params), self.processors)
@@ -153,6 +155,10 @@ class Prepared:
                 for r in raw
             ]
         return [self.row_type(*r) for r in raw]
+
+
+#: Rendered values (batch sizes) kept per statement; any others are rendered per call.
+_EXPANDED_LIMIT = 64
 
 
 def _result_processor(column: Any, dialect: Dialect) -> Any:
@@ -232,6 +238,8 @@ def _named_as_passed(compiled: SQLCompiler) -> tuple[str, ...] | None:
     for bind, name in compiled.bind_names.items():
         if name != bind.key or bind.callable is not None or bind.expanding:
             return None
+        if not bind.required or bind.value is not None:
+            return None  # a value given with the statement, used when the call has none
         names.append(name)
     return tuple(names)
 

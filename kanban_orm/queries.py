@@ -403,8 +403,10 @@ LOCK_TASK = select(tasks.c.id).where(tasks.c.id == bindparam("task_id")).with_fo
 
 
 def _touching(parents: Select[Any]) -> ReturningUpdate[Any]:
-    """Lock the tasks ``parents`` selects, in id order (two touchers cannot deadlock),
-    and write a new version of each row with nothing changed; their ids.
+    """Lock the tasks ``parents`` selects, in id order (two touchers cannot deadlock each
+    other; one that locks a child first, as the ready-or-todo deciders do, can deadlock
+    with create_task locking that child as a parent, and PostgreSQL's deadlock error is
+    retried), and write a new version of each row with nothing changed; their ids.
 
     A row lock alone would make a concurrent completion wait, but not show it that
     anything happened; the new row version does (see :data:`COMPLETE_UNCONTESTED`).
@@ -736,13 +738,21 @@ _descendants = _descendants.union(
 )
 WOULD_CYCLE = select(_descendants.c.id).where(_descendants.c.id == bindparam("parent_id")).limit(1)
 
-#: A child that is ready but now has an unfinished parent waits again.
+#: A ready child whose new parent :parent_id is unfinished waits again. Only that parent
+#: is read: it is the row link_tasks locked and touched, so a finisher running meanwhile
+#: is seen or sees the link. Reading the child's other parents too could see one still
+#: running that completes meanwhile without a promotion (it was not touched, so
+#: COMPLETE_UNCONTESTED does not step aside), stranding the child in todo.
+_new_parent = tasks.alias("new_parent")
 WAIT_FOR_PARENTS = (
     update(tasks)
     .where(
-        tasks.c.id == bindparam("task_id"),
+        tasks.c.id == bindparam("child_id"),
         tasks.c.status == Status.READY.value,
-        ~parents_finished(tasks),
+        exists().where(
+            _new_parent.c.id == bindparam("parent_id"),
+            *(_new_parent.c.status != finished for finished in _FINISHED),
+        ),
     )
     .values(status=Status.TODO.value, **_BUMP)
     .returning(tasks.c.id)

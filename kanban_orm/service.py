@@ -446,8 +446,8 @@ def _complete_uncontested(
         if rows:
             by_id = {row.id: row for row in rows}
             return [s.attach(Task, by_id[task_id]) for task_id in ids]
-        # A replay whose first attempt had landed: all of the batch did (one statement).
-        if steps.already_landed(s, *pairs[0], "completed"):
+        # A replay whose first attempt had landed (all of the batch: one statement).
+        if steps.batch_landed(s, pairs, "completed"):
             return [steps.load_task(s, task_id) for task_id in ids]
         return None
 
@@ -474,12 +474,11 @@ def _complete_batch(
         },
     ).all()
     by_id = {row.id: row for row in rows}
+    if not rows and steps.batch_landed(s, pairs, "completed"):
+        return [steps.load_task(s, t) for t in ids]  # a replay whose first attempt landed
     for task_id, token in pairs:
         if task_id not in by_id:
-            # Raising rolls back the batch; replays whose first attempt landed are fine.
-            if steps.already_landed(s, task_id, token, "completed"):
-                return [steps.load_task(s, t) for t in ids]
-            steps.explain(s, task_id, Status.DONE, token)
+            steps.explain(s, task_id, Status.DONE, token)  # raising rolls the batch back
     for parent_id in s.scalars(q.PARENTS_WITH_WAITING_CHILDREN, {"ids": ids}):
         steps.promote_children(s, parent_id)
     return [s.attach(Task, by_id[task_id]) for task_id in ids]
@@ -502,9 +501,9 @@ def _complete_in_steps(
         lost = [(task_id, token) for task_id, token in pairs if task_id not in by_id]
         # Only a replay whose whole batch had landed finds every pair done (the batch
         # is one transaction); anything else is a real loss.
-        task_id, token = lost[0]
-        if not rows and steps.already_landed(s, task_id, token, "completed"):
+        if not rows and steps.batch_landed(s, pairs, "completed"):
             return [steps.load_task(s, t) for t, _ in pairs]
+        task_id, token = lost[0]
         steps.explain(s, task_id, Status.DONE, token)
     ids = [task_id for task_id, _ in pairs]
     closed = s.execute(

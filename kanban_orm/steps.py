@@ -115,6 +115,12 @@ def record_many(
         )
 
 
+def batch_landed(s: Tx, pairs: Sequence[tuple[int, str]], outcome: str) -> bool:
+    """:func:`already_landed` for a batch written in one transaction: every claim's run
+    must have the outcome, or none of them landed."""
+    return bool(pairs) and all(already_landed(s, t, token, outcome) for t, token in pairs)
+
+
 def already_landed(s: Tx, task_id: int, token: str | None, outcome: str) -> bool:
     """True when this call is a replay after a dropped connection and its first attempt
     had in fact committed: the claim's run is already closed with ``outcome``.

@@ -40,6 +40,10 @@ def link_tasks(session: Session, parent_id: int, child_id: int) -> Task:
 
     def work(s: Tx) -> Task:
         steps.require_tasks(s, [child_id])
+        # Before any lock: holding the child of an existing link while waiting for its
+        # parent would deadlock with that parent's finisher, which locks the other way.
+        if s.execute(q.LINK_EXISTS, ids).first() is not None:
+            return steps.load_task(s, child_id)
         # The child too: a specify/unblock/... deciding ready-or-todo for it meanwhile
         # would not see this link and could make it ready (see queries.TOUCH_PARENTS_OF).
         # Child first, then parent: the order those deciders lock in.
@@ -48,14 +52,14 @@ def link_tasks(session: Session, parent_id: int, child_id: int) -> Task:
         if s.is_postgresql:
             s.execute(q.LOCK_LINK_GRAPH, {"key": q.LINK_GRAPH_LOCK_KEY})
         if s.execute(q.LINK_EXISTS, ids).first() is not None:
-            return steps.load_task(s, child_id)
+            return steps.load_task(s, child_id)  # linked while this call waited
         if s.execute(q.WOULD_CYCLE, ids).first() is not None:
             raise InvalidInput(
                 f"linking {parent_id} -> {child_id} would make a cycle: "
                 f"{parent_id} already depends on {child_id}"
             )
         s.execute(q.INSERT_LINK, ids)
-        s.execute(q.WAIT_FOR_PARENTS, {"task_id": child_id})
+        s.execute(q.WAIT_FOR_PARENTS, ids)
         steps.record(s, child_id, "linked", payload={"parent_id": parent_id})
         return steps.load_task(s, child_id)
 

@@ -119,3 +119,13 @@ def test_binding_by_name_gives_what_the_compiled_statement_gives(
     plan.direct = None
     slow = plan.bind(params)
     assert repr(fast) == repr(slow)
+
+
+def test_a_value_given_with_the_statement_is_used_when_the_call_has_none(
+    dialect: Dialect,
+) -> None:
+    """Regression (review): binding by name dropped parameters whose value came with
+    the statement, as queries.EVENT_LOG_GUARD_PRESENT's trigger name does."""
+    plan = driver.prepared(q.EVENT_LOG_GUARD_PRESENT, dialect, ())
+    assert plan.direct is None
+    assert values_of(plan, {}) == [q.EVENT_LOG_GUARD_TRIGGER]

@@ -214,6 +214,7 @@ def test_a_link_committed_while_its_parent_completes_in_one_statement_is_seen(
     aside and the transaction path promotes the new child."""
     parent, token = claimed(session, "parent")
     child = kb.create_task(session, title="child")
+    held = [claimed(session, "other"), (parent, token)] if batch else [(parent, token)]
     linked = _hold_open_after(monkeypatch, "record", "linked")
     linker = threading.Thread(
         target=lambda: _with_session(db_url, lambda s: kb.link_tasks(s, parent, child))
@@ -221,8 +222,9 @@ def test_a_link_committed_while_its_parent_completes_in_one_statement_is_seen(
     linker.start()
     assert linked.wait(30)
     assert kb.get_task(session, child).status == "ready"  # the link is not committed yet
+    # Its snapshot is taken now, well inside the linker's open second.
     if batch:
-        kb.complete_many(session, [claimed(session, "other"), (parent, token)])
+        kb.complete_many(session, held)
     else:
         kb.complete_task(session, parent, claim_lock=token)
     linker.join(timeout=30)
@@ -231,3 +233,27 @@ def test_a_link_committed_while_its_parent_completes_in_one_statement_is_seen(
     assert kb.get_task(session, child).status == "ready"
     kinds = [e.kind for e in kb.list_events(session, task_id=child)]
     assert kinds[-2:] == ["linked", "promoted"], kinds
+
+
+def test_linking_a_done_parent_while_another_parent_completes_leaves_the_child_ready(
+    db_url: str, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (review): link_tasks decided ready-or-todo from all of the child's
+    parents but touched only the new one; another parent completing meanwhile in one
+    statement did not see the child wait, and the link then put it in todo for good."""
+    other, other_token = claimed(session, "other parent")
+    child, child_token = claimed(session, "child")
+    kb.link_tasks(session, other, child)  # running: stays running
+    kb.release_task(session, child, claim_lock=child_token)
+    new_parent, new_token = claimed(session, "new parent")
+    kb.complete_task(session, new_parent, claim_lock=new_token)
+    linked = _hold_open_after(monkeypatch, "record", "linked")
+    linker = threading.Thread(
+        target=lambda: _with_session(db_url, lambda s: kb.link_tasks(s, new_parent, child))
+    )
+    linker.start()
+    assert linked.wait(30)
+    kb.complete_task(session, other, claim_lock=other_token)
+    linker.join(timeout=30)
+
+    assert kb.get_task(session, child).status == "ready"
