@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert
+from sqlalchemy import insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Executable
 
@@ -17,18 +17,11 @@ from kanban_orm import queries as q
 
 
 def explain(conn: Connection, statement: Executable, params: dict[str, Any]) -> str:
-    """The database's plan for ``statement``, which is not executed."""
+    """The database's plan for ``statement`` as the write path runs it (compiled by
+    kanban_orm.driver, constants written into the SQL), which is not executed."""
     prefix = "EXPLAIN QUERY PLAN " if conn.dialect.name == "sqlite" else "EXPLAIN "
-
-    def rewrite(*args: Any) -> tuple[str, Any]:
-        _conn, _cursor, sql, parameters, _context, _many = args
-        return prefix + sql, parameters
-
-    event.listen(conn, "before_cursor_execute", rewrite, retval=True)
-    try:
-        rows = conn.execute(statement, params).all()
-    finally:
-        event.remove(conn, "before_cursor_execute", rewrite)
+    sql, values = driver.prepared(statement, conn.dialect, tuple(params)).bind(params)
+    rows = conn.exec_driver_sql(prefix + sql, values).all()
     return "\n".join(" ".join(str(col) for col in row) for row in rows)
 
 
@@ -143,13 +136,9 @@ def test_a_held_claim_is_found_by_primary_key(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(insert(q.tasks), [{"title": f"t{i}", "status": "ready"} for i in range(6000)])
         conn.exec_driver_sql("ANALYZE" if conn.dialect.name == "sqlite" else "ANALYZE kanban_tasks")
-    plan = driver.prepared(q.COMPLETE_HELD, engine.dialect, ("task_id", "token", "task_result"))
-    sql, values = plan.bind({"task_id": 17, "token": "k", "task_result": None})
-    prefix = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
     with engine.connect() as conn:
-        rows = conn.exec_driver_sql(prefix + sql, values).all()
+        found = explain(conn, q.COMPLETE_HELD, {"task_id": 17, "token": "k", "task_result": None})
         conn.rollback()
-    found = "\n".join(" ".join(str(col) for col in row) for row in rows)
 
     if engine.dialect.name == "sqlite":
         assert "USING INTEGER PRIMARY KEY (rowid=?)" in found, found
@@ -170,10 +159,6 @@ def test_sqlite_batch_steps_look_tasks_and_runs_up_by_key(engine: Engine) -> Non
     params.update(run_outcome="completed", run_summary=None, run_metadata=None, run_error=None)
     with engine.connect() as conn:
         for statement in (q.OPEN_RUNS, q.COMPLETE_PAIRS, q.CLOSE_OPEN_RUNS):
-            plan = driver.prepared(statement, engine.dialect, tuple(params))
-            sql, values = plan.bind(params)
-            found = " ".join(
-                r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, values)
-            )
+            found = explain(conn, statement, params)
             assert "SCAN kanban_task" not in found, found
             assert "SEARCH kanban_task" in found, found
