@@ -36,7 +36,6 @@ from sqlalchemy.types import TypeDecorator
 
 M = TypeVar("M")
 Params = Mapping[str, Any]
-_POSTCOMPILE = "__[POSTCOMPILE_"
 
 
 class Rows:
