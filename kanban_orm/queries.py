@@ -484,8 +484,8 @@ def _completing(*where: ColumnElement[bool]) -> Select[Any]:
 def _complete_batch() -> Select[Any]:
     """PostgreSQL: complete a batch of held claims in one statement (complete_many).
 
-    A task whose token no longer holds it (see _HELD) is simply not in the result, and the caller
-    rolls the whole batch back. Promotion is the caller's next statement.
+    A task whose token no longer holds it (see _HELD) is simply not in the result, and
+    the caller rolls the whole batch back. Promotion is the caller's next statement.
     """
     wanted = _held_pairs()
     return _completing(tasks.c.id == wanted.c.id, tasks.c.claim_lock == wanted.c.token)
@@ -557,10 +557,13 @@ def _complete_uncontested(one: bool) -> Select[Any]:
 # rows: one statement, prepared once, whatever the batch size.
 
 
+def _json_each(name: str) -> Any:
+    """SQLite: the list bound as ``:name``, as rows with its members in ``value``."""
+    return func.json_each(bindparam(name, type_=JSON)).table_valued("value")
+
+
 def _json_members(name: str) -> Select[Any]:
-    """SQLite: the members of the list bound as ``:name``, as rows of ``value``."""
-    members = func.json_each(bindparam(name, type_=JSON)).table_valued("value")
-    return select(members.c.value)
+    return select(_json_each(name).c.value)
 
 
 #: SQLite's claim, second step: a run for each claimed task in ``:ids``; (id, task_id).
@@ -584,7 +587,7 @@ OPEN_RUNS = (
 def _complete_pairs() -> ReturningUpdate[Any]:
     """SQLite: complete the held claims ``:pairs``, a list of [task_id, token]; the new
     rows of those the token still holds (see _HELD)."""
-    members = func.json_each(bindparam("pairs", type_=JSON)).table_valued("value")
+    members = _json_each("pairs")
     wanted = select(
         func.json_extract(members.c.value, "$[0]").label("id"),
         func.json_extract(members.c.value, "$[1]").label("token"),

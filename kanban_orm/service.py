@@ -447,9 +447,7 @@ def _complete_uncontested(
             by_id = {row.id: row for row in rows}
             return [s.attach(Task, by_id[task_id]) for task_id in ids]
         # A replay whose first attempt had landed (all of the batch: one statement).
-        if steps.batch_landed(s, pairs, "completed"):
-            return [steps.load_task(s, task_id) for task_id in ids]
-        return None
+        return steps.batch_landed(s, pairs, "completed")
 
     return run_write(session, work, one_statement=True)
 
@@ -474,8 +472,9 @@ def _complete_batch(
         },
     ).all()
     by_id = {row.id: row for row in rows}
-    if not rows and steps.batch_landed(s, pairs, "completed"):
-        return [steps.load_task(s, t) for t in ids]  # a replay whose first attempt landed
+    landed = None if rows else steps.batch_landed(s, pairs, "completed")
+    if landed is not None:
+        return landed  # a replay whose first attempt landed
     for task_id, token in pairs:
         if task_id not in by_id:
             steps.explain(s, task_id, Status.DONE, token)  # raising rolls the batch back
@@ -498,12 +497,12 @@ def _complete_in_steps(
     ).all()
     by_id = {row.id: row for row in rows}
     if len(by_id) < len(pairs):
-        lost = [(task_id, token) for task_id, token in pairs if task_id not in by_id]
         # Only a replay whose whole batch had landed finds every pair done (the batch
         # is one transaction); anything else is a real loss.
-        if not rows and steps.batch_landed(s, pairs, "completed"):
-            return [steps.load_task(s, t) for t, _ in pairs]
-        task_id, token = lost[0]
+        landed = None if rows else steps.batch_landed(s, pairs, "completed")
+        if landed is not None:
+            return landed
+        task_id, token = next(pair for pair in pairs if pair[0] not in by_id)
         steps.explain(s, task_id, Status.DONE, token)
     ids = [task_id for task_id, _ in pairs]
     closed = s.execute(

@@ -115,10 +115,13 @@ def record_many(
         )
 
 
-def batch_landed(s: Tx, pairs: Sequence[tuple[int, str]], outcome: str) -> bool:
-    """:func:`already_landed` for a batch written in one transaction: every claim's run
-    must have the outcome, or none of them landed."""
-    return bool(pairs) and all(already_landed(s, t, token, outcome) for t, token in pairs)
+def batch_landed(s: Tx, pairs: Sequence[tuple[int, str]], outcome: str) -> list[Task] | None:
+    """:func:`already_landed` for a batch written in one transaction (every claim's run
+    must have the outcome, or none of them landed): the batch's tasks as they are now,
+    or None."""
+    if not pairs or not all(already_landed(s, t, token, outcome) for t, token in pairs):
+        return None
+    return [load_task(s, task_id) for task_id, _ in pairs]
 
 
 def already_landed(s: Tx, task_id: int, token: str | None, outcome: str) -> bool:
