@@ -75,13 +75,14 @@ class Prepared:
 
     __slots__ = (
         "compiled",
+        "converted",
         "defaults",
         "direct",
         "expanded",
         "names",
+        "order",
         "per_call",
         "processors",
-        "result",
         "row_type",
         "sql",
     )
@@ -99,25 +100,37 @@ class Prepared:
         self.expanded: dict[tuple[Any, ...], tuple[str, Any]] = {}
         #: The parameter names, when every one is the caller's value under its own name
         #: (the common case): then binding needs no help from the compiled statement.
-        self.direct = None if self.per_call or self.defaults else _named_as_passed(compiled)
+        self.direct = None if self.defaults else _named_as_passed(compiled, self.per_call)
+        #: With ``direct``: the driver's parameters in order, each with its processor.
+        self.order = None if self.direct is None else self._order(self.names or self.direct)
         columns = _result_columns(statement)
-        self.result = [
-            c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
-        ]
+        result = [_result_processor(c, dialect) for c in columns]
+        #: (position, processor) of each returned column the driver's value needs converting.
+        self.converted = [(i, process) for i, process in enumerate(result) if process]
         keys_out = [getattr(c, "key", None) or f"c{i}" for i, c in enumerate(columns)]
         self.row_type = namedtuple("Row", keys_out, rename=True) if columns else None
 
+    def _order(self, names: Sequence[str]) -> tuple[tuple[str, Any], ...]:
+        return tuple((name, self.processors.get(name)) for name in names)
+
     def _expand(self, params: Params) -> tuple[str, Any]:
         state = self.compiled.construct_expanded_state(params)
-        return state.statement, state.positiontup
+        if self.order is None:
+            return state.statement, state.positiontup
+        rendered = set(self.per_call)
+        names = state.positiontup or [n for n in self.direct or () if n not in rendered]
+        return state.statement, self._order(names)
 
     def bind(self, params: Params) -> tuple[str, Any]:
         """The SQL and the driver's parameters (a tuple or a dict) for one call."""
-        if self.direct is not None:
-            values = _processed({name: params[name] for name in self.direct}, self.processors)
+        order = self.order
+        if order is not None:
+            sql = self.sql
+            if self.per_call:
+                sql, order = self._rendered(params)
             if self.names is None:
-                return self.sql, values
-            return self.sql, tuple(values[name] for name in self.names)
+                return sql, {name: p(params[name]) if p else params[name] for name, p in order}
+            return sql, tuple([p(params[name]) if p else params[name] for name, p in order])
         if self.defaults:
             params = {**self.defaults, **params}
         sql, names = self.sql, self.names
@@ -130,31 +143,42 @@ class Prepared:
                 if state.positiontup is None:
                     return state.statement, values
                 return state.statement, tuple(values[name] for name in state.positiontup)
-            found = self.expanded.get(rendered)
-            if found is None:
-                found = self._expand(params)
-                if len(self.expanded) < _EXPANDED_LIMIT:
-                    self.expanded[rendered] = found
-            sql, names = found
+            sql, names = self._rendered(params)
             names = names if self.names is not None else None
         values = _processed(self.compiled.construct_params(params), self.processors)
         if names is None:
             return sql, values
         return sql, tuple(values[name] for name in names)
 
+    def _rendered(self, params: Params) -> tuple[str, Any]:
+        """The SQL with this call's scalars (a LIMIT) rendered in, and its parameter order."""
+        rendered = tuple([params.get(name) for name in self.per_call])
+        found = self.expanded.get(rendered)
+        if found is None:
+            found = self._expand(params)
+            if len(self.expanded) < _EXPANDED_LIMIT:
+                self.expanded[rendered] = found
+        return found
+
     def rows(self, raw: list[Any], description: Any) -> list[Any]:
         if self.row_type is None:
             names = [d[0] for d in description]
             row_type = namedtuple("Row", names, rename=True)  # type: ignore[misc]
             return [row_type(*r) for r in raw]
-        procs = self.result
-        if any(procs):
-            return [
-                self.row_type(*(p(v) if p else v for p, v in zip(procs, r, strict=True)))
-                for r in raw
-            ]
-        return [self.row_type(*r) for r in raw]
+        made, converted = self.row_type, self.converted
+        if not converted:
+            return [_new_row(made, r) for r in raw]
+        rows = []
+        for r in raw:
+            values = list(r)
+            for i, process in converted:
+                values[i] = process(values[i])
+            rows.append(_new_row(made, values))
+        return rows
 
+
+#: A row from the driver's values, without the checks of the namedtuple's own __new__.
+_new_row: Callable[[Any, Any], Any] = tuple.__new__
 
 #: Rendered values (batch sizes) kept per statement; any others are rendered per call.
 _EXPANDED_LIMIT = 64
@@ -232,13 +256,17 @@ def _rendered_per_call(compiled: SQLCompiler) -> tuple[str, ...]:
     return tuple(compiled.bind_names[bind] for bind in rendered)
 
 
-def _named_as_passed(compiled: SQLCompiler) -> tuple[str, ...] | None:
+def _named_as_passed(compiled: SQLCompiler, rendered: Sequence[str]) -> tuple[str, ...] | None:
+    """The parameter names, when each is the caller's value under its own name; the
+    ``rendered`` scalars (a LIMIT) may be among them. None otherwise."""
     names = []
     for bind, name in compiled.bind_names.items():
         if name != bind.key or bind.callable is not None or bind.expanding:
             return None
-        if not bind.required or bind.value is not None:
+        if not bind.required:
             return None  # a value given with the statement, used when the call has none
+        if bind.literal_execute and name not in rendered:
+            return None
         names.append(name)
     return tuple(names)
 
