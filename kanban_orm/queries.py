@@ -40,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql import ColumnElement, Executable, Select
 from sqlalchemy.sql.dml import ReturningUpdate
+from sqlalchemy.sql.selectable import Exists
 
 from .clock import new_claim_token, utcnow, utcnow_at_statement_start
 from .models import (
@@ -321,6 +322,21 @@ CLOSE_OPEN_RUN = (
 )
 
 
+def _children_waiting() -> Exists:
+    """Whether :run_task_id has a child waiting in todo (one a promotion may free)."""
+    child = tasks.alias("child")
+    return exists().where(
+        links.c.parent_id == bindparam("run_task_id"),
+        child.c.id == links.c.child_id,
+        child.c.status == Status.TODO.value,
+    )
+
+
+#: SQLite: CLOSE_OPEN_RUN that also says whether a child waits, so a finished task with
+#: none is spared the promotion's statement (what FINISH_RUN does on PostgreSQL).
+CLOSE_OPEN_RUN_SEEING_CHILDREN = CLOSE_OPEN_RUN.returning(_children_waiting().label("waiting"))
+
+
 def _finish_run() -> Select[Any]:
     """PostgreSQL: close the task's open run and write the transition's event, in one
     statement; returns the run id and whether the task has children waiting in todo.
@@ -341,13 +357,8 @@ def _finish_run() -> Select[Any]:
             utcnow(),
         ),
     )
-    child = tasks.alias("child")
-    waiting = exists().where(
-        links.c.parent_id == bindparam("run_task_id"),
-        child.c.id == links.c.child_id,
-        child.c.status == Status.TODO.value,
-    )
-    return select(run_id.label("run_id"), waiting.label("waiting")).add_cte(logged.cte("logged"))
+    waiting = _children_waiting().label("waiting")
+    return select(run_id.label("run_id"), waiting).add_cte(logged.cte("logged"))
 
 
 _DONE_VALUES: dict[str, Any] = {

@@ -74,20 +74,24 @@ def finish_run(
     of the same name and, with ``promote``, promote children whose parents are now all
     finished. Returns the closed run's id, if there was one.
 
-    One statement on PostgreSQL (queries.FINISH_RUN), which also tells whether any child
-    is waiting, so a task without children pays nothing for promotion.
+    Closing the run also tells whether any child is waiting, so a task without children
+    pays nothing for promotion. One statement on PostgreSQL (queries.FINISH_RUN).
     """
+    params = _closing(task_id, outcome, summary, metadata, error)
+    run_id: int | None
     if s.is_postgresql:
-        params = _closing(task_id, outcome, summary, metadata, error)
         finished = s.execute(
             q.FINISH_RUN, {**params, "event_kind": outcome, "event_payload": payload}
         ).first()
-        if promote and finished.waiting:
-            promote_children(s, task_id)
-        return finished.run_id  # type: ignore[no-any-return]
-    run_id = close_run(s, task_id, outcome, summary=summary, metadata=metadata, error=error)
-    record(s, task_id, outcome, run_id, payload)
-    if promote:
+        run_id, waiting = finished.run_id, finished.waiting
+    else:
+        closing = q.CLOSE_OPEN_RUN_SEEING_CHILDREN if promote else q.CLOSE_OPEN_RUN
+        closed = s.execute(closing, params).first()
+        run_id = None if closed is None else closed.id
+        # No open run (a forced completion from todo), so nothing was seen: look.
+        waiting = closed is None or (promote and closed.waiting)
+        record(s, task_id, outcome, run_id, payload)
+    if promote and waiting:
         promote_children(s, task_id)
     return run_id
 

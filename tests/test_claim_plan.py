@@ -1,4 +1,4 @@
-"""The claim query stays index-driven, so its cost does not grow with the backlog."""
+"""The hot statements stay index-driven and few, so their cost does not grow with the backlog."""
 
 from __future__ import annotations
 
@@ -162,3 +162,32 @@ def test_sqlite_batch_steps_look_tasks_and_runs_up_by_key(engine: Engine) -> Non
             found = explain(conn, statement, params)
             assert "SCAN kanban_task" not in found, found
             assert "SEARCH kanban_task" in found, found
+
+
+def test_a_completion_looks_for_children_to_promote_only_when_one_waits(
+    session: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The statement that closes the run says whether a child waits in todo; the
+    promotion's own statements run only then (a task without children pays nothing)."""
+    run: list[str] = []
+    call = driver.Tx._call
+
+    def recording(tx: driver.Tx, sql: str, values: Any) -> Any:
+        run.append(sql)
+        return call(tx, sql, values)
+
+    monkeypatch.setattr(driver.Tx, "_call", recording)
+    lonely = kb.create_task(session, title="no children")
+    parent = kb.create_task(session, title="parent")
+    child = kb.create_task(session, title="child", parents=[parent])
+    locking_children = driver.prepared(
+        q.LOCK_WAITING_CHILDREN, session.get_bind().dialect, ("task_id",)
+    ).sql
+
+    for task_id in (lonely, parent):
+        claimed = kb.claim_task(session, task_id, claimer="w")
+        assert claimed is not None
+        run.clear()
+        kb.complete_task(session, task_id, claim_lock=claimed.claim_lock)
+        assert (locking_children in run) == (task_id == parent)
+    assert kb.get_task(session, child).status == "ready"
