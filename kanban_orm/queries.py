@@ -171,14 +171,25 @@ CLAIM_BY_ID = (
     .returning(*tasks.c)
 )
 
+#: SQLite numbers a claim's runs itself, as it would (the highest run id plus one, then
+#: up): its writers are serialised, so no other transaction can take those ids between
+#: the claim and the INSERT of the runs, and the claim sets current_run_id in passing.
+_LAST_RUN_ID = select(func.coalesce(func.max(runs.c.id), 0)).scalar_subquery()
+
+#: SQLite's CLAIM_BY_ID, numbering its run (see _LAST_RUN_ID).
+CLAIM_BY_ID_NUMBERED = CLAIM_BY_ID.values(current_run_id=_LAST_RUN_ID + 1)
+
 
 @cache
-def claim_next_statement(by_assignee: bool, by_tenant: bool) -> ReturningUpdate[Any]:
+def claim_next_statement(
+    by_assignee: bool, by_tenant: bool, numbered: bool = False
+) -> ReturningUpdate[Any]:
     """Claim up to ``:limit`` of the best ready tasks in one statement.
 
     PostgreSQL picks candidates ``FOR UPDATE SKIP LOCKED``, so concurrent claimers
     divide the queue instead of queueing behind one row; SQLite (which renders no
     locking clause) runs it under ``BEGIN IMMEDIATE``, one writer at a time.
+    ``numbered`` (SQLite) also sets each task's ``current_run_id`` (see _LAST_RUN_ID).
     """
     candidate = tasks.alias("candidate")
     pick: Select[Any] = select(candidate.c.id).where(claimable(candidate))
@@ -198,6 +209,14 @@ def claim_next_statement(by_assignee: bool, by_tenant: bool) -> ReturningUpdate[
     # exactly once. Written as "id IN (subquery LIMIT n)" the planner may re-run the
     # subquery and, skipping the rows it has just locked, claim more than n.
     picked = pick.cte("picked").prefix_with("MATERIALIZED", dialect="postgresql")
+    values = _CLAIM_VALUES
+    if numbered:
+        # Numbered over the picked rows only, in no particular order (the ids need only be
+        # distinct): a window over the pick itself would rank every claimable task before
+        # the LIMIT, and PostgreSQL forbids one with FOR UPDATE.
+        rank = func.row_number().over().label("rank")
+        picked = select(picked.c.id, rank).cte("numbered")
+        values = {**values, "current_run_id": _LAST_RUN_ID + picked.c.rank}
     # The pick re-checked its WHERE on the latest row version as it locked each row
     # (SQLite: under the write lock), so the picked rows are claimable and stay so.
     # Repeating the whole guard here made PostgreSQL's planner drive the UPDATE from
@@ -206,7 +225,7 @@ def claim_next_statement(by_assignee: bool, by_tenant: bool) -> ReturningUpdate[
     return (
         update(tasks)
         .where(tasks.c.id == picked.c.id, tasks.c.claim_lock.is_(None))
-        .values(_CLAIM_VALUES)
+        .values(values)
         .returning(*tasks.c)
     )
 
@@ -256,14 +275,6 @@ def opening_runs(claim: ReturningUpdate[Any]) -> Select[Any]:
         .order_by(claimed.c.priority.desc(), claimed.c.id)
     )
 
-
-#: SQLite's claim, second step: the run the claim just opened (same transition, so
-#: ``version`` is not bumped again).
-SET_CURRENT_RUN = (
-    update(tasks)
-    .where(tasks.c.id == bindparam("task_id"), tasks.c.claim_lock == bindparam("token"))
-    .values(current_run_id=bindparam("run_id"))
-)
 
 # -- leases -----------------------------------------------------------------------------
 
@@ -577,21 +588,33 @@ def _json_members(name: str) -> Select[Any]:
     return select(_json_each(name).c.value)
 
 
-#: SQLite's claim, second step: a run for each claimed task in ``:ids``; (id, task_id).
-OPEN_RUNS = (
-    insert(runs)
-    .from_select(
-        ["task_id", "attempt", "claimer", "claim_lock", "started_at", "last_heartbeat_at"],
-        select(
-            tasks.c.id,
-            tasks.c.attempts,
-            bindparam("claimer", type_=runs.c.claimer.type),
-            tasks.c.claim_lock,
-            utcnow(),
-            utcnow(),
-        ).where(tasks.c.id.in_(_json_members("ids"))),
-    )
-    .returning(runs.c.id, runs.c.task_id)
+_claimed = tasks.c.id.in_(_json_members("ids"))
+_claimer = bindparam("claimer", type_=runs.c.claimer.type)
+
+#: SQLite's claim, second step: the run each numbered claim of ``:ids`` named.
+OPEN_NUMBERED_RUNS = insert(runs).from_select(
+    ["id", "task_id", "attempt", "claimer", "claim_lock", "started_at", "last_heartbeat_at"],
+    select(
+        tasks.c.current_run_id,
+        tasks.c.id,
+        tasks.c.attempts,
+        _claimer,
+        tasks.c.claim_lock,
+        utcnow(),
+        utcnow(),
+    ).where(_claimed),
+)
+
+#: SQLite's claim, last step: a ``claimed`` event for each task of ``:ids``.
+LOG_CLAIMS = insert(events).from_select(
+    ["task_id", "run_id", "kind", "payload", "created_at"],
+    select(
+        tasks.c.id,
+        tasks.c.current_run_id,
+        literal("claimed"),
+        func.json_object(literal("claimer"), _claimer, literal("attempt"), tasks.c.attempts),
+        utcnow(),
+    ).where(_claimed),
 )
 
 

@@ -154,7 +154,8 @@ def claim_task(
     ttl = check.ttl(ttl_seconds)
 
     def work(s: Tx) -> Task | None:
-        claimed = _claim(s, q.CLAIM_BY_ID, {"task_id": task_id, "ttl": ttl}, who)
+        claim = q.CLAIM_BY_ID if s.is_postgresql else q.CLAIM_BY_ID_NUMBERED
+        claimed = _claim(s, claim, {"task_id": task_id, "ttl": ttl}, who)
         if not claimed:
             if s.execute(q.TASK_EXISTS, {"task_id": task_id}).first() is None:
                 raise TaskNotFound(task_id)
@@ -210,16 +211,20 @@ def claim_many(
         params["only_assignee"] = check.name(assignee, "assignee")
     if tenant is not None:
         params["only_tenant"] = check.name(tenant, "tenant")
-    statement = q.claim_next_statement(assignee is not None, tenant is not None)
-
-    expired = q.expired_claims_statement(assignee is not None, tenant is not None)
+    by_assignee, by_tenant = assignee is not None, tenant is not None
+    expired = q.expired_claims_statement(by_assignee, by_tenant)
 
     def reclaim() -> int:
         return run_write(session, lambda s: _reclaim_expired(s, expired, params))
 
     def claim(limit: int) -> list[Task]:
         wanted = {**params, "limit": limit}
-        return run_write(session, lambda s: _claim(s, statement, wanted, who), one_statement=True)
+
+        def work(s: Tx) -> list[Task]:
+            claim = q.claim_next_statement(by_assignee, by_tenant, not s.is_postgresql)
+            return _claim(s, claim, wanted, who)
+
+        return run_write(session, work, one_statement=True)
 
     looked = _reclaim_check_due(str(session.get_bind().engine.url))
     if looked:
@@ -244,32 +249,21 @@ def _reclaim_check_due(key: str) -> bool:
 
 
 def _claim(s: Tx, claim: ReturningUpdate[Any], params: dict[str, Any], who: str) -> list[Task]:
-    """Run a claim UPDATE, then open a run, set ``current_run_id`` and write one
-    ``claimed`` event per claimed task; the tasks, best first."""
+    """Run a claim UPDATE, then open a run and write one ``claimed`` event per claimed
+    task; the tasks, best first, with ``current_run_id`` set.
+
+    PostgreSQL does it all in one statement (queries.opening_runs); on SQLite ``claim``
+    is a numbered one, which names each task's run, and two statements follow it.
+    """
     if s.is_postgresql:
         rows = s.execute(q.opening_runs(claim), {**params, "claimer": who}).all()
         return [s.attach(Task, row) for row in rows]
     rows = sorted(s.execute(claim, params).all(), key=lambda t: (-t.priority, t.id))
-    return [s.attach(Task, row) for row in _open_runs(s, rows, who)]
-
-
-def _open_runs(s: Tx, claimed: list[Any], claimer: str) -> list[Any]:
-    """SQLite's claim, after the UPDATE: each claimed row with its new run."""
-    if not claimed:
-        return []
-    opened_runs = s.execute(q.OPEN_RUNS, {"ids": [t.id for t in claimed], "claimer": claimer})
-    run_of = {run.task_id: run.id for run in opened_runs}
-    opened = [task._replace(current_run_id=run_of[task.id]) for task in claimed]
-    s.execute(
-        q.SET_CURRENT_RUN,
-        [{"task_id": t.id, "token": t.claim_lock, "run_id": t.current_run_id} for t in opened],
-    )
-    steps.record_many(
-        s,
-        "claimed",
-        [(t.id, t.current_run_id, {"claimer": claimer, "attempt": t.attempts}) for t in opened],
-    )
-    return opened
+    if rows:
+        opened = {"ids": [t.id for t in rows], "claimer": who}
+        s.execute(q.OPEN_NUMBERED_RUNS, opened)
+        s.execute(q.LOG_CLAIMS, opened)
+    return [s.attach(Task, row) for row in rows]
 
 
 # -- leases -----------------------------------------------------------------------------

@@ -33,8 +33,9 @@ def test_claim_next_walks_the_claim_order_index(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(insert(q.tasks), backlog)
         conn.exec_driver_sql("ANALYZE" if conn.dialect.name == "sqlite" else "ANALYZE kanban_tasks")
+    claim = q.claim_next_statement(False, False, numbered=engine.dialect.name == "sqlite")
     with engine.connect() as conn:
-        plan = explain(conn, q.claim_next_statement(False, False), {"limit": 1, "ttl": 60})
+        plan = explain(conn, claim, {"limit": 1, "ttl": 60})
         conn.rollback()
 
     if engine.dialect.name == "sqlite":
@@ -54,7 +55,7 @@ def test_the_claim_update_finds_the_picked_row_by_primary_key(empty_db_url: str)
     backlog = [{"title": f"t{i}", "status": "ready"} for i in range(3000)]
     with engine.begin() as conn:
         conn.execute(insert(q.tasks), backlog)
-    claim = q.claim_next_statement(False, False)
+    claim = q.claim_next_statement(False, False, numbered=engine.dialect.name == "sqlite")
     params: dict[str, Any] = {"limit": 1, "ttl": 60}
     if engine.dialect.name == "postgresql":
         claim, params = q.opening_runs(claim), {**params, "claimer": "w"}  # type: ignore[assignment]
@@ -158,7 +159,7 @@ def test_sqlite_batch_steps_look_tasks_and_runs_up_by_key(engine: Engine) -> Non
     params = {"ids": [1, 2], "pairs": [[1, "k"]], "claimer": "w", "task_result": None}
     params.update(run_outcome="completed", run_summary=None, run_metadata=None, run_error=None)
     with engine.connect() as conn:
-        for statement in (q.OPEN_RUNS, q.COMPLETE_PAIRS, q.CLOSE_OPEN_RUNS):
+        for statement in (q.OPEN_NUMBERED_RUNS, q.LOG_CLAIMS, q.COMPLETE_PAIRS, q.CLOSE_OPEN_RUNS):
             found = explain(conn, statement, params)
             assert "SCAN kanban_task" not in found, found
             assert "SEARCH kanban_task" in found, found
