@@ -100,7 +100,7 @@ class Prepared:
         self.expanded: dict[tuple[Any, ...], tuple[str, Any]] = {}
         #: The parameter names, when every one is the caller's value under its own name
         #: (the common case): then binding needs no help from the compiled statement.
-        self.direct = None if self.defaults else _named_as_passed(compiled, self.per_call)
+        self.direct = None if self.defaults else _named_as_passed(compiled)
         #: With ``direct``: the driver's parameters in order, each with its processor.
         self.order = None if self.direct is None else self._order(self.names or self.direct)
         columns = _result_columns(statement)
@@ -256,17 +256,15 @@ def _rendered_per_call(compiled: SQLCompiler) -> tuple[str, ...]:
     return tuple(compiled.bind_names[bind] for bind in rendered)
 
 
-def _named_as_passed(compiled: SQLCompiler, rendered: Sequence[str]) -> tuple[str, ...] | None:
-    """The parameter names, when each is the caller's value under its own name; the
-    ``rendered`` scalars (a LIMIT) may be among them. None otherwise."""
+def _named_as_passed(compiled: SQLCompiler) -> tuple[str, ...] | None:
+    """The parameter names, when each is the caller's value under its own name (a
+    rendered scalar such as a LIMIT among them; not an IN list). None otherwise."""
     names = []
     for bind, name in compiled.bind_names.items():
         if name != bind.key or bind.callable is not None or bind.expanding:
             return None
         if not bind.required:
             return None  # a value given with the statement, used when the call has none
-        if bind.literal_execute and name not in rendered:
-            return None
         names.append(name)
     return tuple(names)
 

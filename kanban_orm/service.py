@@ -221,7 +221,7 @@ def claim_many(
         wanted = {**params, "limit": limit}
 
         def work(s: Tx) -> list[Task]:
-            claim = q.claim_next_statement(by_assignee, by_tenant, not s.is_postgresql)
+            claim = q.claim_next_statement(by_assignee, by_tenant, numbered=not s.is_postgresql)
             return _claim(s, claim, wanted, who)
 
         return run_write(session, work, one_statement=True)
