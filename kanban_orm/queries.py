@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql import ColumnElement, Executable, Select
-from sqlalchemy.sql.dml import ReturningUpdate
+from sqlalchemy.sql.dml import Insert, ReturningUpdate
 from sqlalchemy.sql.selectable import Exists
 
 from .clock import new_claim_token, utcnow, utcnow_at_statement_start
@@ -230,6 +230,36 @@ def claim_next_statement(
     )
 
 
+_claimer = bindparam("claimer", type_=runs.c.claimer.type)
+
+
+def _runs_and_events(
+    claimed: Any, json_object: Any, *where: ColumnElement[bool]
+) -> tuple[Insert, Insert]:
+    """The run and the ``claimed`` event of each claimed task: INSERT ... SELECT from
+    ``claimed`` (task rows whose ``current_run_id`` names the new run), ``where`` given."""
+    opened = insert(runs).from_select(
+        ["id", "task_id", "attempt", "claimer", "claim_lock", "started_at", "last_heartbeat_at"],
+        select(
+            claimed.c.current_run_id,
+            claimed.c.id,
+            claimed.c.attempts,
+            _claimer,
+            claimed.c.claim_lock,
+            utcnow(),
+            utcnow(),
+        ).where(*where),
+    )
+    payload = json_object(literal("claimer"), _claimer, literal("attempt"), claimed.c.attempts)
+    logged = insert(events).from_select(
+        ["task_id", "run_id", "kind", "payload", "created_at"],
+        select(claimed.c.id, claimed.c.current_run_id, literal("claimed"), payload, utcnow()).where(
+            *where
+        ),
+    )
+    return opened, logged
+
+
 #: The run ids a PostgreSQL claim hands out before it inserts the runs.
 _NEXT_RUN_ID = func.nextval(func.pg_get_serial_sequence(runs.name, runs.c.id.name))
 
@@ -244,31 +274,7 @@ def opening_runs(claim: ReturningUpdate[Any]) -> Select[Any]:
     its RETURNING, and the claimed task rows come back best first.
     """
     claimed = claim.values(current_run_id=_NEXT_RUN_ID).cte("claimed")
-    claimer = bindparam("claimer", type_=runs.c.claimer.type)
-    opened = insert(runs).from_select(
-        ["id", "task_id", "attempt", "claimer", "claim_lock", "started_at", "last_heartbeat_at"],
-        select(
-            claimed.c.current_run_id,
-            claimed.c.id,
-            claimed.c.attempts,
-            claimer,
-            claimed.c.claim_lock,
-            utcnow(),
-            utcnow(),
-        ),
-    )
-    logged = insert(events).from_select(
-        ["task_id", "run_id", "kind", "payload", "created_at"],
-        select(
-            claimed.c.id,
-            claimed.c.current_run_id,
-            literal("claimed"),
-            func.jsonb_build_object(
-                literal("claimer"), claimer, literal("attempt"), claimed.c.attempts
-            ),
-            utcnow(),
-        ),
-    )
+    opened, logged = _runs_and_events(claimed, func.jsonb_build_object)
     return (
         select(claimed)
         .add_cte(opened.cte("opened"), logged.cte("logged"))
@@ -588,33 +594,10 @@ def _json_members(name: str) -> Select[Any]:
     return select(_json_each(name).c.value)
 
 
-_claimed = tasks.c.id.in_(_json_members("ids"))
-_claimer = bindparam("claimer", type_=runs.c.claimer.type)
-
-#: SQLite's claim, second step: the run each numbered claim of ``:ids`` named.
-OPEN_NUMBERED_RUNS = insert(runs).from_select(
-    ["id", "task_id", "attempt", "claimer", "claim_lock", "started_at", "last_heartbeat_at"],
-    select(
-        tasks.c.current_run_id,
-        tasks.c.id,
-        tasks.c.attempts,
-        _claimer,
-        tasks.c.claim_lock,
-        utcnow(),
-        utcnow(),
-    ).where(_claimed),
-)
-
-#: SQLite's claim, last step: a ``claimed`` event for each task of ``:ids``.
-LOG_CLAIMS = insert(events).from_select(
-    ["task_id", "run_id", "kind", "payload", "created_at"],
-    select(
-        tasks.c.id,
-        tasks.c.current_run_id,
-        literal("claimed"),
-        func.json_object(literal("claimer"), _claimer, literal("attempt"), tasks.c.attempts),
-        utcnow(),
-    ).where(_claimed),
+#: SQLite's claim, after the numbered claim UPDATE: the run each claim of ``:ids`` named,
+#: then a ``claimed`` event for each.
+OPEN_NUMBERED_RUNS, LOG_CLAIMS = _runs_and_events(
+    tasks, func.json_object, tasks.c.id.in_(_json_members("ids"))
 )
 
 
