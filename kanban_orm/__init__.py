@@ -12,6 +12,7 @@ kb.complete_task(session, task_id, claim_lock=task.claim_lock, result="done")
 from __future__ import annotations
 
 from .db import (
+    KeepingSession,
     RetryPolicy,
     cached_engine,
     configure_engine,
@@ -87,6 +88,7 @@ __all__ = [
     "InvalidInput",
     "InvalidTransition",
     "KanbanError",
+    "KeepingSession",
     "MigrationError",
     "RetryPolicy",
     "SchemaOutOfDate",

@@ -223,18 +223,93 @@ def dispose_engines() -> None:
             _engines.pop(key).dispose()
 
 
-def connect(url: str | None = None) -> Session:
+def connect(url: str | None = None, *, keep_connection: bool = False) -> Session:
     """A new Session on this process's cached Engine; ``session.close()`` ends it.
 
     ``expire_on_commit`` is off, so a Task returned by a transition stays readable after
-    the call has committed and after the session is closed.
+    the call has committed and after the session is closed. ``keep_connection`` makes it
+    a :class:`KeepingSession`, for a worker's own loop.
     """
-    return Session(bind=cached_engine(url), expire_on_commit=False)
+    session_class = KeepingSession if keep_connection else Session
+    return session_class(bind=cached_engine(url), expire_on_commit=False)
 
 
-def session_factory(engine: Engine) -> sessionmaker[Session]:
+def session_factory(engine: Engine, *, keep_connection: bool = False) -> sessionmaker[Session]:
     """A sessionmaker configured like :func:`connect`, for an Engine of your own."""
-    return sessionmaker(bind=engine, expire_on_commit=False)
+    session_class = KeepingSession if keep_connection else Session
+    return sessionmaker(bind=engine, expire_on_commit=False, class_=session_class)
+
+
+class KeepingSession(Session):
+    """A Session that keeps the pooled connection its first kanban write checked out, for
+    every later write, until :meth:`close` (or until it is garbage-collected).
+
+    A write otherwise checks a connection out of the Engine's pool and back in, which
+    costs about as much Python as the claim's own statements: for a worker that claims
+    and completes in a loop, keeping one is the cheaper trade. The price is that the
+    session holds one connection of the pool for as long as it lives (its own ORM reads
+    use another, as any Session's do), so size the pool for the keeping sessions that
+    live at once. A connection that drops is replaced on the next write; one inherited
+    across ``fork()`` is left alone, never used by the child.
+    """
+
+    _kept: Any = None
+    _kept_engine: Engine | None = None
+    _kept_pid: int = 0
+    _kept_release: weakref.finalize[Any, Any] | None = None
+
+    def kept_connection(self, engine: Engine) -> Any:
+        """The pooled connection kept for ``engine``'s writes, if it can still serve."""
+        kept = self._kept
+        if kept is None:
+            return None
+        if self._kept_pid != os.getpid():
+            self._forget_kept(close=False)  # the parent's: closing it would end its session
+            return None
+        if self._kept_engine is not engine or not kept.is_valid:
+            self._forget_kept(close=True)
+            return None
+        return kept
+
+    def keep_connection(self, engine: Engine, pooled: Any) -> bool:
+        """Keep ``pooled`` (just used for a write) for the next one; False if it cannot
+        serve again (it was invalidated), so the caller returns it to the pool."""
+        if not pooled.is_valid:
+            if pooled is self._kept:
+                self._forget_kept(close=True)
+            return False
+        if pooled is not self._kept:
+            self._forget_kept(close=True)
+            self._kept, self._kept_engine, self._kept_pid = pooled, engine, os.getpid()
+            self._kept_release = weakref.finalize(self, _close_if_mine, pooled, os.getpid())
+        return True
+
+    def _forget_kept(self, *, close: bool) -> None:
+        release = self._kept_release
+        self._kept = self._kept_engine = self._kept_release = None
+        if release is not None:
+            if close:
+                release()  # returns the connection to its pool, once
+            else:
+                release.detach()
+
+    def close(self) -> None:
+        self._forget_kept(close=True)
+        super().close()
+
+    def invalidate(self) -> None:
+        mine = self._kept is not None and self._kept_pid == os.getpid()
+        if mine:
+            self._kept.invalidate()
+        self._forget_kept(close=mine)
+        super().invalidate()
+
+
+def _close_if_mine(pooled: Any, pid: int) -> None:
+    # A forked child collecting its copy of the session must not close the parent's
+    # connection (on PostgreSQL that would end the parent's server session).
+    if os.getpid() == pid:
+        pooled.close()
 
 
 # -- the retry layer --------------------------------------------------------------------
@@ -352,7 +427,10 @@ def _attempt_on_pool(
     BEGIN IMMEDIATE and COMMIT are ours to emit; psycopg begins implicitly and commits
     through the driver, or with ``one_statement`` runs in autocommit mode.
     """
-    pooled = engine.raw_connection()
+    keeping = session if isinstance(session, KeepingSession) else None
+    pooled = None if keeping is None else keeping.kept_connection(engine)
+    if pooled is None:
+        pooled = engine.raw_connection()
     connection: Any = pooled.dbapi_connection
     tx = Tx(
         connection,
@@ -384,7 +462,8 @@ def _attempt_on_pool(
         tx.close()
         if autocommit and pooled.is_valid:
             connection.autocommit = False
-        pooled.close()
+        if keeping is None or not keeping.keep_connection(engine, pooled):
+            pooled.close()
 
 
 def _roll_back_quietly(pooled: Any, sqlite: bool) -> None:

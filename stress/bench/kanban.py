@@ -102,8 +102,9 @@ def verify(target: Target) -> Verdict:
 
 def kb_consumer(target: Target, index: int, quota: int, batch: int) -> Loop:
     """claim_next + complete_task (``batch`` 0), or claim_many(limit=batch) + one
-    complete_many for the batch, as a batch worker would."""
-    session = kb.connect(target.url)
+    complete_many for the batch, as a batch worker would: on a session that keeps its
+    connection (as the raw baseline keeps its own)."""
+    session = kb.connect(target.url, keep_connection=True)
     kb.board_stats(session)  # warm up: engine, pool, connection set-up (a read, no task)
     claimer = f"bench-{index}"
 

@@ -1,0 +1,122 @@
+"""KeepingSession: one pooled connection for all of a worker's writes, returned at close."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+import kanban_orm as kb
+
+
+@pytest.fixture
+def checkouts(engine: Engine) -> Iterator[list[object]]:
+    """The driver connections the engine's pool hands out, one entry per checkout."""
+    seen: list[object] = []
+
+    def count(dbapi_connection: object, _record: object, _proxy: object) -> None:
+        seen.append(dbapi_connection)
+
+    event.listen(engine, "checkout", count)
+    yield seen
+    event.remove(engine, "checkout", count)
+
+
+def checked_out(engine: Engine) -> int:
+    return engine.pool.checkedout()  # type: ignore[attr-defined,no-any-return]
+
+
+def claim_and_complete(session: Session, title: str) -> None:
+    task_id = kb.create_task(session, title=title)
+    task = kb.claim_task(session, task_id, claimer="w")
+    assert task is not None
+    kb.complete_task(session, task_id, claim_lock=task.claim_lock)
+
+
+def test_a_keeping_session_writes_on_one_connection_and_returns_it_at_close(
+    db_url: str, engine: Engine, checkouts: list[object]
+) -> None:
+    with kb.connect(db_url, keep_connection=True) as session:
+        assert isinstance(session, kb.KeepingSession)
+        claim_and_complete(session, "one")
+        claim_and_complete(session, "two")
+        assert kb.claim_next(session, claimer="w") is None
+        assert len(checkouts) == 1  # seven writes (a claim_next is two), one checkout
+        assert checked_out(engine) == 1
+    assert checked_out(engine) == 0
+    assert [t.status for t in kb.list_tasks(kb.connect(db_url))] == ["done", "done"]
+
+
+def test_a_plain_session_returns_the_connection_after_each_write(
+    session: Session, engine: Engine, checkouts: list[object]
+) -> None:
+    claim_and_complete(session, "one")
+    assert len(checkouts) == 3
+    assert checked_out(engine) == 0
+
+
+def test_a_session_factory_can_make_keeping_sessions(engine: Engine) -> None:
+    with kb.session_factory(engine, keep_connection=True)() as session:
+        claim_and_complete(session, "one")
+        assert checked_out(engine) == 1
+    assert checked_out(engine) == 0
+
+
+def test_an_unclosed_keeping_session_returns_its_connection_when_collected(
+    db_url: str, engine: Engine
+) -> None:
+    session = kb.connect(db_url, keep_connection=True)
+    kb.create_task(session, title="one")
+    assert checked_out(engine) == 1
+    del session
+    gc.collect()
+    assert checked_out(engine) == 0
+
+
+def test_a_kept_connection_that_was_invalidated_is_replaced(
+    db_url: str, engine: Engine, checkouts: list[object]
+) -> None:
+    with kb.connect(db_url, keep_connection=True) as session:
+        kb.create_task(session, title="one")
+        kept = session._kept
+        kept.invalidate()
+        claim_and_complete(session, "two")
+        assert len(checkouts) == 2
+        assert session._kept is not kept
+        assert checked_out(engine) == 1
+    assert checked_out(engine) == 0
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_kept_postgresql_connection_whose_server_session_ended_is_replaced(
+    db_url: str, engine: Engine
+) -> None:
+    """The server ends the kept connection's backend between two writes: the next write
+    finds it gone, is retried on a new connection, and that one is kept."""
+    with kb.connect(db_url, keep_connection=True) as session:
+        kb.create_task(session, title="one")
+        pid = session._kept.dbapi_connection.info.backend_pid
+        with engine.connect() as admin:
+            admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        claim_and_complete(session, "two")
+        assert session._kept.dbapi_connection.info.backend_pid != pid
+        assert [t.status for t in kb.list_tasks(session)] == ["ready", "done"]
+
+
+def test_invalidating_a_keeping_session_invalidates_its_connection(
+    db_url: str, engine: Engine, checkouts: list[object]
+) -> None:
+    session = kb.connect(db_url, keep_connection=True)
+    kb.create_task(session, title="one")
+    kept = session._kept
+    session.invalidate()
+    assert not kept.is_valid
+    assert checked_out(engine) == 0
+    kb.create_task(session, title="two")  # a new connection, kept again
+    assert len(checkouts) == 2
+    session.close()
