@@ -286,8 +286,15 @@ def _bind_processors(compiled: SQLCompiler, dialect: Dialect) -> dict[str, Any]:
     for bind, name in compiled.bind_names.items():
         process = bind.type.dialect_impl(dialect).bind_processor(dialect)
         if process is not None:
-            found[name] = process
+            found[name] = _none_made_once(process)
     return found
+
+
+def _none_made_once(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``process``, with its value for None worked out once: a JSON column's null (the
+    text ``null``) is bound on every run a completion closes without metadata."""
+    none = process(None)
+    return lambda value: none if value is None else process(value)
 
 
 def _result_columns(statement: ClauseElement) -> list[Any]:
