@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import multiprocessing
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -120,3 +122,33 @@ def test_invalidating_a_keeping_session_invalidates_its_connection(
     kb.create_task(session, title="two")  # a new connection, kept again
     assert len(checkouts) == 2
     session.close()
+
+
+def _write_in_a_forked_child(session: Session, engine: Engine, parents: int) -> None:
+    engine.dispose(close=False)  # what SQLAlchemy asks of a forked child
+    kb.create_task(session, title="from the child")
+    assert isinstance(session, kb.KeepingSession)
+    used = session._kept.dbapi_connection.info.backend_pid
+    session.close()
+    sys.exit(0 if used != parents else 3)
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_forked_child_neither_uses_nor_closes_the_parents_kept_connection(
+    db_url: str, engine: Engine
+) -> None:
+    """The child writes on a connection of its own (two processes on one socket would
+    garble each other's messages) and leaves the parent's open."""
+    with kb.connect(db_url, keep_connection=True) as session:
+        kb.create_task(session, title="from the parent")
+        pid = session._kept.dbapi_connection.info.backend_pid
+        child = multiprocessing.get_context("fork").Process(
+            target=_write_in_a_forked_child, args=(session, engine, pid)
+        )
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
+        kb.create_task(session, title="parent again")
+        assert session._kept.dbapi_connection.info.backend_pid == pid
+        titles = sorted(t.title for t in kb.list_tasks(session))
+    assert titles == ["from the child", "from the parent", "parent again"]
