@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import URL, Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningUpdate
@@ -226,7 +226,7 @@ def claim_many(
 
         return run_write(session, work, one_statement=True)
 
-    looked = _reclaim_check_due(str(session.get_bind().engine.url))
+    looked = _reclaim_check_due(session.get_bind().engine.url)
     if looked:
         reclaim()
     claimed = claim(count)
@@ -237,10 +237,10 @@ def claim_many(
 
 #: claim_many looks for expired leases at least this often while claims keep succeeding.
 RECLAIM_CHECK_SECONDS = 1.0
-_last_reclaim_check: dict[str, float] = {}
+_last_reclaim_check: dict[URL, float] = {}
 
 
-def _reclaim_check_due(key: str) -> bool:
+def _reclaim_check_due(key: URL) -> bool:
     now = time.monotonic()
     if now - _last_reclaim_check.get(key, float("-inf")) < RECLAIM_CHECK_SECONDS:
         return False
