@@ -242,7 +242,7 @@ def session_factory(engine: Engine, *, keep_connection: bool = False) -> session
 
 class KeepingSession(Session):
     """A Session that keeps the pooled connection its first kanban write checked out, for
-    every later write, until :meth:`close` (or until it is garbage-collected).
+    every later write, until :meth:`close` or :meth:`reset` (or garbage collection).
 
     A write otherwise checks a connection out of the Engine's pool and back in, about a
     tenth of a claim_next + complete_task cycle on SQLite: for a worker that claims and
@@ -296,6 +296,10 @@ class KeepingSession(Session):
     def close(self) -> None:
         self._forget_kept(close=True)
         super().close()
+
+    def reset(self) -> None:
+        self._forget_kept(close=True)
+        super().reset()
 
     def invalidate(self) -> None:
         mine = self._kept is not None and self._kept_pid == os.getpid()

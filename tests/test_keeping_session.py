@@ -69,6 +69,16 @@ def test_a_session_factory_can_make_keeping_sessions(engine: Engine) -> None:
     assert checked_out(engine) == 0
 
 
+def test_resetting_a_keeping_session_returns_its_connection(db_url: str, engine: Engine) -> None:
+    session = kb.connect(db_url, keep_connection=True)
+    kb.create_task(session, title="one")
+    session.reset()
+    assert checked_out(engine) == 0
+    kb.create_task(session, title="two")
+    assert checked_out(engine) == 1
+    session.close()
+
+
 def test_an_unclosed_keeping_session_returns_its_connection_when_collected(
     db_url: str, engine: Engine
 ) -> None:
