@@ -249,44 +249,65 @@ class KeepingSession(Session):
     completes in a loop, keeping one is the cheaper trade. The price is that the
     session holds one connection of the pool for as long as it lives (its own ORM reads
     use another, as any Session's do), so size the pool for the keeping sessions that
-    live at once. A connection that drops is replaced on the next write; one inherited
-    across ``fork()`` is left alone, never used by the child.
+    live at once; and a kept connection is not checked out again, so the pool's
+    ``pool_recycle``, ``pool_pre_ping`` and checkout events do not see it between writes.
+
+    The connection is kept only while it is idle (no transaction open) and its pool is
+    still the engine's (``engine.dispose()`` makes the next write check out a new one).
+    A write that finds it in use (the session shared between threads, a nested call)
+    checks one out of the pool as usual. One that dropped is replaced; one inherited
+    across ``fork()`` is left to the parent: the child neither uses nor closes it.
     """
 
-    _kept: Any = None
-    _kept_engine: Engine | None = None
-    _kept_pid: int = 0
-    _kept_release: weakref.finalize[Any, Any] | None = None
+    _owned: Any = None  # the kept connection, idle or in use by a write
+    #: [_owned] while no write is using it, else []: a write takes it with list.pop,
+    #: which two threads cannot both win.
+    _idle: list[Any] | None = None
+    _owned_pool: Any = None
+    _owned_pid: int = 0
+    _release: weakref.finalize[Any, Any] | None = None
 
-    def kept_connection(self, engine: Engine) -> Any:
-        """The pooled connection kept for ``engine``'s writes, if it can still serve."""
-        kept = self._kept
+    def take_connection(self, engine: Engine) -> Any:
+        """The kept connection for a write on ``engine``, taken out until
+        :meth:`give_back`; None if there is none that can serve (or it is in use)."""
+        try:
+            kept = self._idle.pop() if self._idle else None
+        except IndexError:  # another thread took it first
+            return None
         if kept is None:
             return None
-        if self._kept_pid != os.getpid():
-            self._forget_kept(close=False)  # the parent's: closing it would end its session
+        if self._owned_pid != os.getpid():
+            self._forget(close=False)  # the parent's
             return None
-        if self._kept_engine is not engine or not kept.is_valid:
-            self._forget_kept(close=True)
+        if self._owned_pool is not engine.pool or not kept.is_valid:
+            self._forget(close=True)
             return None
         return kept
 
-    def keep_connection(self, engine: Engine, pooled: Any) -> bool:
-        """Keep ``pooled`` (just used for a write) for the next one; False if it cannot
-        serve again (it was invalidated), so the caller returns it to the pool."""
-        if not pooled.is_valid:
-            if pooled is self._kept:
-                self._forget_kept(close=False)  # the caller returns it to the pool
+    def give_back(self, engine: Engine, pooled: Any) -> bool:
+        """After a write: keep ``pooled`` for the next one if it is idle and valid; False
+        when the caller is to return it to the pool instead."""
+        if pooled is self._owned and self._idle is not None:
+            if pooled.is_valid and _is_idle(pooled.dbapi_connection):
+                self._idle.append(pooled)
+                return True
+            self._forget(close=False)  # the caller returns it to the pool
             return False
-        if pooled is not self._kept:
-            self._forget_kept(close=True)
-            self._kept, self._kept_engine, self._kept_pid = pooled, engine, os.getpid()
-            self._kept_release = weakref.finalize(self, _close_if_mine, pooled, os.getpid())
+        if self._owned is not None or not pooled.is_valid:
+            return False  # one is kept already (the write ran beside it)
+        if not _is_idle(pooled.dbapi_connection):
+            return False
+        pid = os.getpid()
+        self._owned, self._idle = pooled, [pooled]
+        self._owned_pool, self._owned_pid = engine.pool, pid
+        self._release = weakref.finalize(self, _close_if_mine, pooled, pid)
         return True
 
-    def _forget_kept(self, *, close: bool) -> None:
-        release = self._kept_release
-        self._kept = self._kept_engine = self._kept_release = None
+    def _forget(self, *, close: bool) -> None:
+        if self._owned is not None and self._owned_pid != os.getpid():
+            _inherited.append(self._owned)
+        release = self._release
+        self._owned = self._idle = self._owned_pool = self._release = None
         if release is not None:
             if close:
                 release()  # returns the connection to its pool, once
@@ -294,19 +315,24 @@ class KeepingSession(Session):
                 release.detach()
 
     def close(self) -> None:
-        self._forget_kept(close=True)
+        self._forget(close=self._owned_pid == os.getpid())
         super().close()
 
     def reset(self) -> None:
-        self._forget_kept(close=True)
+        self._forget(close=self._owned_pid == os.getpid())
         super().reset()
 
     def invalidate(self) -> None:
-        mine = self._kept is not None and self._kept_pid == os.getpid()
+        mine = self._owned is not None and self._owned_pid == os.getpid()
         if mine:
-            self._kept.invalidate()
-        self._forget_kept(close=mine)
+            self._owned.invalidate()
+        self._forget(close=mine)
         super().invalidate()
+
+
+#: Kept connections a forked child inherited: held for good, since once collected the
+#: child's copy of the pool would take them back and hand the parent's socket out again.
+_inherited: list[Any] = []
 
 
 def _close_if_mine(pooled: Any, pid: int) -> None:
@@ -314,6 +340,17 @@ def _close_if_mine(pooled: Any, pid: int) -> None:
     # connection (on PostgreSQL that would end the parent's server session).
     if os.getpid() == pid:
         pooled.close()
+    else:
+        _inherited.append(pooled)
+
+
+def _is_idle(dbapi_connection: Any) -> bool:
+    """No transaction open on the driver connection (sqlite3 or psycopg 3)."""
+    in_transaction = getattr(dbapi_connection, "in_transaction", None)
+    if in_transaction is not None:
+        return not in_transaction
+    status = getattr(getattr(dbapi_connection, "info", None), "transaction_status", 0)
+    return int(status) == 0  # psycopg.pq.TransactionStatus.IDLE
 
 
 # -- the retry layer --------------------------------------------------------------------
@@ -432,7 +469,7 @@ def _attempt_on_pool(
     through the driver, or with ``one_statement`` runs in autocommit mode.
     """
     keeping = session if isinstance(session, KeepingSession) else None
-    pooled = None if keeping is None else keeping.kept_connection(engine)
+    pooled = None if keeping is None else keeping.take_connection(engine)
     if pooled is None:
         pooled = engine.raw_connection()
     connection: Any = pooled.dbapi_connection
@@ -465,9 +502,16 @@ def _attempt_on_pool(
     finally:
         tx.close()
         if autocommit and pooled.is_valid:
-            connection.autocommit = False
-        if keeping is None or not keeping.keep_connection(engine, pooled):
+            _leave_autocommit(pooled)
+        if keeping is None or not keeping.give_back(engine, pooled):
             pooled.close()
+
+
+def _leave_autocommit(pooled: Any) -> None:
+    try:
+        pooled.dbapi_connection.autocommit = False
+    except Exception:
+        pooled.invalidate()  # a connection in an unknown state is not used again
 
 
 def _roll_back_quietly(pooled: Any, sqlite: bool) -> None:

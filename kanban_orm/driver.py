@@ -293,7 +293,10 @@ def _bind_processors(compiled: SQLCompiler, dialect: Dialect) -> dict[str, Any]:
 def _none_made_once(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """``process``, with its value for None worked out once: a JSON column's null (the
     text ``null``) is bound on every run a completion closes without metadata."""
-    none = process(None)
+    try:
+        none = process(None)
+    except Exception:  # a serializer of the caller's that refuses None: left to refuse
+        return process
     return lambda value: none if value is None else process(value)
 
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import random
 import time
+import weakref
 from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import URL, Select, select
+from sqlalchemy import Select, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningUpdate
@@ -200,7 +202,7 @@ def claim_many(
 
     Expired leases within the same filters are taken over, so a board with no reaper
     still heals: whenever the claimable tasks fall short of ``limit``, and otherwise at
-    most once every :data:`RECLAIM_CHECK_SECONDS` per process and database (looking for
+    most once every :data:`RECLAIM_CHECK_SECONDS` per process and engine (looking for
     them costs a query, which a busy claimer should not pay on every call).
     """
     who = steps.claimer_name(claimer)
@@ -226,7 +228,7 @@ def claim_many(
 
         return run_write(session, work, one_statement=True)
 
-    looked = _reclaim_check_due(session.get_bind().engine.url)
+    looked = _reclaim_check_due(session.get_bind().engine)
     if looked:
         reclaim()
     claimed = claim(count)
@@ -237,10 +239,10 @@ def claim_many(
 
 #: claim_many looks for expired leases at least this often while claims keep succeeding.
 RECLAIM_CHECK_SECONDS = 1.0
-_last_reclaim_check: dict[URL, float] = {}
+_last_reclaim_check: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
 
 
-def _reclaim_check_due(key: URL) -> bool:
+def _reclaim_check_due(key: Engine) -> bool:
     now = time.monotonic()
     if now - _last_reclaim_check.get(key, float("-inf")) < RECLAIM_CHECK_SECONDS:
         return False

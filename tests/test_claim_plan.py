@@ -192,3 +192,13 @@ def test_a_completion_looks_for_children_to_promote_only_when_one_waits(
         kb.complete_task(session, task_id, claim_lock=claimed.claim_lock)
         assert (locking_children in run) == (task_id == parent)
     assert kb.get_task(session, child).status == "ready"
+
+
+def test_a_forced_completion_without_a_run_still_promotes_its_children(
+    session: Any, engine: Engine
+) -> None:
+    """No open run to close means no answer about children: the promotion looks."""
+    parent = kb.create_task(session, title="never claimed")
+    child = kb.create_task(session, title="child", parents=[parent])
+    kb.complete_task(session, parent, force=True)
+    assert kb.get_task(session, child).status == "ready"

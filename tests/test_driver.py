@@ -113,6 +113,7 @@ _GIVEN_KEYS: list[tuple[str, Any, tuple[str, ...]]] = [
     ("INSERT_EVENT", q.INSERT_EVENT, ("task_id", "run_id", "kind", "payload")),
     ("INSERT_LINK", q.INSERT_LINK, ("parent_id", "child_id")),
     ("claim_next", q.claim_next_statement(False, False), ("limit", "ttl")),
+    ("claim_next numbered", q.claim_next_statement(False, False, numbered=True), ("limit", "ttl")),
     (
         "claim_next by both",
         q.claim_next_statement(True, True),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -95,11 +96,11 @@ def test_a_kept_connection_that_was_invalidated_is_replaced(
 ) -> None:
     with kb.connect(db_url, keep_connection=True) as session:
         kb.create_task(session, title="one")
-        kept = session._kept
+        kept = session._owned
         kept.invalidate()
         claim_and_complete(session, "two")
         assert len(checkouts) == 2
-        assert session._kept is not kept
+        assert session._owned is not kept
         assert checked_out(engine) == 1
     assert checked_out(engine) == 0
 
@@ -112,11 +113,11 @@ def test_a_kept_postgresql_connection_whose_server_session_ended_is_replaced(
     finds it gone, is retried on a new connection, and that one is kept."""
     with kb.connect(db_url, keep_connection=True) as session:
         kb.create_task(session, title="one")
-        pid = session._kept.dbapi_connection.info.backend_pid
+        pid = session._owned.dbapi_connection.info.backend_pid
         with engine.connect() as admin:
             admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         claim_and_complete(session, "two")
-        assert session._kept.dbapi_connection.info.backend_pid != pid
+        assert session._owned.dbapi_connection.info.backend_pid != pid
         assert [t.status for t in kb.list_tasks(session)] == ["ready", "done"]
 
 
@@ -125,7 +126,7 @@ def test_invalidating_a_keeping_session_invalidates_its_connection(
 ) -> None:
     session = kb.connect(db_url, keep_connection=True)
     kb.create_task(session, title="one")
-    kept = session._kept
+    kept = session._owned
     session.invalidate()
     assert not kept.is_valid
     assert checked_out(engine) == 0
@@ -134,31 +135,81 @@ def test_invalidating_a_keeping_session_invalidates_its_connection(
     session.close()
 
 
-def _write_in_a_forked_child(session: Session, engine: Engine, parents: int) -> None:
-    engine.dispose(close=False)  # what SQLAlchemy asks of a forked child
+def test_after_the_engine_is_disposed_a_write_checks_out_a_new_connection(
+    db_url: str, engine: Engine, checkouts: list[object]
+) -> None:
+    """Regression (review): the kept connection outlived dispose(), so after a failover
+    the session would have gone on writing to the old server."""
+    with kb.connect(db_url, keep_connection=True) as session:
+        kb.create_task(session, title="one")
+        engine.dispose()
+        kb.create_task(session, title="two")
+        assert len(checkouts) == 2
+        assert session._owned_pool is engine.pool
+        assert checked_out(engine) == 1
+
+
+def test_threads_sharing_a_keeping_session_each_get_a_connection_of_their_own(
+    db_url: str, engine: Engine
+) -> None:
+    """Regression (review): two threads were handed the kept connection at once (SQLite
+    crashed, PostgreSQL refused every call). A write that finds it in use checks one out
+    of the pool, as a plain session's does."""
+    session = kb.connect(db_url, keep_connection=True)
+    for i in range(80):
+        kb.create_task(session, title=f"t{i}")
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            while (
+                task := kb.claim_next(session, claimer=threading.current_thread().name)
+            ) is not None:
+                kb.complete_task(session, task.id, claim_lock=str(task.claim_lock))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    session.close()
+    assert errors == []
+    assert checked_out(engine) == 0
+    with kb.connect(db_url) as reader:
+        assert {t.status for t in kb.list_tasks(reader, limit=1000)} == {"done"}
+        completed = kb.list_events(reader, limit=10_000)
+        assert sum(e.kind == "completed" for e in completed) == 80
+
+
+def _write_in_a_forked_child(session: Session, engine: Engine, parents: int, dispose: bool) -> None:
+    if dispose:
+        engine.dispose(close=False)  # what SQLAlchemy asks of a forked child
     kb.create_task(session, title="from the child")
     assert isinstance(session, kb.KeepingSession)
-    used = session._kept.dbapi_connection.info.backend_pid
+    used = session._owned.dbapi_connection.info.backend_pid
     session.close()
     sys.exit(0 if used != parents else 3)
 
 
+@pytest.mark.parametrize("dispose", [True, False], ids=["disposed", "not-disposed"])
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 def test_a_forked_child_neither_uses_nor_closes_the_parents_kept_connection(
-    db_url: str, engine: Engine
+    db_url: str, engine: Engine, dispose: bool
 ) -> None:
     """The child writes on a connection of its own (two processes on one socket would
     garble each other's messages) and leaves the parent's open."""
     with kb.connect(db_url, keep_connection=True) as session:
         kb.create_task(session, title="from the parent")
-        pid = session._kept.dbapi_connection.info.backend_pid
+        pid = session._owned.dbapi_connection.info.backend_pid
         child = multiprocessing.get_context("fork").Process(
-            target=_write_in_a_forked_child, args=(session, engine, pid)
+            target=_write_in_a_forked_child, args=(session, engine, pid, dispose)
         )
         child.start()
         child.join(30)
         assert child.exitcode == 0
         kb.create_task(session, title="parent again")
-        assert session._kept.dbapi_connection.info.backend_pid == pid
+        assert session._owned.dbapi_connection.info.backend_pid == pid
         titles = sorted(t.title for t in kb.list_tasks(session))
     assert titles == ["from the child", "from the parent", "parent again"]
