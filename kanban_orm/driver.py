@@ -77,7 +77,6 @@ class Prepared:
         "compiled",
         "converted",
         "defaults",
-        "direct",
         "expanded",
         "names",
         "order",
@@ -98,11 +97,11 @@ class Prepared:
         self.per_call = _rendered_per_call(compiled)
         #: SQL and parameter order per value of rendered scalars (a LIMIT), made on first use.
         self.expanded: dict[tuple[Any, ...], tuple[str, Any]] = {}
-        #: The parameter names, when every one is the caller's value under its own name
-        #: (the common case): then binding needs no help from the compiled statement.
-        self.direct = None if self.defaults else _named_as_passed(compiled)
-        #: With ``direct``: the driver's parameters in order, each with its processor.
-        self.order = None if self.direct is None else self._order(self.names or self.direct)
+        #: When every parameter is the caller's value under its own name (the common
+        #: case), the driver's parameters in order, each with its processor: binding then
+        #: needs no help from the compiled statement.
+        direct = None if self.defaults else _named_as_passed(compiled)
+        self.order = None if direct is None else self._order(self.names or direct)
         columns = _result_columns(statement)
         result = [_result_processor(c, dialect) for c in columns]
         #: (position, processor) of each returned column the driver's value needs converting.
@@ -117,9 +116,11 @@ class Prepared:
         state = self.compiled.construct_expanded_state(params)
         if self.order is None:
             return state.statement, state.positiontup
-        rendered = set(self.per_call)
-        names = state.positiontup or [n for n in self.direct or () if n not in rendered]
-        return state.statement, self._order(names)
+        if self.names is not None:
+            return state.statement, self._order(state.positiontup or ())
+        # Named: the parameters less the rendered ones, which are in the SQL now.
+        kept = [(name, p) for name, p in self.order if name not in self.per_call]
+        return state.statement, tuple(kept)
 
     def bind(self, params: Params) -> tuple[str, Any]:
         """The SQL and the driver's parameters (a tuple or a dict) for one call."""
@@ -127,7 +128,7 @@ class Prepared:
         if order is not None:
             sql = self.sql
             if self.per_call:
-                sql, order = self._rendered(params)
+                sql, order = self._rendered(params, tuple([params.get(n) for n in self.per_call]))
             if self.names is None:
                 return sql, {name: p(params[name]) if p else params[name] for name, p in order}
             return sql, tuple([p(params[name]) if p else params[name] for name, p in order])
@@ -143,16 +144,16 @@ class Prepared:
                 if state.positiontup is None:
                     return state.statement, values
                 return state.statement, tuple(values[name] for name in state.positiontup)
-            sql, names = self._rendered(params)
+            sql, names = self._rendered(params, rendered)
             names = names if self.names is not None else None
         values = _processed(self.compiled.construct_params(params), self.processors)
         if names is None:
             return sql, values
         return sql, tuple(values[name] for name in names)
 
-    def _rendered(self, params: Params) -> tuple[str, Any]:
-        """The SQL with this call's scalars (a LIMIT) rendered in, and its parameter order."""
-        rendered = tuple([params.get(name) for name in self.per_call])
+    def _rendered(self, params: Params, rendered: tuple[Any, ...]) -> tuple[str, Any]:
+        """The SQL with this call's ``rendered`` scalars (a LIMIT) in it, and its
+        parameter order."""
         found = self.expanded.get(rendered)
         if found is None:
             found = self._expand(params)

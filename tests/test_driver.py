@@ -102,7 +102,7 @@ def _bound_by_name() -> list[tuple[str, Any]]:
             warnings.simplefilter("ignore", SAWarning)  # an INSERT probed with no values
             probe = driver.Prepared(statement, DIALECTS["sqlite"], ())
         keys = tuple(sorted({b.key for b in probe.compiled.bind_names if not b.unique}))
-        if keys and driver.Prepared(statement, DIALECTS["sqlite"], keys).direct is not None:
+        if keys and driver.Prepared(statement, DIALECTS["sqlite"], keys).order is not None:
             found.append((name, keys))
     return found
 
@@ -144,7 +144,7 @@ def test_binding_by_name_gives_what_the_compiled_statement_gives(
             params["limit"] = limit
         fast = plan.bind(params)
         compiled_only = driver.Prepared(statement, dialect, keys)
-        compiled_only.direct = compiled_only.order = None
+        compiled_only.order = None
         sql, values = compiled_only.bind(params)
         if isinstance(values, dict):  # a named driver is not sent the rendered LIMIT
             values = {k: v for k, v in values.items() if k not in plan.per_call}
@@ -157,5 +157,5 @@ def test_a_value_given_with_the_statement_is_used_when_the_call_has_none(
     """Regression (review): binding by name dropped parameters whose value came with
     the statement, as queries.EVENT_LOG_GUARD_PRESENT's trigger name does."""
     plan = driver.prepared(q.EVENT_LOG_GUARD_PRESENT, dialect, ())
-    assert plan.direct is None
+    assert plan.order is None
     assert values_of(plan, {}) == [q.EVENT_LOG_GUARD_TRIGGER]
