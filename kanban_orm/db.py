@@ -479,6 +479,7 @@ def _attempt_on_pool(
         session,
         pooled.invalidate,
         hide_parameters=engine.hide_parameters,
+        kept=pooled.info,
     )
     sqlite = engine.dialect.name == "sqlite"
     autocommit = one_statement and not sqlite

@@ -332,6 +332,10 @@ def prepared(statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...]) 
     return made
 
 
+#: Where Tx keeps a connection's cursor between transactions (see Tx.__init__).
+_KEPT_CURSOR = "kanban_orm.cursor"
+
+
 class Tx:
     """One write transaction's statements, on the driver connection the caller opened.
 
@@ -347,6 +351,7 @@ class Tx:
         on_disconnect: Callable[[], None],
         *,
         hide_parameters: bool = False,
+        kept: dict[Any, Any] | None = None,
     ) -> None:
         self.dialect = dialect
         self.session = session
@@ -355,8 +360,16 @@ class Tx:
         self.refreshed: list[object] = []
         self._hide_parameters = hide_parameters
         self._connection = dbapi_connection
-        self._cursor: Any = None
         self._on_disconnect = on_disconnect
+        # Making and closing a psycopg cursor was a tenth of a claim_next + complete_task's
+        # client time, and a new one starts with empty caches of how to send and read
+        # each type. So one is kept from one transaction to the next in ``kept``, the
+        # pool's info of the connection (cleared when the pool replaces the connection).
+        # A sqlite3
+        # cursor is cheap and is closed after each: one left holding a statement would
+        # hold its read snapshot too.
+        self._kept = kept if self.is_postgresql else None
+        self._cursor: Any = None if self._kept is None else self._kept.pop(_KEPT_CURSOR, None)
 
     @property
     def is_postgresql(self) -> bool:
@@ -443,6 +456,9 @@ class Tx:
         return translated
 
     def close(self) -> None:
+        if self._cursor is not None and self._kept is not None and not self._cursor.closed:
+            self._kept[_KEPT_CURSOR] = self._cursor
+            self._cursor = None
         if self._cursor is not None:
             # A connection that is gone has nothing left to release.
             with contextlib.suppress(self.dialect.loaded_dbapi.Error):

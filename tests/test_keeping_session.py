@@ -7,6 +7,7 @@ import multiprocessing
 import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -15,6 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
+from kanban_orm import driver
 
 
 @pytest.fixture
@@ -119,6 +121,29 @@ def test_a_kept_postgresql_connection_whose_server_session_ended_is_replaced(
         claim_and_complete(session, "two")
         assert session._owned.dbapi_connection.info.backend_pid != pid
         assert [t.status for t in kb.list_tasks(session)] == ["ready", "done"]
+        # The old connection's cursor was not used on the new one, nor kept with it.
+        assert kept_cursor(session).connection is session._owned.dbapi_connection
+
+
+def kept_cursor(session: kb.KeepingSession) -> Any:
+    """The driver cursor kept with the session's connection for its next write."""
+    return session._owned.info.get(driver._KEPT_CURSOR)
+
+
+def test_postgresql_writes_share_one_cursor_and_sqlite_writes_close_theirs(
+    db_url: str, backend: str
+) -> None:
+    with kb.connect(db_url, keep_connection=True) as session:
+        kb.create_task(session, title="one")
+        first = kept_cursor(session)
+        claim_and_complete(session, "two")
+        if backend == "sqlite":
+            # An open sqlite3 cursor could hold a statement, and with it a read snapshot.
+            assert first is None and kept_cursor(session) is None
+            return
+        assert first is not None and not first.closed
+        assert first.connection is session._owned.dbapi_connection
+        assert kept_cursor(session) is first  # four more writes, the same cursor
 
 
 def test_invalidating_a_keeping_session_invalidates_its_connection(
