@@ -195,7 +195,11 @@ def _default_cli_claimer() -> str:
 def _stop_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
     """Call ``on_signal(count)`` on SIGINT/SIGTERM instead of dying, for the block.
 
-    Outside the main thread (where Python cannot install handlers) this does nothing.
+    ``on_signal`` runs in a thread of its own: a handler runs in the main thread between
+    two of its bytecodes, maybe while that thread holds the lock ``on_signal`` needs
+    (``Event.wait`` holds its condition's lock between checks, and ``Event.set`` takes
+    it), and would wait for itself forever. Outside the main thread (where Python
+    cannot install handlers) this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -205,7 +209,7 @@ def _stop_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         nonlocal received
         received += 1
-        on_signal(received)
+        threading.Thread(target=on_signal, args=(received,), daemon=True).start()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -11,6 +11,7 @@ import select
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from typing import Any
 
@@ -538,6 +539,29 @@ def test_events_follow_tails_new_events_until_a_signal(
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert out == ""
+
+
+def test_a_signal_while_the_stop_event_is_locked_still_stops_the_command() -> None:
+    """--follow and --watch wait on an Event and a signal sets it: the handler runs in
+    the waiting thread, maybe while Event.wait holds the lock Event.set takes. Seen as
+    a `board --watch` that never exited after Ctrl-C."""
+    script = textwrap.dedent(
+        """
+        import os, signal, threading
+        from kanban_orm.cli import _stop_signals
+        stop = threading.Event()
+        with _stop_signals(lambda count: stop.set()):
+            with stop._cond:  # where Event.wait holds it, between its checks
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(10_000):  # the handler runs in here, in this thread
+                    pass
+            print("stopped" if stop.wait(10) else "not stopped")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout == "stopped\n", result.stderr
 
 
 def test_board_watch_redraws_in_place_until_a_signal(db_url: str, session: Session) -> None:
