@@ -17,7 +17,7 @@ and a running card shows its lease time left instead of its age (``2m left``, or
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -120,14 +120,16 @@ def _card(task: CardLike, now: datetime) -> Text:
     return card
 
 
-def _column(cards: Sequence[CardLike], now: datetime, max_cards: int | None) -> RenderableType:
+def _column(
+    cards: Sequence[CardLike], now: datetime, max_cards: int | None, total: int
+) -> RenderableType:
     shown = list(cards if max_cards is None else cards[:max_cards])
     parts: list[RenderableType] = []
     for index, task in enumerate(shown):
         if index:
             parts.append(Rule(style="dim", characters="╌"))
         parts.append(_card(task, now))
-    hidden = len(cards) - len(shown)
+    hidden = total - len(shown)
     if hidden:
         parts.append(Text(f"+{hidden} more", style="dim italic", no_wrap=True))
     return Group(*parts)
@@ -139,6 +141,7 @@ def render_board(
     *,
     title: str | None = None,
     max_cards: int | None = None,
+    counts: Mapping[str, int] | None = None,
 ) -> Table:
     """The board as a rich Table: one column per status in :data:`COLUMNS`.
 
@@ -146,12 +149,19 @@ def render_board(
     times are measured against. ``max_cards`` caps the cards drawn per column (the rest
     are counted as ``+N more``). Tasks in a status outside :data:`COLUMNS` (archived)
     are left out. The table expands to the console's width and cuts titles to fit.
+    ``counts`` (tasks per status) is for a caller that passes only the cards drawn (see
+    :func:`kanban_orm.workflow.board_cards`): the headers and ``+N more`` then count
+    every task, not only those passed.
     """
     by_status: dict[str, list[CardLike]] = {status.value: [] for status in COLUMNS}
     for task in tasks:
         if task.status in by_status:
             by_status[task.status].append(task)
-    total = sum(len(cards) for cards in by_status.values())
+    sizes = {
+        status: len(cards) if counts is None else counts.get(status, len(cards))
+        for status, cards in by_status.items()
+    }
+    total = sum(sizes.values())
     table = Table(
         title=title or f"kanban board: {total} task{'' if total == 1 else 's'}",
         caption=f"as of {now:%Y-%m-%d %H:%M:%S} UTC",
@@ -162,7 +172,7 @@ def render_board(
     )
     for status in COLUMNS:
         table.add_column(
-            f"{status.value} {len(by_status[status.value])}",
+            f"{status.value} {sizes[status.value]}",
             header_style=f"bold {_HEADER_STYLES[status]}",
             ratio=1,
             no_wrap=True,
@@ -170,7 +180,12 @@ def render_board(
         )
     table.add_row(
         *(
-            _column(column_order(status, by_status[status.value]), now, max_cards)
+            _column(
+                column_order(status, by_status[status.value]),
+                now,
+                max_cards,
+                sizes[status.value],
+            )
             for status in COLUMNS
         )
     )
@@ -184,6 +199,7 @@ def board_text(
     width: int = 100,
     title: str | None = None,
     max_cards: int | None = None,
+    counts: Mapping[str, int] | None = None,
 ) -> str:
     """:func:`render_board` drawn as plain text (no colour) at ``width`` columns."""
     out = io.StringIO()
@@ -196,7 +212,7 @@ def board_text(
         emoji=False,
         legacy_windows=False,
     )
-    console.print(render_board(tasks, now, title=title, max_cards=max_cards))
+    console.print(render_board(tasks, now, title=title, max_cards=max_cards, counts=counts))
     return out.getvalue()
 
 

@@ -869,8 +869,10 @@ def board(
     title = f"kanban board: tenant {tenant}" if tenant else None
 
     def draw(cards: int | None) -> Any:
-        tasks = service.list_tasks(session, tenant=tenant)
-        return board_view.render_board(tasks, _db_now(session), title=title, max_cards=cards)
+        tasks, counts = workflow.board_cards(session, tenant=tenant, per_column=cards)
+        return board_view.render_board(
+            tasks, _db_now(session), title=title, max_cards=cards, counts=counts
+        )
 
     if not watch:
         console.print(draw(max_cards))

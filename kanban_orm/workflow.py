@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session
 
 from . import queries as q
@@ -347,3 +347,47 @@ def board_stats(session: Session, tenant: str | None = None) -> dict[str, Any]:
         }
 
     return run_read(session, read)
+
+
+def board_cards(
+    session: Session, *, tenant: str | None = None, per_column: int | None = None
+) -> tuple[list[Task], dict[str, int]]:
+    """What the board draws, in one read transaction: the tasks of every status but
+    archived, at most ``per_column`` of each (None: all) in the column's order (that of
+    :func:`kanban_orm.board.column_order`), and how many tasks each status has.
+
+    A long-lived board keeps every finished task: only the cards a column shows become
+    objects, instead of the board's whole history on every redraw. (On PostgreSQL each
+    statement sees the latest commits, so a count may differ from its column's cards by
+    the tasks that moved meanwhile.)
+    """
+    tenant = None if tenant is None else check.name(tenant, "tenant")
+    shown = check.optional_integer(per_column, "per_column", minimum=1)
+    params = {} if tenant is None else {"only_tenant": tenant}
+    counted = q.stats_statements(tenant is not None)[0]
+    drawn = [status for status in Status if status is not Status.ARCHIVED]
+    columns = [_column_cards(status, tenant, shown) for status in drawn]
+
+    def read(s: Session) -> tuple[list[Task], dict[str, int]]:
+        counts = dict.fromkeys((status.value for status in Status), 0)
+        counts.update({status: n for status, n in s.execute(counted, params)})
+        cards = [task for column in columns for task in s.scalars(column)]
+        return cards, counts
+
+    return run_read(session, read)
+
+
+def _column_cards(status: Status, tenant: str | None, limit: int | None) -> Select[Any]:
+    """The tasks of one board column in display order (see :func:`board_cards`)."""
+    in_column = [Task.status == status.value]
+    if tenant is not None:
+        in_column.append(Task.tenant == tenant)
+    order: list[ColumnElement[Any]]
+    if status is Status.DONE:
+        order = [func.coalesce(Task.completed_at, Task.created_at).desc(), Task.id.desc()]
+    else:
+        order = [Task.priority.desc(), Task.id.asc()]
+    statement = (
+        select(Task).where(*in_column).order_by(*order).execution_options(populate_existing=True)
+    )
+    return statement if limit is None else statement.limit(limit)

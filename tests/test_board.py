@@ -120,6 +120,16 @@ def test_an_empty_board_still_draws_every_column() -> None:
     assert "archived" not in text
 
 
+def test_counts_given_with_the_cards_drawn_head_the_columns_and_say_how_many_are_hidden() -> None:
+    drawn = [card(1, "best", "ready", priority=9)]
+    counts = {"ready": 40, "done": 7, "archived": 3}
+    text = board_text(drawn, NOW, width=120, max_cards=1, counts=counts)
+    assert "kanban board: 47 tasks" in text  # archived tasks are not on the board
+    assert "ready 40" in text and "+39 more" in text
+    assert "done 7" in text and "+7 more" in text
+    assert "todo 0" in text
+
+
 def test_titles_with_newlines_and_markup_are_drawn_literally() -> None:
     text = board_text([card(1, "[bold]not\nmarkup[/bold]", "ready")], NOW, width=200)
     assert "[bold]not markup[/bold]" in text

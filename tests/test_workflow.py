@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy.orm import Session
 
@@ -182,3 +184,34 @@ def test_board_stats_counts_and_oldest_ready_age(session: Session) -> None:
     assert stats["by_assignee"] == {"ana": 2}  # done tasks are not open work
     assert stats["oldest_ready_age_seconds"] >= 0
     assert kb.board_stats(session, tenant="y")["by_status"]["ready"] == 0
+
+
+def test_board_cards_reads_each_column_best_first_up_to_the_cap_and_counts_all(
+    session: Session,
+) -> None:
+    low = kb.create_task(session, title="low", tenant="x")
+    high = kb.create_task(session, title="high", priority=5, tenant="x")
+    also_low = kb.create_task(session, title="also low", tenant="y")
+    finished = [kb.create_task(session, title=f"done {i}", tenant="x") for i in range(3)]
+    for task_id in (finished[1], finished[0], finished[2]):  # the last finished comes first
+        kb.complete_task(session, task_id, force=True)
+        time.sleep(0.01)  # distinct completed_at (SQLite keeps milliseconds)
+    gone = kb.create_task(session, title="gone")
+    kb.archive_task(session, gone)
+
+    cards, counts = kb.board_cards(session, per_column=2)
+    assert [(t.status, t.id) for t in cards] == [
+        ("ready", high),
+        ("ready", low),
+        ("done", finished[2]),
+        ("done", finished[0]),
+    ]
+    assert counts == {s.value: 0 for s in kb.Status} | {"ready": 3, "done": 3, "archived": 1}
+
+    every, _ = kb.board_cards(session)
+    assert sorted(t.id for t in every) == sorted([low, high, also_low, *finished])
+    scoped, scoped_counts = kb.board_cards(session, tenant="y", per_column=1)
+    assert [t.id for t in scoped] == [also_low]
+    assert scoped_counts["ready"] == 1 and scoped_counts["done"] == 0
+    with pytest.raises(kb.InvalidInput):
+        kb.board_cards(session, per_column=0)
