@@ -129,11 +129,6 @@ INSERT_TASK = insert(tasks).returning(tasks.c.id)
 INSERT_LINK = insert(links).inline()
 INSERT_COMMENT = insert(comments).returning(*comments.c)
 INSERT_EVENT = insert(events).inline()
-INSERT_RUN = (
-    insert(runs)
-    .values(started_at=utcnow(), last_heartbeat_at=utcnow())
-    .returning(runs.c.id, runs.c.task_id, sort_by_parameter_order=True)
-)
 
 
 @cache

@@ -19,7 +19,7 @@ import os
 import time
 import uuid
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
@@ -38,6 +38,9 @@ TAKE_UNGUARDED = (
     update(q.tasks)
     .where(q.tasks.c.id == bindparam("task_id"))  # BROKEN: no status / claim_lock guard
     .values(status="running", claim_lock=bindparam("token"), attempts=q.tasks.c.attempts + 1)
+)
+OPEN_RUN = (
+    insert(q.runs).values(started_at=utcnow(), last_heartbeat_at=utcnow()).returning(q.runs.c.id)
 )
 SET_RUN = (
     update(q.tasks)
@@ -60,7 +63,7 @@ def claim_task(
         s.execute(CLOSE_ANY_OPEN_RUN, {"run_task_id": task_id})
         s.execute(TAKE_UNGUARDED, {"task_id": task_id, "token": token})
         run_id = s.execute(
-            q.INSERT_RUN,
+            OPEN_RUN,
             {"task_id": task_id, "attempt": 1, "claimer": claimer, "claim_lock": token},
         ).scalar()
         s.execute(SET_RUN, {"task_id": task_id, "run_id": run_id})
