@@ -364,12 +364,16 @@ class Tx:
         # Making and closing a psycopg cursor was a tenth of a claim_next + complete_task's
         # client time, and a new one starts with empty caches of how to send and read
         # each type. So one is kept from one transaction to the next in ``kept``, the
-        # pool's info of the connection (cleared when the pool replaces the connection).
-        # A sqlite3
-        # cursor is cheap and is closed after each: one left holding a statement would
-        # hold its read snapshot too.
+        # pool's info of the connection (cleared when the pool replaces the connection;
+        # a cursor of another connection found there is not used). A sqlite3 cursor is
+        # cheap and is closed after each: one left holding a statement would hold its
+        # read snapshot too.
         self._kept = kept if self.is_postgresql else None
-        self._cursor: Any = None if self._kept is None else self._kept.pop(_KEPT_CURSOR, None)
+        self._cursor: Any = None
+        if self._kept is not None:
+            cursor = self._kept.pop(_KEPT_CURSOR, None)
+            if cursor is not None and cursor.connection is dbapi_connection:
+                self._cursor = cursor
 
     @property
     def is_postgresql(self) -> bool:
@@ -456,7 +460,9 @@ class Tx:
         return translated
 
     def close(self) -> None:
-        if self._cursor is not None and self._kept is not None and not self._cursor.closed:
+        # Not once the connection is closed (invalidated): the pool may already have
+        # given its slot, and the same info, to another thread with a new connection.
+        if self._cursor is not None and self._kept is not None and not self._connection.closed:
             self._kept[_KEPT_CURSOR] = self._cursor
             self._cursor = None
         if self._cursor is not None:

@@ -146,6 +146,47 @@ def test_postgresql_writes_share_one_cursor_and_sqlite_writes_close_theirs(
         assert kept_cursor(session) is first  # four more writes, the same cursor
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_cursor_of_a_dropped_connection_is_not_kept_for_the_slot_s_next_connection(
+    db_url: str,
+) -> None:
+    """A write meets a dropped connection: invalidating it hands its pool slot back at
+    once, and another thread may check the slot out, with a new connection, before the
+    failed write has finished. The old cursor must not be left there for it."""
+    engine = kb.create_engine(db_url, pool_size=1, max_overflow=0)
+    session = kb.connect(db_url)
+    one = sa.select(sa.literal(1))
+
+    def tx_on(pooled: Any) -> driver.Tx:
+        return driver.Tx(
+            pooled.dbapi_connection, engine.dialect, session, pooled.invalidate, kept=pooled.info
+        )
+
+    first = engine.raw_connection()
+    warm = tx_on(first)
+    warm.execute(one)
+    warm.close()
+    dead_cursor = first.info[driver._KEPT_CURSOR]
+    with kb.cached_engine(db_url).connect() as admin:
+        admin.execute(
+            sa.text("SELECT pg_terminate_backend(:pid)"),
+            {"pid": first.dbapi_connection.info.backend_pid},
+        )
+    failing = tx_on(first)
+    with pytest.raises(sa.exc.DBAPIError) as raised:
+        failing.execute(one)
+    assert raised.value.connection_invalidated
+    second = engine.raw_connection()  # "another thread": the same slot, reconnected
+    failing.close()  # the failed write ends only now
+    assert second.info.get(driver._KEPT_CURSOR) is not dead_cursor
+    after = tx_on(second)
+    assert after.execute(one).scalar() == 1
+    after.close()
+    second.close()
+    session.close()
+    engine.dispose()
+
+
 def test_invalidating_a_keeping_session_invalidates_its_connection(
     db_url: str, engine: Engine, checkouts: list[object]
 ) -> None:
