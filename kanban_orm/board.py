@@ -157,8 +157,9 @@ def render_board(
     for task in tasks:
         if task.status in by_status:
             by_status[task.status].append(task)
+    # A count below the cards passed (read at another moment) counts those cards.
     sizes = {
-        status: len(cards) if counts is None else counts.get(status, len(cards))
+        status: max(len(cards), 0 if counts is None else counts.get(status, 0))
         for status, cards in by_status.items()
     }
     total = sum(sizes.values())

@@ -352,14 +352,12 @@ def board_stats(session: Session, tenant: str | None = None) -> dict[str, Any]:
 def board_cards(
     session: Session, *, tenant: str | None = None, per_column: int | None = None
 ) -> tuple[list[Task], dict[str, int]]:
-    """What the board draws, in one read transaction: the tasks of every status but
+    """What the board draws, read on one snapshot: the tasks of every status but
     archived, at most ``per_column`` of each (None: all) in the column's order (that of
     :func:`kanban_orm.board.column_order`), and how many tasks each status has.
 
     A long-lived board keeps every finished task: only the cards a column shows become
-    objects, instead of the board's whole history on every redraw. (On PostgreSQL each
-    statement sees the latest commits, so a count may differ from its column's cards by
-    the tasks that moved meanwhile.)
+    objects, instead of the board's whole history on every redraw.
     """
     tenant = None if tenant is None else check.name(tenant, "tenant")
     shown = check.optional_integer(per_column, "per_column", minimum=1)
@@ -369,6 +367,11 @@ def board_cards(
     columns = [_column_cards(status, tenant, shown) for status in drawn]
 
     def read(s: Session) -> tuple[list[Task], dict[str, int]]:
+        if not s.in_transaction() and s.get_bind().dialect.name == "postgresql":
+            # One snapshot for all the statements, as SQLite's read transaction has: at
+            # READ COMMITTED each sees the latest commits, and a task claimed between
+            # two of them would be drawn in two columns (the same object, refreshed).
+            s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         counts = dict.fromkeys((status.value for status in Status), 0)
         counts.update({status: n for status, n in s.execute(counted, params)})
         cards = [task for column in columns for task in s.scalars(column)]

@@ -130,6 +130,12 @@ def test_counts_given_with_the_cards_drawn_head_the_columns_and_say_how_many_are
     assert "todo 0" in text
 
 
+def test_a_count_below_the_cards_passed_counts_the_cards() -> None:
+    drawn = [card(1, "one", "ready"), card(2, "two", "ready")]
+    text = board_text(drawn, NOW, width=120, max_cards=1, counts={"ready": 1})
+    assert "ready 2" in text and "+1 more" in text and "+-" not in text
+
+
 def test_titles_with_newlines_and_markup_are_drawn_literally() -> None:
     text = board_text([card(1, "[bold]not\nmarkup[/bold]", "ready")], NOW, width=200)
     assert "[bold]not markup[/bold]" in text

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
@@ -215,3 +217,31 @@ def test_board_cards_reads_each_column_best_first_up_to_the_cap_and_counts_all(
     assert scoped_counts["ready"] == 1 and scoped_counts["done"] == 0
     with pytest.raises(kb.InvalidInput):
         kb.board_cards(session, per_column=0)
+
+
+def test_board_cards_reads_one_snapshot_while_a_task_moves(session: Session, db_url: str) -> None:
+    """A claim that commits between two of the read's statements: the board still shows
+    each task once, where the snapshot has it, with counts to match."""
+    first = kb.create_task(session, title="first", priority=1)
+    second = kb.create_task(session, title="second")
+    mover = kb.connect(db_url)
+    engine = session.get_bind()
+    moved: list[int] = []
+
+    def claim_before_the_running_column(*args: Any) -> None:
+        parameters = args[3]
+        if not moved and "running" in str(parameters):
+            claimed = kb.claim_next(mover, claimer="mover")
+            assert claimed is not None
+            moved.append(claimed.id)
+
+    event.listen(engine, "before_cursor_execute", claim_before_the_running_column)
+    try:
+        cards, counts = kb.board_cards(session)
+    finally:
+        event.remove(engine, "before_cursor_execute", claim_before_the_running_column)
+        mover.close()
+    assert moved == [first]
+    assert sorted((t.id, t.status) for t in cards) == [(first, "ready"), (second, "ready")]
+    assert (counts["ready"], counts["running"]) == (2, 0)
+    assert kb.board_cards(session)[1]["running"] == 1  # the next read sees the claim
