@@ -32,6 +32,7 @@ import getpass
 import importlib
 import json
 import logging
+import queue
 import shutil
 import signal
 import socket
@@ -195,21 +196,29 @@ def _default_cli_claimer() -> str:
 def _stop_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
     """Call ``on_signal(count)`` on SIGINT/SIGTERM instead of dying, for the block.
 
-    ``on_signal`` runs in a thread of its own: a handler runs in the main thread between
-    two of its bytecodes, maybe while that thread holds the lock ``on_signal`` needs
-    (``Event.wait`` holds its condition's lock between checks, and ``Event.set`` takes
-    it), and would wait for itself forever. Outside the main thread (where Python
-    cannot install handlers) this does nothing.
+    The calls are made in order by a thread of the block's own: a handler runs in the
+    main thread between two of its bytecodes, maybe while that thread holds a lock
+    ``on_signal`` takes (``Event.wait`` holds its condition's lock between checks, and
+    ``Event.set`` takes it), and would wait for itself forever. The handler only puts
+    the count on a ``SimpleQueue``, whose ``put`` may interrupt itself safely. Outside the
+    main thread (where Python cannot install handlers) this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    counts: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+
+    def relay() -> None:
+        while (count := counts.get()) is not None:
+            on_signal(count)
+
+    threading.Thread(target=relay, name="kanban-signals", daemon=True).start()
     received = 0
 
     def handler(signum: int, frame: FrameType | None) -> None:
         nonlocal received
         received += 1
-        threading.Thread(target=on_signal, args=(received,), daemon=True).start()
+        counts.put(received)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -217,6 +226,7 @@ def _stop_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+        counts.put(None)
 
 
 def _json_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
