@@ -98,6 +98,8 @@ def test_bench_analyzes_only_the_tables_that_hold_rows() -> None:
         analyze(target)
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         with engine.connect() as conn:
+            if conn.dialect.server_version_info < (14,):
+                pytest.skip("PostgreSQL 13 and older show never-analyzed and empty alike")
             reltuples = dict(
                 conn.execute(
                     sa.text(
