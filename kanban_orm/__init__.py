@@ -63,6 +63,7 @@ from .service import (
 from .states import TRANSITIONS, Status
 from .worker import CommandHandler, TaskFailed, Worker, WorkerStats
 from .workflow import (
+    TaskLinks,
     add_comment,
     approve_task,
     archive_task,
@@ -70,6 +71,7 @@ from .workflow import (
     board_stats,
     link_tasks,
     list_comments,
+    list_links,
     reopen_task,
     request_changes,
     specify_task,
@@ -99,6 +101,7 @@ __all__ = [
     "TaskEvent",
     "TaskFailed",
     "TaskLink",
+    "TaskLinks",
     "TaskNotFound",
     "TaskRun",
     "Worker",
@@ -134,6 +137,7 @@ __all__ = [
     "link_tasks",
     "list_comments",
     "list_events",
+    "list_links",
     "list_runs",
     "list_tasks",
     "release_stale_claims",

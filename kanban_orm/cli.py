@@ -54,7 +54,7 @@ from . import board as board_view
 from . import db, migrate, service, workflow
 from .clock import utcnow
 from .errors import KanbanError
-from .models import Task, TaskLink
+from .models import Task
 from .states import Status
 from .worker import CommandHandler, Worker, comment_json, event_json, iso, run_json, task_json
 
@@ -324,20 +324,6 @@ def list_(
         click.echo(f"{t.id:>6}  {t.status:<8} {t.priority:>4}  {t.assignee or '-':<12} {t.title}")
 
 
-def _links(session: Session, task_id: int) -> tuple[list[int], list[int]]:
-    """The task's parents and children (the kernel has no read for links yet)."""
-    parents = (
-        select(TaskLink.parent_id).where(TaskLink.child_id == task_id).order_by(TaskLink.parent_id)
-    )
-    children = (
-        select(TaskLink.child_id).where(TaskLink.parent_id == task_id).order_by(TaskLink.child_id)
-    )
-    try:
-        return list(session.scalars(parents)), list(session.scalars(children))
-    finally:
-        session.rollback()
-
-
 @main.command("show")
 @click.argument("task_id", metavar="ID", type=int)
 @_json_option()
@@ -365,7 +351,7 @@ def show(ctx: click.Context, task_id: int, as_json: bool) -> None:
     runs = service.list_runs(session, task_id)
     events = service.list_events(session, task_id=task_id)
     comments = workflow.list_comments(session, task_id)
-    parents, children = _links(session, task_id)
+    parents, children = workflow.list_links(session, task_id)
     if as_json:
         _emit_json(
             {

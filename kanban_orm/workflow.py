@@ -8,7 +8,7 @@ transition writes its event in the same transaction.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session
@@ -19,7 +19,7 @@ from . import validation as check
 from .db import run_read, run_write
 from .driver import Tx
 from .errors import InvalidInput
-from .models import Task, TaskComment
+from .models import Task, TaskComment, TaskLink
 from .states import Status
 
 # -- dependencies -----------------------------------------------------------------------
@@ -85,6 +85,34 @@ def unlink_tasks(session: Session, parent_id: int, child_id: int) -> Task:
         return steps.load_task(s, child_id)
 
     return run_write(session, work)
+
+
+class TaskLinks(NamedTuple):
+    """A task's dependency edges, as task ids in ascending order."""
+
+    #: The tasks it waits for.
+    parents: list[int]
+    #: The tasks that wait for it.
+    children: list[int]
+
+
+def list_links(session: Session, task_id: int) -> TaskLinks:
+    """The task's parents and children. Raises :class:`TaskNotFound`."""
+    task_id = check.task_id(task_id)
+    parents = (
+        select(TaskLink.parent_id).where(TaskLink.child_id == task_id).order_by(TaskLink.parent_id)
+    )
+    children = (
+        select(TaskLink.child_id).where(TaskLink.parent_id == task_id).order_by(TaskLink.child_id)
+    )
+
+    def read(s: Session) -> TaskLinks:
+        found = TaskLinks(list(s.scalars(parents)), list(s.scalars(children)))
+        if not found.parents and not found.children:
+            steps.require_task(s, task_id)
+        return found
+
+    return run_read(session, read)
 
 
 # -- triage, review, reopen, archive ----------------------------------------------------

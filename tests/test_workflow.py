@@ -29,6 +29,25 @@ def test_link_makes_a_ready_child_wait_and_unlink_releases_it(session: Session) 
     assert kinds(session, child) == ["created", "linked", "unlinked"]
 
 
+def test_list_links_gives_parents_and_children_in_id_order(session: Session) -> None:
+    first = kb.create_task(session, title="first")
+    second = kb.create_task(session, title="second")
+    child = kb.create_task(session, title="child", parents=[second, first])
+    grandchild = kb.create_task(session, title="grandchild", parents=[child])
+    alone = kb.create_task(session, title="alone")
+
+    assert kb.list_links(session, child) == ([first, second], [grandchild])
+    links = kb.list_links(session, first)
+    assert (links.parents, links.children) == ([], [child])
+    assert kb.list_links(session, alone) == kb.TaskLinks(parents=[], children=[])
+    kb.unlink_tasks(session, second, child)
+    assert kb.list_links(session, child).parents == [first]
+    with pytest.raises(kb.TaskNotFound):
+        kb.list_links(session, 999)
+    with pytest.raises(kb.InvalidInput):
+        kb.list_links(session, 0)
+
+
 @pytest.mark.parametrize("edges", [[(1, 1)], [(1, 2), (2, 1)], [(1, 2), (2, 3), (3, 1)]])
 def test_a_link_that_closes_a_cycle_is_refused_and_writes_nothing(
     session: Session, edges: list[tuple[int, int]]
