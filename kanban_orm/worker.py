@@ -168,7 +168,7 @@ class Worker:
     @property
     def stopping(self) -> bool:
         """True once :meth:`stop` was called (a long handler may poll this)."""
-        return self._stop.is_set()
+        return self._stop_at is not None or self._stop.is_set()
 
     def stop(self, *, immediately: bool = False) -> None:
         """Stop claiming; running handlers get ``grace_seconds`` (none if ``immediately``).
@@ -179,6 +179,11 @@ class Worker:
         deadline = time.monotonic() + (0.0 if immediately else self.grace_seconds)
         if self._stop_at is None or deadline < self._stop_at:
             self._stop_at = deadline
+        if threading.current_thread() is threading.main_thread():
+            # Maybe from a signal handler, which runs between two bytecodes of this
+            # thread, perhaps inside Event.set() holding the lock set() takes: it would
+            # wait for itself. run() passes the request on (it looks every 0.05 s).
+            return
         self._stop.set()
 
     def run(self) -> WorkerStats:
@@ -194,20 +199,24 @@ class Worker:
             for i in range(self.concurrency)
         ]
         beats = threading.Thread(target=self._heartbeats, name="kanban-heartbeat", daemon=True)
+        if self._stop_at is not None:
+            self._stop.set()  # stopped before it started: claim nothing
         for thread in slots:
             thread.start()
         beats.start()
         try:
             while any(t.is_alive() for t in slots):
-                if self._stop_at is not None and time.monotonic() >= self._stop_at:
-                    self._abandon_running()
-                    break
+                if self._stop_at is not None:
+                    self._stop.set()  # what stop() left to this loop (see there)
+                    if time.monotonic() >= self._stop_at:
+                        self._abandon_running()
+                        break
                 # A short sleep, not a blocking join: the main thread stays responsive
                 # to signals and to stop() from another thread.
                 try:
                     time.sleep(0.05)
                 except KeyboardInterrupt:  # Ctrl-C: stop(); a second one: at once
-                    self.stop(immediately=self._stop.is_set())
+                    self.stop(immediately=self._stop_at is not None)
             # Slots whose command was cancelled return at once; a slot stuck in an
             # in-process handler that cannot be cancelled is left behind (daemon).
             cancellable = getattr(self.handler, "cancel", None) is not None
@@ -232,7 +241,7 @@ class Worker:
         session = self._sessions()
         idle = self.idle_min
         try:
-            while not self._stop.is_set():
+            while not self.stopping:
                 try:
                     task = service.claim_next(
                         session,
@@ -251,7 +260,7 @@ class Worker:
                     idle = min(self.idle_max, idle * 2)
                     continue
                 idle = self.idle_min
-                if self._stop.is_set():  # stop() came while the claim was in flight
+                if self.stopping:  # stop() came while the claim was in flight
                     self._hand_back(session, task)
                     return
                 self._work_on(session, task)

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -500,6 +501,28 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_stop_from_a_signal_handler_while_the_stop_event_is_locked_returns() -> None:
+    """A handler runs between two bytecodes of the main thread, perhaps inside
+    Event.set() or Event.wait(), holding the lock Event.set() takes."""
+    script = textwrap.dedent(
+        """
+        import os, signal
+        import kanban_orm as kb
+        worker = kb.Worker(lambda task: None, url="sqlite:///unused.db")
+        signal.signal(signal.SIGINT, lambda *_: worker.stop())
+        with worker._stop._cond:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):  # the handler runs in here, in this thread
+                pass
+        print("stopping" if worker.stopping else "not stopping")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout == "stopping\n", result.stderr
 
 
 @pytest.mark.parametrize(
