@@ -230,8 +230,7 @@ def connect(url: str | None = None, *, keep_connection: bool = False) -> Session
     the call has committed and after the session is closed. ``keep_connection`` makes it
     a :class:`KeepingSession`, for a worker's own loop.
     """
-    session_class = KeepingSession if keep_connection else Session
-    return session_class(bind=cached_engine(url), expire_on_commit=False)
+    return session_factory(cached_engine(url), keep_connection=keep_connection)()
 
 
 def session_factory(engine: Engine, *, keep_connection: bool = False) -> sessionmaker[Session]:

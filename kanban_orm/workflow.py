@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy import ColumnElement, Executable, Select, func, select
 from sqlalchemy.orm import Session
 
 from . import queries as q
@@ -363,8 +363,7 @@ def board_stats(session: Session, tenant: str | None = None) -> dict[str, Any]:
     by_status_q, by_assignee_q, oldest_q = q.stats_statements(scoped)
 
     def read(s: Session) -> dict[str, Any]:
-        by_status = dict.fromkeys((status.value for status in Status), 0)
-        by_status.update({status: n for status, n in s.execute(by_status_q, params)})
+        by_status = _count_by_status(s, by_status_q, params)
         by_assignee: dict[str | None, int] = {who: n for who, n in s.execute(by_assignee_q, params)}
         oldest, now = s.execute(oldest_q, params).one()
         age = None if oldest is None else max(0.0, (now - oldest).total_seconds())
@@ -375,6 +374,14 @@ def board_stats(session: Session, tenant: str | None = None) -> dict[str, Any]:
         }
 
     return run_read(session, read)
+
+
+def _count_by_status(s: Session, counted: Executable, params: dict[str, Any]) -> dict[str, int]:
+    """Tasks per status from ``counted`` (see queries.stats_statements), every status
+    present (0 when empty)."""
+    counts = dict.fromkeys((status.value for status in Status), 0)
+    counts.update({status: n for status, n in s.execute(counted, params)})
+    return counts
 
 
 def board_cards(
@@ -400,8 +407,7 @@ def board_cards(
             # READ COMMITTED each sees the latest commits, and a task claimed between
             # two of them would be drawn in two columns (the same object, refreshed).
             s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-        counts = dict.fromkeys((status.value for status in Status), 0)
-        counts.update({status: n for status, n in s.execute(counted, params)})
+        counts = _count_by_status(s, counted, params)
         cards = [task for column in columns for task in s.scalars(column)]
         return cards, counts
 
