@@ -246,14 +246,22 @@ def _runs_and_events(
             utcnow(),
         ).where(*where),
     )
-    payload = json_object(literal("claimer"), _claimer, literal("attempt"), claimed.c.attempts)
     logged = insert(events).from_select(
         ["task_id", "run_id", "kind", "payload", "created_at"],
-        select(claimed.c.id, claimed.c.current_run_id, literal("claimed"), payload, utcnow()).where(
-            *where
-        ),
+        select(
+            claimed.c.id,
+            claimed.c.current_run_id,
+            literal("claimed"),
+            _claimed_payload(json_object, claimed.c.attempts),
+            utcnow(),
+        ).where(*where),
     )
     return opened, logged
+
+
+def _claimed_payload(json_object: Any, attempt: Any) -> Any:
+    """A ``claimed`` event's payload: who claimed, and which attempt this is."""
+    return json_object(literal("claimer"), _claimer, literal("attempt"), attempt)
 
 
 #: The run ids a PostgreSQL claim hands out before it inserts the runs.
@@ -606,6 +614,28 @@ def _ids(name: str) -> Select[Any]:
 #: then a ``claimed`` event for each.
 OPEN_NUMBERED_RUNS, LOG_CLAIMS = _runs_and_events(
     tasks, func.json_object, tasks.c.id.in_(_ids("ids"))
+)
+
+#: The same for a claim of one task, from its claimed row's values. SQLite runs these
+#: two INSERT ... VALUES in about half the time of the two above for one id (9 vs 16-21
+#: µs; claim_next + complete_task 3-4% faster), while for a batch of 50 the INSERT ...
+#: SELECT costs 40% less than an INSERT ... VALUES per row.
+_attempt = bindparam("attempt", type_=Integer)
+OPEN_RUN = insert(runs).values(
+    id=bindparam("run_id"),
+    task_id=bindparam("task_id"),
+    attempt=_attempt,
+    claimer=_claimer,
+    claim_lock=bindparam("token"),
+    started_at=utcnow(),
+    last_heartbeat_at=utcnow(),
+)
+LOG_CLAIM = insert(events).values(
+    task_id=bindparam("task_id"),
+    run_id=bindparam("run_id"),
+    kind=literal("claimed"),
+    payload=_claimed_payload(func.json_object, _attempt),
+    created_at=utcnow(),
 )
 
 

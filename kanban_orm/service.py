@@ -261,10 +261,20 @@ def _claim(s: Tx, claim: ReturningUpdate[Any], params: dict[str, Any], who: str)
         rows = s.execute(q.opening_runs(claim), {**params, "claimer": who}).all()
         return [s.attach(Task, row) for row in rows]
     rows = sorted(s.execute(claim, params).all(), key=lambda t: (-t.priority, t.id))
-    if rows:
-        opened = {"ids": [t.id for t in rows], "claimer": who}
-        s.execute(q.OPEN_NUMBERED_RUNS, opened)
-        s.execute(q.LOG_CLAIMS, opened)
+    if len(rows) == 1:
+        (one,) = rows
+        opened = {
+            "run_id": one.current_run_id,
+            "task_id": one.id,
+            "attempt": one.attempts,
+            "claimer": who,
+        }
+        s.execute(q.OPEN_RUN, {**opened, "token": one.claim_lock})
+        s.execute(q.LOG_CLAIM, opened)
+    elif rows:
+        numbered = {"ids": [t.id for t in rows], "claimer": who}
+        s.execute(q.OPEN_NUMBERED_RUNS, numbered)
+        s.execute(q.LOG_CLAIMS, numbered)
     return [s.attach(Task, row) for row in rows]
 
 

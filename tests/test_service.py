@@ -440,6 +440,38 @@ def test_claim_many_claims_exactly_limit_tasks_best_first(session: Session, engi
     assert kb.claim_many(session, claimer="w", limit=10) == []
 
 
+@pytest.mark.parametrize("limit", [1, 3], ids=["one task", "a batch"])
+def test_a_claim_of_one_task_or_of_a_batch_writes_the_same_runs_and_events(
+    session: Session, engine: Engine, limit: int
+) -> None:
+    # SQLite writes a claim of one task with statements of its own (see service._claim).
+    for i in range(limit):
+        kb.create_task(session, title=f"t{i}")
+    for task in kb.claim_many(session, claimer="first", limit=limit):
+        kb.release_task(session, task.id, claim_lock=str(task.claim_lock))
+
+    again = kb.claim_many(session, claimer="second", limit=limit)
+
+    assert len(again) == limit
+    for task in again:
+        first_run, run = runs(engine, task.id)
+        assert run.id == task.current_run_id and run.id > first_run.id
+        # A released attempt does not count: this is attempt 1 again.
+        assert (run.task_id, run.attempt, run.claimer, run.claim_lock) == (
+            task.id,
+            task.attempts,
+            "second",
+            task.claim_lock,
+        )
+        assert run.started_at is not None and run.last_heartbeat_at is not None
+        assert run.ended_at is None
+        claimed = [e for e in events(engine, task.id) if e.kind == "claimed"]
+        assert [(e.run_id, e.payload) for e in claimed] == [
+            (first_run.id, {"claimer": "first", "attempt": 1}),
+            (run.id, {"claimer": "second", "attempt": task.attempts}),
+        ]
+
+
 def test_claim_next_and_claim_many_filter_by_assignee_and_tenant(session: Session) -> None:
     def make(assignee: str | None, tenant: str | None) -> int:
         return kb.create_task(session, title="t", assignee=assignee, tenant=tenant)
