@@ -374,14 +374,25 @@ def _is_sqlite_busy_message(message: str) -> bool:
 
 
 def joins_caller_transaction(session: Session) -> bool:
-    """True when the caller opened a transaction with ``session.begin()`` themselves.
+    """True when a call on ``session`` is to run inside a transaction the caller began
+    and will end: one opened with ``session.begin()``, or, for a Session bound to a
+    Connection, the connection's own transaction, begun before the Session joined it
+    (SQLAlchemy's "joining a Session into an external transaction", as test suites do).
 
     Such a call runs inside a SAVEPOINT of the caller's transaction and leaves the
     commit to the caller (a rolled-back caller leaves no trace of it). A transaction the
-    Session merely auto-began is not "asked for": the call commits it.
+    Session merely auto-began is not "asked for": this commits it, so the call that
+    follows starts a fresh one, as ``session.commit()`` would.
     """
     transaction = session.get_transaction()
-    return transaction is not None and transaction.origin is not SessionTransactionOrigin.AUTOBEGIN
+    if transaction is not None:
+        if transaction.origin is not SessionTransactionOrigin.AUTOBEGIN:
+            return True
+        session.commit()
+    # Committing the Session's own transaction ended the connection's, unless the
+    # caller had begun that one.
+    bind = session.get_bind()
+    return isinstance(bind, Connection) and bind.in_transaction()
 
 
 #: True while with_retry replays an attempt whose connection dropped: its COMMIT may
@@ -436,9 +447,9 @@ def run_write(
     ``work`` gets a :class:`~kanban_orm.driver.Tx` whose statements run on the driver
     connection, and must be safe to run again from the start: on a retryable error the
     whole transaction is rolled back and replayed (see :func:`with_retry`). If the
-    caller opened the transaction (``session.begin()``), ``work`` runs in a SAVEPOINT of
-    it instead and the caller commits; contention then raises :class:`DatabaseBusy`, as
-    only the caller can replay its own transaction.
+    caller began the transaction (see :func:`joins_caller_transaction`), ``work`` runs in
+    a SAVEPOINT of it instead and the caller commits; contention then raises
+    :class:`DatabaseBusy`, as only the caller can replay its own transaction.
 
     ``one_statement`` promises that ``work`` writes with a single statement (reads may
     follow it). PostgreSQL then runs it in autocommit mode, where a statement is its own
@@ -446,8 +457,6 @@ def run_write(
     """
     if joins_caller_transaction(session):
         return _run_joined(session, work)
-    if session.in_transaction():
-        session.commit()  # the caller's auto-begun unit of work, as session.commit() would
     if policy is None:
         policy = retry_policy(session)
     bind = session.get_bind()
@@ -553,16 +562,14 @@ def _work_on_session_connection(session: Session, work: Callable[[Tx], T]) -> T:
 def run_read(session: Session, work: Callable[[Session], T]) -> T:
     """Run ``work(session)`` on a fresh snapshot and end the transaction it began.
 
-    Inside a transaction the caller opened with ``session.begin()`` the read simply joins
-    it. Otherwise an auto-begun transaction is committed first and the read's own one
-    after it: on SQLite a deferred transaction keeps the snapshot of its first read, so a
-    session left inside one would never see another worker's commit (and would hold back
-    WAL checkpoints). Reads are retried like writes when the connection drops.
+    Inside a transaction the caller began (see :func:`joins_caller_transaction`) the read
+    simply joins it. Otherwise an auto-begun transaction is committed first and the
+    read's own one after it: on SQLite a deferred transaction keeps the snapshot of its
+    first read, so a session left inside one would never see another worker's commit
+    (and would hold back WAL checkpoints). Reads are retried like writes when the connection drops.
     """
     if joins_caller_transaction(session):
         return work(session)
-    if session.in_transaction():
-        session.commit()
     return with_retry(lambda: _attempt_read(session, work), policy=retry_policy(session))
 
 

@@ -791,7 +791,9 @@ def list_events(
     misses an event, even on PostgreSQL where concurrent transactions commit out of id
     order (the read waits, briefly, for transactions that have written events and not
     yet committed). The guarantee needs the call to run in its own transaction: inside
-    one the caller opened with ``session.begin()`` it is a plain read.
+    one the caller began (``session.begin()``, or a Session joined into the transaction
+    of its Connection) it is a plain read, which holds no lock until the caller's
+    transaction ends.
     """
     statement = (
         select(TaskEvent)

@@ -117,6 +117,67 @@ def test_tasks_returned_by_connect_sessions_outlive_the_session(db_url: str) -> 
     assert (task.id, task.status, task.attempts) == (task_id, "running", 1)
 
 
+# -- a Session joined into the transaction of its Connection ----------------------------
+# SQLAlchemy's recipe for test suites: the host begins a transaction on a Connection,
+# binds a Session to it and rolls everything back at the end.
+
+
+@contextmanager
+def external_transaction(engine: Engine, mode: Any) -> Iterator[tuple[sa.Connection, Session]]:
+    with engine.connect() as conn:
+        outer = conn.begin()
+        joined = Session(bind=conn, join_transaction_mode=mode)
+        try:
+            yield conn, joined
+        finally:
+            joined.close()
+            outer.rollback()
+
+
+@pytest.mark.parametrize("mode", ["create_savepoint", "conditional_savepoint", "rollback_only"])
+def test_a_session_joined_into_an_external_transaction_works_inside_it_and_leaves_no_trace(
+    engine: Engine, mode: Any
+) -> None:
+    with external_transaction(engine, mode) as (_, joined):
+        task_id = kb.create_task(joined, title="inside")
+        task = kb.claim_task(joined, task_id, claimer="w")
+        assert task is not None
+        with pytest.raises(kb.ClaimLost):  # a rejected call undoes only itself
+            kb.complete_task(joined, task_id, claim_lock="0" * 32)
+        kb.complete_task(joined, task_id, claim_lock=str(task.claim_lock))
+
+        assert [e.kind for e in kb.list_events(joined, task_id=task_id)] == [
+            "created",
+            "claimed",
+            "completed",
+        ]
+        cards, counts = kb.board_cards(joined)
+        assert [card.id for card in cards] == [task_id] and counts["done"] == 1
+        assert task_ids(engine) == []  # nothing committed: the host ends the transaction
+
+    assert task_ids(engine) == []
+
+
+def test_a_tailing_read_in_an_external_transaction_holds_no_lock_against_writers(
+    engine: Engine, db_url: str, backend: str
+) -> None:
+    with external_transaction(engine, "create_savepoint") as (conn, joined):
+        assert kb.list_events(joined) == []
+        if backend == "postgresql":
+            # Outside a transaction of its own the read does not wait for event writers:
+            # the lock it would take lasts until the host's transaction ends.
+            held = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_locks"
+                    " WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+                )
+            ).scalar_one()
+            assert held == 0
+        with kb.connect(db_url) as other:
+            written = kb.create_task(other, title="written meanwhile")
+        assert task_ids(engine) == [written]
+
+
 # -- the retry layer on SQLite: another process holds the write lock --------------------
 
 
