@@ -62,13 +62,15 @@ Handler = Callable[[Task], str | None]
 class TaskFailed(Exception):
     """Raised by a handler to fail its task with exactly ``message`` as the error.
 
-    ``retry=False`` blocks the task at once instead of retrying it.
+    ``retry=False`` blocks the task at once instead of retrying it. What no database
+    column can hold is escaped, as in every error the worker records: a NUL as ``\\x00``,
+    a lone surrogate as ``\\udcxx``; an empty message is recorded as such.
     """
 
     def __init__(self, message: str, *, retry: bool = True) -> None:
         super().__init__(message)
         self.message = message
-        self.retry = retry
+        self.retry = bool(retry)
 
 
 @dataclass
@@ -338,7 +340,7 @@ class Worker:
                     log.info("task %s: completed", task_id)
                     return
             failed = service.fail_task(
-                session, task_id, claim_lock=job.claim_lock, error=error, retry=retry
+                session, task_id, claim_lock=job.claim_lock, error=_storable(error), retry=retry
             )
             self._count("failed")
             log.info("task %s: failed, now %s: %s", task_id, failed.status, _last_line(error))
@@ -517,6 +519,14 @@ def _exit_error(returncode: int, stderr: bytes) -> str:
 def _traceback_tail(error: BaseException) -> str:
     text = "".join(traceback.format_exception(error)).strip()
     return text[-ERROR_TAIL_CHARS:]
+
+
+def _storable(error: object) -> str:
+    """``error`` as fail_task takes it, whatever a handler or command produced: refusing
+    it would leave the task running, its error lost, until its lease expired."""
+    text = str(error).replace("\x00", "\\x00")
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if text.strip() else f"failed with an empty error message ({error!r})"
 
 
 def _last_line(text: str) -> str:

@@ -157,6 +157,43 @@ def test_a_result_the_kernel_refuses_fails_the_task(
     assert error is not None and error.startswith("result refused: result")
 
 
+def _raising(error: BaseException) -> Callable[[str], Callable[[Task], str]]:
+    def handler(task: Task) -> str:
+        raise error
+
+    return lambda db_url: handler
+
+
+@pytest.mark.parametrize(
+    ("make_handler", "recorded"),
+    [
+        (_raising(ValueError("nul \x00 byte")), "ValueError: nul \\x00 byte"),
+        (_raising(ValueError("lone \ud800 surrogate")), "ValueError: lone \\ud800 surrogate"),
+        (_raising(TaskFailed("", retry=False)), "failed with an empty error message ('')"),
+        (_raising(TaskFailed("a\x00b", retry=False)), "a\\x00b"),
+        (
+            lambda db_url: CommandHandler(
+                ["sh", "-c", "printf 'bad\\000output' >&2; exit 3"], url=db_url
+            ),
+            "command exited with status 3: bad\\x00output",
+        ),
+    ],
+    ids=["nul", "surrogate", "empty", "task-failed-nul", "command-stderr-nul"],
+)
+def test_an_error_no_column_can_hold_is_escaped_and_still_fails_the_task(
+    db_url: str, session: Session, make_handler: Callable[[str], Any], recorded: str
+) -> None:
+    task_id = kb.create_task(session, title="t", max_attempts=1)
+
+    stats = worker(db_url, make_handler(db_url)).run()
+
+    assert (stats.failed, stats.lost) == (1, 0)
+    assert status(session, task_id) == "blocked"  # not left running until its lease expires
+    (run,) = kb.list_runs(session, task_id)
+    assert run.outcome == "failed" and run.error is not None
+    assert run.error.endswith(recorded)
+
+
 def test_claim_lost_while_completing_is_logged_and_skipped(
     db_url: str, session: Session, caplog: pytest.LogCaptureFixture
 ) -> None:
