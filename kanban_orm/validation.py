@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from .config import claim_ttl_seconds
+from .config import MAX_TTL_SECONDS, claim_ttl_seconds
 from .errors import InvalidInput
 from .models import NAME_MAX_LENGTH, TITLE_MAX_LENGTH
 from .states import Status
@@ -94,11 +94,6 @@ def collection(values: object, field: str) -> list[object]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise InvalidInput(f"{field} must be a collection")
     return list(values)
-
-
-#: A lease longer than a year is a mistake, and far enough out the databases' date
-#: arithmetic overflows (SQLite silently, into a NULL that would never expire).
-MAX_TTL_SECONDS = 365 * 24 * 3600
 
 
 def ttl(value: object) -> float:

@@ -395,6 +395,37 @@ def test_the_claim_ttl_defaults_to_the_configured_one(
     assert timedelta(seconds=110) < left <= timedelta(seconds=120)
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "inf", "nan", "1e12", "ten"])
+def test_a_configured_claim_ttl_out_of_range_is_refused_and_nothing_is_claimed(
+    session: Session, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # On SQLite, a lease of infinite or 1e12 seconds would never expire (NULL expiry).
+    task_id = kb.create_task(session, title="t")
+    before = snapshot(session)
+    monkeypatch.setenv(config.ENV_CLAIM_TTL, value)
+
+    with pytest.raises(ValueError, match=config.ENV_CLAIM_TTL):
+        kb.claim_task(session, task_id, claimer="w")
+    with pytest.raises(ValueError, match=config.ENV_CLAIM_TTL):
+        kb.claim_next(session, claimer="w")
+
+    assert snapshot(session) == before
+
+
+@pytest.mark.parametrize("value", ["0", "0.5", "2.0", "-1", "3000000000", "three"])
+def test_a_configured_max_attempts_that_is_not_a_whole_count_is_refused(
+    session: Session, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    task_id, token = claimed(session)
+    before = snapshot(session)
+    monkeypatch.setenv(config.ENV_MAX_ATTEMPTS, value)
+
+    with pytest.raises(ValueError, match=config.ENV_MAX_ATTEMPTS):
+        kb.fail_task(session, task_id, claim_lock=token, error="boom")
+
+    assert snapshot(session) == before
+
+
 # -- claim_next / claim_many ------------------------------------------------------------
 
 
