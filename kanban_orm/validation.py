@@ -117,12 +117,29 @@ def json_object(value: object, field: str) -> dict[str, Any] | None:
         raise InvalidInput(f"{field} must be a JSON object (a dict), not {type(value).__name__}")
     try:
         encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RecursionError) as error:
         raise InvalidInput(f"{field} is not JSON-serialisable: {error}") from None
     if "\x00" in encoded or "\\u0000" in encoded:
         raise InvalidInput(f"{field} must not contain NUL characters")
     _require_utf8(encoded, field)
+    _require_string_keys(value, field)
     return value
+
+
+def _require_string_keys(value: object, field: str) -> None:
+    # json.dumps writes {1: "a", "1": "b"} as {"1": "a", "1": "b"}: one would be lost.
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            for key, member in item.items():
+                if not isinstance(key, str):
+                    raise InvalidInput(
+                        f"{field} keys must be strings, not {key!r} (JSON would make it one)"
+                    )
+                pending.append(member)
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
 
 
 def timestamp(value: object, field: str) -> datetime | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import partial
+from functools import partial, reduce
 from typing import Any
 
 import pytest
@@ -143,6 +143,10 @@ BAD_METADATA: dict[str, Any] = {
     "bytes_value": {"x": b"raw"},
     "nul_in_value": {"x": "a\x00b"},
     "nul_in_key": {"a\x00b": 1},
+    "int_key": {1: "a", "1": "b"},  # JSON would keep only one of them
+    "none_key": {None: 1},
+    "nested_int_key": {"x": [{"y": {2: "b"}}]},
+    "deeply_nested": {"x": reduce(lambda inner, _: [inner], range(100_000), [])},
     "list": [1, 2],
     "string": '{"x": 1}',
     "int": 5,
