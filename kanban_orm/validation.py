@@ -86,8 +86,16 @@ def task_id(value: object, field: str = "task_id") -> int:
     return integer(value, field, minimum=1, maximum=INT64_MAX)
 
 
+#: Ids a list argument (a task's parents) may hold: each is a bound parameter, and
+#: PostgreSQL takes at most 65,535 in a statement.
+MAX_IDS = 10_000
+
+
 def task_ids(values: Iterable[object], field: str) -> list[int]:
-    return list(dict.fromkeys(task_id(v, field) for v in collection(values, field)))
+    ids = list(dict.fromkeys(task_id(v, field) for v in collection(values, field)))
+    if len(ids) > MAX_IDS:
+        raise InvalidInput(f"{field} holds {len(ids)} tasks; the most is {MAX_IDS:,}")
+    return ids
 
 
 def collection(values: object, field: str) -> list[object]:
@@ -149,7 +157,10 @@ def timestamp(value: object, field: str) -> datetime | None:
     if not isinstance(value, datetime):
         raise InvalidInput(f"{field} must be a datetime, not {type(value).__name__}")
     if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
+        try:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:
+            raise InvalidInput(f"{field} is out of range in UTC: {value.isoformat()}") from None
     return value
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from functools import partial, reduce
 from typing import Any
 
@@ -97,6 +97,13 @@ BAD_CREATE_ARGS: dict[str, dict[str, Any]] = {
     "negative_parent": {"parents": [-1]},
     "str_parent": {"parents": ["1"]},
     "bool_parent": {"parents": [True]},
+    "too_many_parents": {"parents": range(1, 10_002)},  # PostgreSQL: 65,535 parameters
+    "run_at_before_year_1_in_utc": {
+        "run_at": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))
+    },
+    "run_at_after_9999_in_utc": {
+        "run_at": datetime.max.replace(tzinfo=timezone(-timedelta(hours=5)))
+    },
 }
 
 
