@@ -104,13 +104,21 @@ def collection(values: object, field: str) -> list[object]:
     return list(values)
 
 
+def number(value: object, field: str) -> float:
+    """An int or a float (not a bool); NaN and the infinities are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(f"{field} must be a number, not {type(value).__name__}")
+    if not math.isfinite(value):
+        raise InvalidInput(f"{field} must be a finite number, not {value}")
+    return float(value)
+
+
 def ttl(value: object) -> float:
     """Seconds a claim lasts without a heartbeat; defaults to the configured TTL."""
     if value is None:
         return claim_ttl_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidInput(f"ttl_seconds must be a number, not {type(value).__name__}")
-    if not math.isfinite(value) or not 0 < value <= MAX_TTL_SECONDS:
+    value = number(value, "ttl_seconds")
+    if not 0 < value <= MAX_TTL_SECONDS:
         raise InvalidInput(
             f"ttl_seconds must be more than 0 and at most {MAX_TTL_SECONDS} (a year), not {value}"
         )

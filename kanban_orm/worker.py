@@ -46,7 +46,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from . import db, service
+from . import db, service, steps
 from . import validation as check
 from .errors import ClaimLost, DatabaseBusy, InvalidInput, KanbanError
 from .models import Task, TaskComment, TaskEvent, TaskRun
@@ -135,25 +135,33 @@ class Worker:
         idle_max: float = 5.0,
         heartbeat_seconds: float | None = None,
     ) -> None:
+        # Checked here, not when run() first uses them: a bad argument is the caller's
+        # mistake to see at once, not a worker thread's to die of later.
+        if not callable(handler):
+            raise InvalidInput(f"handler must be callable, not {type(handler).__name__}")
         if url is not None and sessions is not None:
             raise InvalidInput("give the Worker a url or a session factory, not both")
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise InvalidInput(f"concurrency must be a positive integer, not {concurrency!r}")
+        concurrency = check.integer(concurrency, "concurrency", minimum=1)
+        grace_seconds = check.number(grace_seconds, "grace_seconds")
+        idle_min = check.number(idle_min, "idle_min")
+        idle_max = check.number(idle_max, "idle_max")
         if grace_seconds < 0 or idle_min <= 0 or idle_max < idle_min:
             raise InvalidInput("grace_seconds must be >= 0 and 0 < idle_min <= idle_max")
         self.handler = handler
         self.url = url
         self._sessions: Callable[[], Session] = sessions or (lambda: db.connect(url))
-        self.claimer = claimer or default_claimer()
-        self.assignee = assignee
-        self.tenant = tenant
+        self.claimer = default_claimer() if claimer is None else steps.claimer_name(claimer)
+        self.assignee = check.name(assignee, "assignee")
+        self.tenant = check.name(tenant, "tenant")
         self.ttl_seconds = ttl_seconds
         lease = check.ttl(ttl_seconds)  # the claims would refuse a bad TTL anyway
-        if heartbeat_seconds is not None and not heartbeat_seconds > 0:
-            raise InvalidInput(f"heartbeat_seconds must be positive, not {heartbeat_seconds}")
+        if heartbeat_seconds is not None:
+            heartbeat_seconds = check.number(heartbeat_seconds, "heartbeat_seconds")
+            if not heartbeat_seconds > 0:
+                raise InvalidInput(f"heartbeat_seconds must be positive, not {heartbeat_seconds}")
         self.heartbeat_seconds = heartbeat_seconds or lease / 3
         self.concurrency = concurrency
-        self.drain = drain
+        self.drain = check.boolean(drain, "drain")
         self.grace_seconds = grace_seconds
         self.idle_min = idle_min
         self.idle_max = idle_max

@@ -371,6 +371,37 @@ def test_bad_worker_arguments(db_url: str) -> None:
         Worker(lambda task: None, url=db_url, ttl_seconds=0)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"grace_seconds": "x"},
+        {"grace_seconds": float("nan")},
+        {"idle_min": None},
+        {"idle_max": float("inf")},
+        {"heartbeat_seconds": "5"},
+        {"heartbeat_seconds": float("nan")},
+        {"concurrency": 2.0},
+        {"claimer": 5},
+        {"claimer": ""},
+        {"tenant": 5},
+        {"assignee": "a" * 201},
+        {"drain": "yes"},
+    ],
+    ids=repr,
+)
+def test_a_bad_worker_argument_is_refused_when_the_worker_is_made(
+    db_url: str, bad: dict[str, Any]
+) -> None:
+    # Not when run() first uses it, in a worker thread.
+    with pytest.raises(kb.InvalidInput, match=next(iter(bad))):
+        Worker(lambda task: None, url=db_url, **bad)
+
+
+def test_a_handler_that_is_not_callable_is_refused(db_url: str) -> None:
+    with pytest.raises(kb.InvalidInput, match="handler must be callable"):
+        Worker("echo", url=db_url)  # type: ignore[arg-type]
+
+
 def test_a_lost_lease_cancels_a_running_command(db_url: str, session: Session) -> None:
     task_id = kb.create_task(session, title="t")
     script = 'if [ "$KANBAN_TASK_ATTEMPT" = 1 ]; then exec sleep 30; fi; echo second'
