@@ -4,7 +4,8 @@ Every lease, schedule and timestamp decision is made with the database's clock, 
 the worker's: two workers whose clocks disagree by minutes still agree on who holds a
 lease, because the only clock consulted is the one both of them talk to.
 
-Values are naive UTC datetimes with microsecond precision on every backend.
+Values are naive UTC datetimes: microseconds on PostgreSQL; on SQLite, whose clock
+functions stop at milliseconds, milliseconds written in the same microsecond format.
 """
 
 from __future__ import annotations
