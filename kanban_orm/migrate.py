@@ -33,7 +33,9 @@ from .models import EVENT_LOG_GUARD_TRIGGER, Base, TaskEvent
 
 T = TypeVar("T")
 
-VERSION_TABLE = "kanban_alembic_version"
+#: Every table of the library, its version table included, starts with this.
+TABLE_PREFIX = "kanban_"
+VERSION_TABLE = f"{TABLE_PREFIX}alembic_version"
 BRANCH_LABEL = "kanban_orm"
 #: pg_advisory_xact_lock key: the first eight bytes of sha1("kanban_orm.migrate").
 _PG_LOCK_KEY = 0x2C6A_04F0_5B11_7A3D
@@ -61,7 +63,19 @@ def script_location() -> str:
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
     """Alembic filter: only the library's own tables exist as far as it is concerned."""
     if type_ == "table":
-        return name is not None and name.startswith("kanban_")
+        return name is not None and name.startswith(TABLE_PREFIX)
+    return True
+
+
+def include_host_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Alembic filter for a host application's own ``env.py``: every table but the
+    library's. Without it, autogenerate against the host's metadata proposes to drop
+    the ``kanban_*`` tables, the board with them.
+
+    ``context.configure(..., include_name=include_host_name)``
+    """
+    if type_ == "table":
+        return name is None or not name.startswith(TABLE_PREFIX)
     return True
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -33,6 +34,7 @@ from kanban_orm.migrate import (
     BRANCH_LABEL,
     VERSION_TABLE,
     alembic_config,
+    include_host_name,
     include_name,
     schema_differences,
 )
@@ -629,6 +631,27 @@ def test_host_tables_and_alembic_history_are_untouched(empty_db_url: str) -> Non
     kb.downgrade(engine, "base")
     assert host_state(engine) == before
     assert {"tasks", "alembic_version"} <= table_names(engine)
+    engine.dispose()
+
+
+def host_autogenerate(engine: Engine, **opts: Any) -> list[Any]:
+    """What `alembic revision --autogenerate` in the host's own env.py would write."""
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts=opts)
+        return [d for d in compare_metadata(context, HostBase.metadata) if d]
+
+
+def test_the_host_filter_keeps_a_host_autogenerate_away_from_the_kanban_tables(
+    empty_db_url: str,
+) -> None:
+    engine = make_host_database(empty_db_url)
+    kb.upgrade(engine)
+
+    unfiltered = host_autogenerate(engine)
+    dropped = {d[1].name for d in unfiltered if d[0] == "remove_table"}
+    assert set(KANBAN_TABLES) | {VERSION_TABLE} <= dropped  # the board, gone
+
+    assert host_autogenerate(engine, include_name=include_host_name) == []
     engine.dispose()
 
 
