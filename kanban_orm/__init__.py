@@ -24,6 +24,7 @@ from .db import (
 )
 from .errors import (
     ClaimLost,
+    ConfigError,
     DatabaseBusy,
     InvalidInput,
     InvalidTransition,
@@ -87,6 +88,7 @@ __all__ = [
     "Base",
     "ClaimLost",
     "CommandHandler",
+    "ConfigError",
     "DatabaseBusy",
     "InvalidInput",
     "InvalidTransition",

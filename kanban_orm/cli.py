@@ -89,9 +89,21 @@ class _Group(click.Group):
             return super().invoke(ctx)
 
 
-def _engine(ctx: click.Context) -> Engine:
+def _engine(ctx: click.Context, *, create: bool = False) -> Engine:
+    """The command's engine. Only ``create`` (db upgrade) may make a new SQLite file: a
+    mistyped path would otherwise leave an empty database (and its directories) behind."""
     url: str | None = ctx.find_root().params.get("db")
+    if not create:
+        missing = db.missing_sqlite_file(_url_given(ctx))
+        if missing is not None:
+            raise KanbanError(
+                f"no database at {missing} (run `kanban-orm db upgrade` to create one)"
+            )
     return db.cached_engine(url)
+
+
+def _url_given(ctx: click.Context) -> str:
+    return ctx.find_root().params.get("db") or db.default_url()
 
 
 @click.group(cls=_Group)
@@ -117,7 +129,7 @@ def db_group() -> None:
 @click.pass_context
 def db_upgrade(ctx: click.Context, revision: str) -> None:
     """Migrate the kanban tables up to REVISION (safe to run concurrently)."""
-    engine = _engine(ctx)
+    engine = _engine(ctx, create=True)
     migrate.upgrade(engine, revision)
     click.echo(f"{engine.url.render_as_string()}: at {migrate.current(engine)}")
 
@@ -136,6 +148,9 @@ def db_downgrade(ctx: click.Context, revision: str) -> None:
 @click.pass_context
 def db_current(ctx: click.Context) -> None:
     """Print the revision the database is at ('base' before the first upgrade)."""
+    if db.missing_sqlite_file(_url_given(ctx)) is not None:
+        click.echo("base")  # without making the file
+        return
     click.echo(migrate.current(_engine(ctx)) or "base")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 
+from .errors import ConfigError
+
 ENV_CLAIM_TTL = "KANBAN_CLAIM_TTL_SECONDS"
 ENV_MAX_ATTEMPTS = "KANBAN_MAX_ATTEMPTS"
 
@@ -33,9 +35,9 @@ def claim_ttl_seconds() -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{ENV_CLAIM_TTL} must be a number, not {raw!r}") from None
+        raise ConfigError(f"{ENV_CLAIM_TTL} must be a number, not {raw!r}") from None
     if not (math.isfinite(value) and 0 < value <= MAX_TTL_SECONDS):
-        raise ValueError(
+        raise ConfigError(
             f"{ENV_CLAIM_TTL} must be more than 0 and at most {MAX_TTL_SECONDS} (a year),"
             f" not {raw!r}"
         )
@@ -49,7 +51,7 @@ def max_attempts() -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{ENV_MAX_ATTEMPTS} must be a whole number, not {raw!r}") from None
+        raise ConfigError(f"{ENV_MAX_ATTEMPTS} must be a whole number, not {raw!r}") from None
     if not 1 <= value <= MAX_ATTEMPTS_LIMIT:
-        raise ValueError(f"{ENV_MAX_ATTEMPTS} must be from 1 to {MAX_ATTEMPTS_LIMIT}, not {raw!r}")
+        raise ConfigError(f"{ENV_MAX_ATTEMPTS} must be from 1 to {MAX_ATTEMPTS_LIMIT}, not {raw!r}")
     return value

@@ -38,7 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransactionOrigin, sessionmaker
 
 from .driver import Tx
-from .errors import DatabaseBusy, InvalidInput, KanbanError
+from .errors import ConfigError, DatabaseBusy, InvalidInput, KanbanError
 
 T = TypeVar("T")
 
@@ -100,18 +100,50 @@ def create_engine(
     psycopg 3. ``synchronous``, ``busy_timeout_ms`` and ``retry`` are as for
     :func:`configure_engine`; other keyword arguments go to :func:`sqlalchemy.create_engine`.
     """
-    try:
-        parsed = sa.make_url(url or default_url())
-    except exc.ArgumentError:
-        raise InvalidInput(f"not a database URL: {url!r}") from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    parsed = _parsed(url or default_url())
+    sqlite_file = _sqlite_file(parsed)
+    if sqlite_file is not None:
+        sqlite_file.parent.mkdir(parents=True, exist_ok=True)
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")
-    engine = sa.create_engine(parsed, **kw)
+    try:
+        engine = sa.create_engine(parsed, **kw)
+    except ImportError as error:
+        raise InvalidInput(f"the driver of {parsed.drivername} is not installed: {error}") from None
     return configure_engine(
         engine, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms, retry=retry
     )
+
+
+#: The backends kanban_orm's SQL is written for.
+BACKENDS = ("sqlite", "postgresql")
+
+
+def _parsed(url: str | sa.URL) -> sa.URL:
+    try:
+        parsed = sa.make_url(url)
+    except exc.ArgumentError:
+        raise InvalidInput(f"not a database URL: {url!r}") from None
+    if parsed.get_backend_name() not in BACKENDS:
+        raise InvalidInput(
+            f"kanban_orm runs on SQLite and PostgreSQL, not {parsed.get_backend_name()!r}"
+        )
+    return parsed
+
+
+def _sqlite_file(parsed: sa.URL) -> Path | None:
+    """The file a SQLite URL names (not an in-memory database, not a ``file:`` URI)."""
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    if parsed.query.get("uri"):
+        return None
+    return Path(parsed.database).expanduser()
+
+
+def missing_sqlite_file(url: str | sa.URL) -> Path | None:
+    """The SQLite file ``url`` names when there is none yet; else None (PostgreSQL too)."""
+    path = _sqlite_file(_parsed(url))
+    return path if path is not None and not path.exists() else None
 
 
 _configured: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -141,15 +173,29 @@ def configure_engine(
         _retry_policies[engine] = retry
     if engine in _configured:
         return engine
-    _configured.add(engine)
     if engine.dialect.name == "sqlite":
         synchronous = (synchronous or os.environ.get(ENV_SYNCHRONOUS) or "NORMAL").upper()
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+            raise ConfigError(
+                f"synchronous ({ENV_SYNCHRONOUS}) must be OFF, NORMAL, FULL or EXTRA,"
+                f" not {synchronous!r}"
+            )
         if busy_timeout_ms is None:
-            busy_timeout_ms = int(os.environ.get(ENV_BUSY_TIMEOUT) or SQLITE_BUSY_TIMEOUT_MS)
+            busy_timeout_ms = _busy_timeout_from_env()
         _configure_sqlite(engine, synchronous, busy_timeout_ms)
+    _configured.add(engine)
     return engine
+
+
+def _busy_timeout_from_env() -> int:
+    raw = os.environ.get(ENV_BUSY_TIMEOUT) or str(SQLITE_BUSY_TIMEOUT_MS)
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"{ENV_BUSY_TIMEOUT} must be a whole number of milliseconds, not {raw!r}")
+    return value
 
 
 #: RETURNING (3.35) and UPDATE ... FROM (3.33) are used by every transition.

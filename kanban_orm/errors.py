@@ -36,6 +36,7 @@ class InvalidTransition(KanbanError):
         to_status: str,
         *,
         needs: tuple[str, ...] = (),
+        unless: str | None = None,
     ) -> None:
         self.task_id = task_id
         self.from_status = str(from_status)
@@ -43,6 +44,8 @@ class InvalidTransition(KanbanError):
         #: the states the call moves a task from, when that is the narrower reason
         self.needs = tuple(str(s) for s in needs)
         message = f"task {task_id} cannot move from {self.from_status!r} to {self.to_status!r}"
+        if unless is not None:
+            message += f" unless {unless}"
         if self.needs:
             wanted = " or ".join(repr(s) for s in self.needs)
             message = f"task {task_id} is {self.from_status!r}; this moves only a {wanted} task"
@@ -63,3 +66,8 @@ class DatabaseBusy(KanbanError):
 
 class InvalidInput(KanbanError):
     """An argument was rejected before anything was written."""
+
+
+class ConfigError(KanbanError, ValueError):
+    """A setting kanban_orm cannot use: an environment variable (``KANBAN_*``) or an
+    engine option. A ValueError too, as these were before they had a class of their own."""

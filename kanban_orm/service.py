@@ -359,13 +359,14 @@ def complete_task(
     With ``claim_lock`` the call is fenced: it succeeds only while that claim holds the
     task, else :class:`ClaimLost`. Without it, ``force=True`` is required and completes
     the task from any state that may move to ``done`` (closing an open run, if any).
-    Raises :class:`InvalidInput` (neither given, non-JSON ``metadata``),
+    Raises :class:`InvalidInput` (neither or both given, non-JSON ``metadata``),
     :class:`TaskNotFound`, :class:`InvalidTransition`.
     """
     task_id = check.task_id(task_id)
-    if claim_lock is None and not check.boolean(force, "force"):
+    if (claim_lock is None) == (not check.boolean(force, "force")):
         raise InvalidInput(
-            "complete_task needs the claim_lock of the claim it completes, or force=True"
+            "complete_task needs the claim_lock of the claim it completes, or force=True;"
+            " exactly one of them"
         )
     token = None if claim_lock is None else steps.token(claim_lock)
     task_result = check.text(result, "result")

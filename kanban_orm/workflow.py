@@ -18,7 +18,7 @@ from . import steps
 from . import validation as check
 from .db import joins_caller_transaction, run_read, run_write
 from .driver import Tx
-from .errors import InvalidInput
+from .errors import InvalidInput, InvalidTransition
 from .models import Task, TaskComment, TaskLink
 from .states import Status
 
@@ -245,6 +245,11 @@ def archive_task(session: Session, task_id: int, *, force: bool = False) -> Task
 
     def work(s: Tx) -> Task:
         if s.execute(statement, {"task_id": task_id}).first() is None:
+            state = s.execute(q.TASK_STATE, {"task_id": task_id}).first()
+            if not force and state is not None and state.status == Status.RUNNING.value:
+                raise InvalidTransition(
+                    task_id, Status.RUNNING, Status.ARCHIVED, unless="forced (voiding its claim)"
+                )
             steps.explain(s, task_id, Status.ARCHIVED, None)
         run_id = steps.close_run(s, task_id, "archived")
         steps.record(s, task_id, "archived", run_id, {"forced": force})

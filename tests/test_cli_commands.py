@@ -9,6 +9,7 @@ import os
 import pty
 import select
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -482,10 +483,60 @@ def test_board_draws_the_columns_at_the_width_asked(cli: Any) -> None:
 
 
 def test_missing_tables_say_to_upgrade(tmp_path: Any) -> None:
-    url = f"sqlite:///{tmp_path / 'empty.db'}"
-    result = CliRunner().invoke(main, ["--db", url, "list"])
+    path = tmp_path / "empty.db"
+    sqlite3.connect(path).close()  # a database without the kanban tables
+    result = CliRunner().invoke(main, ["--db", f"sqlite:///{path}", "list"])
     line = one_line_error(result)
     assert "no such table" in line and "kanban-orm db upgrade" in line
+
+
+@pytest.mark.parametrize("command", [["list"], ["claim"], ["db", "check"], ["stats"]])
+def test_a_mistyped_sqlite_path_is_an_error_and_creates_nothing(
+    tmp_path: Any, command: list[str]
+) -> None:
+    path = tmp_path / "typo" / "kanban.db"
+    result = CliRunner().invoke(main, ["--db", f"sqlite:///{path}", *command])
+    line = one_line_error(result)
+    assert line == f"error: no database at {path} (run `kanban-orm db upgrade` to create one)"
+    assert not path.parent.exists()
+    current = CliRunner().invoke(main, ["--db", f"sqlite:///{path}", "db", "current"])
+    assert (current.exit_code, current.stdout) == (0, "base\n")
+    assert not path.parent.exists()
+    upgraded = CliRunner().invoke(main, ["--db", f"sqlite:///{path}", "db", "upgrade"])
+    assert upgraded.exit_code == 0 and path.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("bogus://x", "error: kanban_orm runs on SQLite and PostgreSQL, not 'bogus'"),
+        ("mysql://u@h/db", "error: kanban_orm runs on SQLite and PostgreSQL, not 'mysql'"),
+        ("not a url", "error: not a database URL: 'not a url'"),
+    ],
+)
+def test_a_url_kanban_orm_cannot_use_is_one_error_line(url: str, message: str) -> None:
+    result = CliRunner().invoke(main, ["--db", url, "list"])
+    assert one_line_error(result) == message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("KANBAN_SQLITE_SYNCHRONOUS", "sometimes"),
+        ("KANBAN_SQLITE_BUSY_TIMEOUT_MS", "soon"),
+        ("KANBAN_CLAIM_TTL_SECONDS", "inf"),
+    ],
+)
+def test_a_bad_setting_in_the_environment_is_one_error_line(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    kb.init_db(url)
+    kb.dispose_engines()
+    monkeypatch.setenv(variable, value)
+    result = CliRunner().invoke(main, ["--db", url, "claim"])
+    line = one_line_error(result)
+    assert line.startswith("error: ") and variable in line
 
 
 def test_the_environment_names_the_database(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -187,6 +187,7 @@ BAD_COMPLETE_ARGS: dict[str, dict[str, Any]] = {
     "nul_in_summary": {"summary": "\x00"},
     "empty_claim_lock": {"claim_lock": ""},
     "int_claim_lock": {"claim_lock": 5},
+    "claim_lock_and_force": {"force": True},  # the CLI refuses the pair too
 }
 
 

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -514,6 +515,7 @@ def test_work_errors_are_one_line(db_url: str, tmp_path: Path) -> None:
     bad = work(db_url, "--assignee", "x" * 500, "--", "true")
     assert bad.exit_code == 1, bad.output
     assert bad.stderr.splitlines() == ["error: assignee is 500 characters; the maximum is 200"]
+    sqlite3.connect(tmp_path / "empty.db").close()  # a database without the kanban tables
     empty = CliRunner().invoke(
         main, ["--db", f"sqlite:///{tmp_path / 'empty.db'}", "work", "--drain", "--", "true"]
     )

@@ -157,7 +157,7 @@ def test_archive_running_needs_force_and_voids_the_claim(session: Session) -> No
     assert claimed is not None and claimed.claim_lock is not None
     token = claimed.claim_lock
     before = snapshot(session)
-    with pytest.raises(kb.InvalidTransition):
+    with pytest.raises(kb.InvalidTransition, match="'running' to 'archived' unless forced"):
         kb.archive_task(session, task_id)
     assert snapshot(session) == before
     archived = kb.archive_task(session, task_id, force=True)
