@@ -60,8 +60,7 @@ def link_tasks(session: Session, parent_id: int, child_id: int) -> Task:
             )
         s.execute(q.INSERT_LINK, ids)
         s.execute(q.WAIT_FOR_PARENTS, ids)
-        steps.record(s, child_id, "linked", payload={"parent_id": parent_id})
-        return steps.load_task(s, child_id)
+        return _recorded_with_status(s, child_id, "linked", parent_id)
 
     return run_write(session, work)
 
@@ -81,10 +80,17 @@ def unlink_tasks(session: Session, parent_id: int, child_id: int) -> Task:
             raise InvalidInput(f"task {child_id} does not depend on task {parent_id}")
         s.execute(q.LOCK_TASK, {"task_id": child_id})
         s.execute(q.PROMOTE_ONE, {"task_id": child_id})
-        steps.record(s, child_id, "unlinked", payload={"parent_id": parent_id})
-        return steps.load_task(s, child_id)
+        return _recorded_with_status(s, child_id, "unlinked", parent_id)
 
     return run_write(session, work)
+
+
+def _recorded_with_status(s: Tx, child_id: int, kind: str, parent_id: int) -> Task:
+    """The child after a link change, and its event, which names the child's status
+    (a link may move it between ready and todo: the log must say so)."""
+    child = steps.load_task(s, child_id)
+    steps.record(s, child_id, kind, payload={"parent_id": parent_id, "status": child.status})
+    return child
 
 
 class TaskLinks(NamedTuple):

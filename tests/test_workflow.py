@@ -26,7 +26,22 @@ def test_link_makes_a_ready_child_wait_and_unlink_releases_it(session: Session) 
     assert kb.link_tasks(session, parent, child).status == "todo"  # twice: no-op
     assert kinds(session, child) == ["created", "linked"]
     assert kb.unlink_tasks(session, parent, child).status == "ready"
-    assert kinds(session, child) == ["created", "linked", "unlinked"]
+    events = kb.list_events(session, task_id=child)
+    assert [(e.kind, e.payload) for e in events[1:]] == [
+        ("linked", {"parent_id": parent, "status": "todo"}),  # the log says it moved
+        ("unlinked", {"parent_id": parent, "status": "ready"}),
+    ]
+
+
+def test_a_link_to_a_finished_parent_leaves_the_child_ready_and_says_so(
+    session: Session,
+) -> None:
+    parent = kb.create_task(session, title="parent")
+    kb.complete_task(session, parent, force=True)
+    child = kb.create_task(session, title="child")
+    assert kb.link_tasks(session, parent, child).status == "ready"
+    linked = kb.list_events(session, task_id=child)[-1]
+    assert (linked.kind, linked.payload) == ("linked", {"parent_id": parent, "status": "ready"})
 
 
 def test_list_links_gives_parents_and_children_in_id_order(session: Session) -> None:
