@@ -1,46 +1,55 @@
-"""Defaults a deployment may override through the environment, read at call time."""
+"""Settings a deployment may override through the environment, read at call time, and
+the limits they (and the same values given to a call) are checked against.
+
+A setting kanban_orm cannot use raises :class:`ConfigError` naming its variable.
+"""
 
 from __future__ import annotations
 
 import math
 import os
+from typing import TypeVar
 
 from .errors import ConfigError
 
+N = TypeVar("N", int, float)
+
 ENV_CLAIM_TTL = "KANBAN_CLAIM_TTL_SECONDS"
 ENV_MAX_ATTEMPTS = "KANBAN_MAX_ATTEMPTS"
+ENV_SYNCHRONOUS = "KANBAN_SQLITE_SYNCHRONOUS"
+ENV_BUSY_TIMEOUT = "KANBAN_SQLITE_BUSY_TIMEOUT_MS"
 
 DEFAULT_CLAIM_TTL_SECONDS = 15 * 60
 DEFAULT_MAX_ATTEMPTS = 3
+SQLITE_SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+DEFAULT_SQLITE_SYNCHRONOUS = "NORMAL"
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+
+#: The largest value of an INTEGER column (priority, attempts, max_attempts, limits).
+INT32_MAX = 2**31 - 1
 #: A lease longer than a year is a mistake, and far enough out the databases' date
 #: arithmetic overflows (SQLite silently, into a NULL that would never expire).
 MAX_TTL_SECONDS = 365 * 24 * 3600
-#: max_attempts is an INTEGER column.
-MAX_ATTEMPTS_LIMIT = 2**31 - 1
 #: fail_task(retry=True) waits base * 2**(attempt-1) seconds (capped, jittered) before the
 #: task is claimable again.
 RETRY_BACKOFF_BASE_SECONDS = 10.0
 RETRY_BACKOFF_MAX_SECONDS = 3600.0
 
 
-def _from_env(name: str) -> str | None:
-    raw = os.environ.get(name)
-    return None if raw is None or raw == "" else raw
+def ttl_in_range(seconds: float) -> bool:
+    return math.isfinite(seconds) and 0 < seconds <= MAX_TTL_SECONDS
+
+
+TTL_RANGE = f"more than 0 and at most {MAX_TTL_SECONDS} (a year)"
 
 
 def claim_ttl_seconds() -> float:
     raw = _from_env(ENV_CLAIM_TTL)
     if raw is None:
         return DEFAULT_CLAIM_TTL_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{ENV_CLAIM_TTL} must be a number, not {raw!r}") from None
-    if not (math.isfinite(value) and 0 < value <= MAX_TTL_SECONDS):
-        raise ConfigError(
-            f"{ENV_CLAIM_TTL} must be more than 0 and at most {MAX_TTL_SECONDS} (a year),"
-            f" not {raw!r}"
-        )
+    value = _parsed(raw, float, ENV_CLAIM_TTL, "a number")
+    if not ttl_in_range(value):
+        raise ConfigError(f"{ENV_CLAIM_TTL} must be {TTL_RANGE}, not {raw!r}")
     return value
 
 
@@ -48,10 +57,44 @@ def max_attempts() -> int:
     raw = _from_env(ENV_MAX_ATTEMPTS)
     if raw is None:
         return DEFAULT_MAX_ATTEMPTS
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{ENV_MAX_ATTEMPTS} must be a whole number, not {raw!r}") from None
-    if not 1 <= value <= MAX_ATTEMPTS_LIMIT:
-        raise ConfigError(f"{ENV_MAX_ATTEMPTS} must be from 1 to {MAX_ATTEMPTS_LIMIT}, not {raw!r}")
+    value = _parsed(raw, int, ENV_MAX_ATTEMPTS, "a whole number")
+    if not 1 <= value <= INT32_MAX:
+        raise ConfigError(f"{ENV_MAX_ATTEMPTS} must be from 1 to {INT32_MAX}, not {raw!r}")
     return value
+
+
+def sqlite_synchronous(given: str | None = None) -> str:
+    """SQLite's ``synchronous`` pragma: ``given``, else the environment's, else NORMAL."""
+    mode = (given or _from_env(ENV_SYNCHRONOUS) or DEFAULT_SQLITE_SYNCHRONOUS).upper()
+    if mode not in SQLITE_SYNCHRONOUS_MODES:
+        raise ConfigError(
+            f"synchronous ({ENV_SYNCHRONOUS}) must be {', '.join(SQLITE_SYNCHRONOUS_MODES)},"
+            f" not {mode!r}"
+        )
+    return mode
+
+
+def sqlite_busy_timeout_ms(given: int | None = None) -> int:
+    """SQLite's ``busy_timeout``: ``given``, else the environment's, else 5 seconds."""
+    if given is None:
+        raw = _from_env(ENV_BUSY_TIMEOUT)
+        if raw is None:
+            return SQLITE_BUSY_TIMEOUT_MS
+        given = _parsed(raw, int, ENV_BUSY_TIMEOUT, "a whole number of milliseconds")
+    if isinstance(given, bool) or not isinstance(given, int) or not 0 <= given <= INT32_MAX:
+        raise ConfigError(
+            f"busy_timeout_ms ({ENV_BUSY_TIMEOUT}) must be from 0 to {INT32_MAX}, not {given!r}"
+        )
+    return given
+
+
+def _from_env(name: str) -> str | None:
+    raw = os.environ.get(name)
+    return None if raw is None or raw == "" else raw
+
+
+def _parsed(raw: str, kind: type[N], name: str, what: str) -> N:
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be {what}, not {raw!r}") from None

@@ -37,20 +37,21 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransactionOrigin, sessionmaker
 
+from . import config
 from .driver import Tx
-from .errors import ConfigError, DatabaseBusy, InvalidInput, KanbanError
+from .errors import DatabaseBusy, InvalidInput, KanbanError
 
 T = TypeVar("T")
 
 ENV_URL = "KANBAN_DATABASE_URL"
 ENV_HOME = "KANBAN_HOME"
-ENV_SYNCHRONOUS = "KANBAN_SQLITE_SYNCHRONOUS"
-ENV_BUSY_TIMEOUT = "KANBAN_SQLITE_BUSY_TIMEOUT_MS"
+ENV_SYNCHRONOUS = config.ENV_SYNCHRONOUS
+ENV_BUSY_TIMEOUT = config.ENV_BUSY_TIMEOUT
 
 #: execution option a Connection carries when its transaction will write.
 WRITE_OPTION = "kanban_write"
 
-SQLITE_BUSY_TIMEOUT_MS = 5_000
+SQLITE_BUSY_TIMEOUT_MS = config.SQLITE_BUSY_TIMEOUT_MS
 
 # PostgreSQL SQLSTATEs after which the whole transaction can simply run again.
 _PG_RETRYABLE = frozenset({"40001", "40P01", "55P03"})  # serialization, deadlock, lock n/a
@@ -96,7 +97,8 @@ def create_engine(
 ) -> Engine:
     """An Engine for ``url`` (else :func:`default_url`) with the kanban dialect set-up.
 
-    A SQLite file's directory is created if missing; a ``postgresql://`` URL uses
+    A SQLite file's directory is created if missing (a leading ``~`` is the home
+    directory); a ``postgresql://`` URL uses
     psycopg 3. ``synchronous``, ``busy_timeout_ms`` and ``retry`` are as for
     :func:`configure_engine`; other keyword arguments go to :func:`sqlalchemy.create_engine`.
     """
@@ -104,6 +106,7 @@ def create_engine(
     sqlite_file = _sqlite_file(parsed)
     if sqlite_file is not None:
         sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+        parsed = parsed.set(database=str(sqlite_file))  # "~" expanded, as it was made
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     try:
@@ -135,7 +138,7 @@ def _sqlite_file(parsed: sa.URL) -> Path | None:
     """The file a SQLite URL names (not an in-memory database, not a ``file:`` URI)."""
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
-    if parsed.query.get("uri"):
+    if sa.util.asbool(parsed.query.get("uri", False)):
         return None
     return Path(parsed.database).expanduser()
 
@@ -147,6 +150,8 @@ def missing_sqlite_file(url: str | sa.URL) -> Path | None:
 
 
 _configured: weakref.WeakSet[Engine] = weakref.WeakSet()
+#: Two threads configuring one engine at once must not both add its event listeners.
+_configuring = threading.Lock()
 _retry_policies: weakref.WeakKeyDictionary[Engine, RetryPolicy] = weakref.WeakKeyDictionary()
 
 
@@ -171,31 +176,18 @@ def configure_engine(
     """
     if retry is not None:
         _retry_policies[engine] = retry
-    if engine in _configured:
-        return engine
-    if engine.dialect.name == "sqlite":
-        synchronous = (synchronous or os.environ.get(ENV_SYNCHRONOUS) or "NORMAL").upper()
-        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ConfigError(
-                f"synchronous ({ENV_SYNCHRONOUS}) must be OFF, NORMAL, FULL or EXTRA,"
-                f" not {synchronous!r}"
+    with _configuring:
+        if engine in _configured:
+            return engine
+        if engine.dialect.name == "sqlite":
+            _configure_sqlite(
+                engine,
+                config.sqlite_synchronous(synchronous),
+                config.sqlite_busy_timeout_ms(busy_timeout_ms),
             )
-        if busy_timeout_ms is None:
-            busy_timeout_ms = _busy_timeout_from_env()
-        _configure_sqlite(engine, synchronous, busy_timeout_ms)
-    _configured.add(engine)
+        # Only once set up: an engine whose settings were refused is not marked done.
+        _configured.add(engine)
     return engine
-
-
-def _busy_timeout_from_env() -> int:
-    raw = os.environ.get(ENV_BUSY_TIMEOUT) or str(SQLITE_BUSY_TIMEOUT_MS)
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ConfigError(f"{ENV_BUSY_TIMEOUT} must be a whole number of milliseconds, not {raw!r}")
-    return value
 
 
 #: RETURNING (3.35) and UPDATE ... FROM (3.33) are used by every transition.
@@ -419,22 +411,30 @@ def _is_sqlite_busy_message(message: str) -> bool:
     return any(fragment in message for fragment in _SQLITE_BUSY_MESSAGES)
 
 
+def end_autobegun_transaction(session: Session) -> None:
+    """Commit the transaction the Session merely auto-began (after a query of the
+    caller's), as ``session.commit()`` would, so that a call starts a fresh one. A
+    transaction the caller asked for is left alone (see :func:`joins_caller_transaction`).
+    """
+    transaction = session.get_transaction()
+    if transaction is not None and transaction.origin is SessionTransactionOrigin.AUTOBEGIN:
+        session.commit()
+
+
 def joins_caller_transaction(session: Session) -> bool:
     """True when a call on ``session`` is to run inside a transaction the caller began
     and will end: one opened with ``session.begin()``, or, for a Session bound to a
     Connection, the connection's own transaction, begun before the Session joined it
-    (SQLAlchemy's "joining a Session into an external transaction", as test suites do).
+    (SQLAlchemy's "joining a Session into an external transaction", as test suites do;
+    a transaction the Connection auto-began counts too). Ask after
+    :func:`end_autobegun_transaction`.
 
     Such a call runs inside a SAVEPOINT of the caller's transaction and leaves the
-    commit to the caller (a rolled-back caller leaves no trace of it). A transaction the
-    Session merely auto-began is not "asked for": this commits it, so the call that
-    follows starts a fresh one, as ``session.commit()`` would.
+    commit to the caller (a rolled-back caller leaves no trace of it).
     """
     transaction = session.get_transaction()
     if transaction is not None:
-        if transaction.origin is not SessionTransactionOrigin.AUTOBEGIN:
-            return True
-        session.commit()
+        return transaction.origin is not SessionTransactionOrigin.AUTOBEGIN
     # Committing the Session's own transaction ended the connection's, unless the
     # caller had begun that one.
     bind = session.get_bind()
@@ -501,6 +501,7 @@ def run_write(
     follow it). PostgreSQL then runs it in autocommit mode, where a statement is its own
     transaction, which saves the round trips of BEGIN and COMMIT.
     """
+    end_autobegun_transaction(session)
     if joins_caller_transaction(session):
         return _run_joined(session, work)
     if policy is None:
@@ -614,6 +615,7 @@ def run_read(session: Session, work: Callable[[Session], T]) -> T:
     first read, so a session left inside one would never see another worker's commit
     (and would hold back WAL checkpoints). Reads are retried like writes when the connection drops.
     """
+    end_autobegun_transaction(session)
     if joins_caller_transaction(session):
         return work(session)
     return with_retry(lambda: _attempt_read(session, work), policy=retry_policy(session))

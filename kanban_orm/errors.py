@@ -44,11 +44,11 @@ class InvalidTransition(KanbanError):
         #: the states the call moves a task from, when that is the narrower reason
         self.needs = tuple(str(s) for s in needs)
         message = f"task {task_id} cannot move from {self.from_status!r} to {self.to_status!r}"
-        if unless is not None:
-            message += f" unless {unless}"
         if self.needs:
             wanted = " or ".join(repr(s) for s in self.needs)
             message = f"task {task_id} is {self.from_status!r}; this moves only a {wanted} task"
+        if unless is not None:
+            message += f" unless {unless}"
         super().__init__(message)
 
 

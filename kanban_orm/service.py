@@ -2,9 +2,11 @@
 
 Every write function takes the Session first and runs as one transaction through
 :func:`kanban_orm.db.run_write`: it commits on success, rolls back and raises on failure,
-and is retried as a whole on lock contention. If the caller opened a transaction with
-``session.begin()`` the call joins it (in a SAVEPOINT) and the caller commits, so a
-task created inside a host application's rolled-back transaction never existed.
+and is retried as a whole on lock contention. If the caller began the transaction
+(``session.begin()``, or a Session joined into its Connection's transaction: see
+:func:`kanban_orm.db.joins_caller_transaction`) the call joins it (in a SAVEPOINT) and
+the caller commits, so a task created inside a host application's rolled-back
+transaction never existed.
 
 Within each transition the guarded UPDATE comes first, so a rejected call has written
 nothing when it raises; then the run row, ``current_run_id`` and exactly one event for
@@ -30,7 +32,7 @@ from sqlalchemy.sql.dml import ReturningUpdate
 from . import config, steps
 from . import queries as q
 from . import validation as check
-from .db import joins_caller_transaction, run_read, run_write
+from .db import end_autobegun_transaction, joins_caller_transaction, run_read, run_write
 from .driver import Tx
 from .errors import ClaimLost, InvalidInput, TaskNotFound
 from .models import Task, TaskEvent, TaskRun
@@ -807,6 +809,7 @@ def list_events(
     count = check.limit(limit)
     if count is not None:
         statement = statement.limit(count)
+    end_autobegun_transaction(session)
     tailing = not joins_caller_transaction(session)
 
     def read(s: Session) -> list[TaskEvent]:

@@ -6,7 +6,7 @@ Each runs inside the caller's transaction; none commits.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from sqlalchemy.orm import Session
@@ -158,12 +158,14 @@ def explain(
     token: str | None,
     *,
     needs: tuple[Status, ...] = (),
+    unless: Mapping[Status, str] | None = None,
 ) -> NoReturn:
     """Raise the error that says why a guarded UPDATE matched no row.
 
     ``needs`` names the states the guard accepts when they are narrower than "any state
     the table lets move to ``target``" (unblock needs ``blocked``, not just any state
-    that may become ready).
+    that may become ready). ``unless`` says, per state the task may be in, what would
+    have let the call through (archiving a running task needs force).
     """
     state = s.execute(q.TASK_STATE, {"task_id": task_id}).first()
     if state is None:
@@ -173,7 +175,8 @@ def explain(
     if token is None and state.status == Status.RUNNING and target is Status.BLOCKED:
         raise ClaimLost(task_id, f"task {task_id} is running: only its claim holder may do that")
     # Otherwise the task is not in a state this call may move it from.
-    raise InvalidTransition(task_id, state.status, target or state.status, needs=needs)
+    hint = (unless or {}).get(Status(state.status))
+    raise InvalidTransition(task_id, state.status, target or state.status, needs=needs, unless=hint)
 
 
 def load_task(s: Tx, task_id: int) -> Task:

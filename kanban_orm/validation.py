@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from .config import MAX_TTL_SECONDS, claim_ttl_seconds
+from .config import INT32_MAX, TTL_RANGE, claim_ttl_seconds, ttl_in_range
 from .errors import InvalidInput
 from .models import NAME_MAX_LENGTH, TITLE_MAX_LENGTH
 from .states import Status
@@ -56,7 +56,6 @@ def name(value: object, field: str, *, required: bool = False) -> str | None:
     return text(value, field, required=required, max_length=NAME_MAX_LENGTH)
 
 
-INT32_MAX = 2**31 - 1  # priority, attempts, limits: INTEGER columns
 INT64_MAX = 2**63 - 1  # ids: BIGINT on PostgreSQL, SQLite's 64-bit integers
 
 
@@ -104,11 +103,12 @@ def collection(values: object, field: str) -> list[object]:
     return list(values)
 
 
-def number(value: object, field: str) -> float:
-    """An int or a float (not a bool); NaN and the infinities are refused."""
+def number(value: object, field: str, *, infinity: bool = False) -> float:
+    """An int or a float (not a bool); NaN is refused, and so are the infinities unless
+    ``infinity`` (a wait that may last for ever)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInput(f"{field} must be a number, not {type(value).__name__}")
-    if not math.isfinite(value):
+    if math.isnan(value) or (math.isinf(value) and not infinity):
         raise InvalidInput(f"{field} must be a finite number, not {value}")
     return float(value)
 
@@ -118,11 +118,9 @@ def ttl(value: object) -> float:
     if value is None:
         return claim_ttl_seconds()
     value = number(value, "ttl_seconds")
-    if not 0 < value <= MAX_TTL_SECONDS:
-        raise InvalidInput(
-            f"ttl_seconds must be more than 0 and at most {MAX_TTL_SECONDS} (a year), not {value}"
-        )
-    return float(value)
+    if not ttl_in_range(value):
+        raise InvalidInput(f"ttl_seconds must be {TTL_RANGE}, not {value}")
+    return value
 
 
 def json_object(value: object, field: str) -> dict[str, Any] | None:

@@ -142,7 +142,7 @@ class Worker:
         if url is not None and sessions is not None:
             raise InvalidInput("give the Worker a url or a session factory, not both")
         concurrency = check.integer(concurrency, "concurrency", minimum=1)
-        grace_seconds = check.number(grace_seconds, "grace_seconds")
+        grace_seconds = check.number(grace_seconds, "grace_seconds", infinity=True)
         idle_min = check.number(idle_min, "idle_min")
         idle_max = check.number(idle_max, "idle_max")
         if grace_seconds < 0 or idle_min <= 0 or idle_max < idle_min:

@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session
 from . import queries as q
 from . import steps
 from . import validation as check
-from .db import joins_caller_transaction, run_read, run_write
+from .db import end_autobegun_transaction, joins_caller_transaction, run_read, run_write
 from .driver import Tx
-from .errors import InvalidInput, InvalidTransition
+from .errors import InvalidInput
 from .models import Task, TaskComment, TaskLink
 from .states import Status
 
@@ -238,6 +238,9 @@ def reopen_task(session: Session, task_id: int, *, reason: str | None = None) ->
     return run_write(session, work)
 
 
+_ARCHIVE_UNLESS = {Status.RUNNING: "forced (voiding its claim)"}
+
+
 def archive_task(session: Session, task_id: int, *, force: bool = False) -> Task:
     """Archive a task: hidden from default lists, and finished as far as children go.
 
@@ -251,12 +254,7 @@ def archive_task(session: Session, task_id: int, *, force: bool = False) -> Task
 
     def work(s: Tx) -> Task:
         if s.execute(statement, {"task_id": task_id}).first() is None:
-            state = s.execute(q.TASK_STATE, {"task_id": task_id}).first()
-            if not force and state is not None and state.status == Status.RUNNING.value:
-                raise InvalidTransition(
-                    task_id, Status.RUNNING, Status.ARCHIVED, unless="forced (voiding its claim)"
-                )
-            steps.explain(s, task_id, Status.ARCHIVED, None)
+            steps.explain(s, task_id, Status.ARCHIVED, None, unless=_ARCHIVE_UNLESS)
         run_id = steps.close_run(s, task_id, "archived")
         steps.record(s, task_id, "archived", run_id, {"forced": force})
         steps.promote_children(s, task_id)
@@ -412,6 +410,7 @@ def board_cards(
     drawn = [status for status in Status if status is not Status.ARCHIVED]
     columns = [_column_cards(status, tenant, shown) for status in drawn]
 
+    end_autobegun_transaction(session)
     own_snapshot = not joins_caller_transaction(session)
 
     def read(s: Session) -> tuple[list[Task], dict[str, int]]:

@@ -9,6 +9,7 @@ PostgreSQL fails the run instead of silently skipping half the suite.
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,7 +97,9 @@ def fresh_postgres_database(postgres_url: str) -> Iterator[str]:
 def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of a database with nothing in it (no kanban tables), per backend."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'kanban.db'}"
+        path = tmp_path / "kanban.db"
+        sqlite3.connect(path).close()  # the file exists, as a PostgreSQL database would
+        yield f"sqlite:///{path}"
     else:
         yield from fresh_postgres_database(postgres_url_or_skip())
 

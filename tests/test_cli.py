@@ -97,7 +97,7 @@ def test_current_is_base_on_an_empty_database(empty_db_url: str) -> None:
 def test_check_on_an_empty_database_is_one_error_line(empty_db_url: str) -> None:
     result = run("--db", empty_db_url, "db", "check")
     assert_one_line_error(result)
-    assert "upgrade" in result.stderr
+    assert "run upgrade" in result.stderr
 
 
 def test_check_on_a_drifted_schema_is_one_error_line(empty_db_url: str) -> None:

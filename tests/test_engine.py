@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -66,6 +67,28 @@ def test_sqlite_durability_is_one_setting_away(
     assert _pragmas(from_env)["busy_timeout"] == 1234
     with pytest.raises(ValueError, match="synchronous"):
         kb.create_engine(f"sqlite:///{tmp_path / 'c.db'}", synchronous="SOMETIMES")
+
+
+@pytest.mark.parametrize("busy_timeout_ms", [-1, 1.5, "5", True, 2**31])
+def test_a_busy_timeout_sqlite_cannot_use_is_refused(tmp_path: Path, busy_timeout_ms: Any) -> None:
+    with pytest.raises(kb.ConfigError, match="busy_timeout_ms"):
+        kb.create_engine(f"sqlite:///{tmp_path / 'a.db'}", busy_timeout_ms=busy_timeout_ms)
+
+
+def test_a_refused_setting_leaves_the_engine_to_be_configured_again(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    with pytest.raises(kb.ConfigError):
+        kb.configure_engine(engine, synchronous="SOMETIMES")
+    kb.configure_engine(engine, synchronous="FULL")
+    assert _pragmas(engine)["synchronous"] == 2
+
+
+def test_a_sqlite_path_under_the_home_directory_is_opened_where_it_was_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    kb.init_db("sqlite:///~/boards/kanban.db")
+    assert (tmp_path / "boards" / "kanban.db").is_file()
 
 
 def test_configure_engine_on_a_host_engine_is_idempotent(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import sqlite3
@@ -396,6 +397,11 @@ def test_a_bad_worker_argument_is_refused_when_the_worker_is_made(
     # Not when run() first uses it, in a worker thread.
     with pytest.raises(kb.InvalidInput, match=next(iter(bad))):
         Worker(lambda task: None, url=db_url, **bad)
+
+
+def test_an_infinite_grace_period_waits_for_running_handlers_for_ever(db_url: str) -> None:
+    # What `kanban-orm work --grace inf` asks for.
+    assert Worker(lambda task: None, url=db_url, grace_seconds=math.inf).grace_seconds == math.inf
 
 
 def test_a_handler_that_is_not_callable_is_refused(db_url: str) -> None:
