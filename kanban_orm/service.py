@@ -32,7 +32,7 @@ from sqlalchemy.sql.dml import ReturningUpdate
 from . import config, steps
 from . import queries as q
 from . import validation as check
-from .db import end_autobegun_transaction, joins_caller_transaction, run_read, run_write
+from .db import joins_caller_transaction, run_read, run_write
 from .driver import Tx
 from .errors import ClaimLost, InvalidInput, TaskNotFound
 from .models import Task, TaskEvent, TaskRun
@@ -809,11 +809,10 @@ def list_events(
     count = check.limit(limit)
     if count is not None:
         statement = statement.limit(count)
-    end_autobegun_transaction(session)
-    tailing = not joins_caller_transaction(session)
 
     def read(s: Session) -> list[TaskEvent]:
-        if tailing:
+        # run_read has ended an auto-begun transaction: one open now is the caller's.
+        if not joins_caller_transaction(s):
             steps.wait_for_event_writers(s)
         return list(s.scalars(statement))
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from . import queries as q
 from . import steps
 from . import validation as check
-from .db import end_autobegun_transaction, joins_caller_transaction, run_read, run_write
+from .db import joins_caller_transaction, run_read, run_write
 from .driver import Tx
 from .errors import InvalidInput
 from .models import Task, TaskComment, TaskLink
@@ -410,11 +410,9 @@ def board_cards(
     drawn = [status for status in Status if status is not Status.ARCHIVED]
     columns = [_column_cards(status, tenant, shown) for status in drawn]
 
-    end_autobegun_transaction(session)
-    own_snapshot = not joins_caller_transaction(session)
-
     def read(s: Session) -> tuple[list[Task], dict[str, int]]:
-        if own_snapshot and s.get_bind().dialect.name == "postgresql":
+        # run_read has ended an auto-begun transaction: one open now is the caller's.
+        if not joins_caller_transaction(s) and s.get_bind().dialect.name == "postgresql":
             # One snapshot for all the statements, as SQLite's read transaction has: at
             # READ COMMITTED each sees the latest commits, and a task claimed between
             # two of them would be drawn in two columns (the same object, refreshed).
