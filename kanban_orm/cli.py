@@ -1040,5 +1040,9 @@ def _stress_main() -> Callable[[list[str]], int]:
     raise KanbanError("the stress suite is not installed (no kanban_orm._stress or stress)")
 
 
+from kanban_orm.web.serve import serve as _serve  # noqa: E402 - the web board's command
+
+main.add_command(_serve)
+
 if __name__ == "__main__":  # python -m kanban_orm.cli
     main()
