@@ -1,0 +1,242 @@
+"""The web board without a browser: auth, CSRF, escaping, read-only, moves, metrics,
+the live stream's resume. Every test runs on every backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+from starlette.testclient import TestClient
+
+import kanban_orm as kb
+from kanban_orm import web
+from kanban_orm.web.auth import COOKIE, csrf_token
+from kanban_orm.web.serve import is_loopback
+
+TOKEN = "test-token-0123456789"
+XSS = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture
+def client(engine: Engine) -> Iterator[TestClient]:
+    with TestClient(web.app(engine, token=TOKEN), base_url="http://testserver") as c:
+        yield c
+
+
+def bearer() -> dict[str, str]:
+    return {"authorization": f"Bearer {TOKEN}"}
+
+
+def logged_in(client: TestClient) -> TestClient:
+    response = client.get(f"/?token={TOKEN}", follow_redirects=False)
+    assert response.status_code == 303
+    return client
+
+
+def test_no_token_is_401_and_a_wrong_one_403(client: TestClient) -> None:
+    for path in ("/", "/stream", "/metrics", "/static/board.js", "/tasks/1", "/api/cards"):
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, headers={"authorization": "Bearer nope"}).status_code == 403
+    assert client.get("/?token=nope").status_code == 403
+    client.cookies.set(COOKIE, "nope")
+    assert client.get("/").status_code == 403
+
+
+def test_token_in_url_once_becomes_an_httponly_samesite_cookie(client: TestClient) -> None:
+    response = client.get(f"/?tenant=a&token={TOKEN}", follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/?tenant=a"
+    cookie = response.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    assert client.get("/?tenant=a").status_code == 200  # the cookie is enough now
+
+
+def test_writes_need_the_csrf_token_with_the_cookie(client: TestClient, session: Session) -> None:
+    logged_in(client)
+    payload = {"title": "from the board"}
+    assert client.post("/api/tasks", json=payload).status_code == 403
+    bad = {"x-csrf-token": "forged"}
+    assert client.post("/api/tasks", json=payload, headers=bad).status_code == 403
+    good = {"x-csrf-token": csrf_token(TOKEN)}
+    evil = {**good, "origin": "http://evil.example"}
+    assert client.post("/api/tasks", json=payload, headers=evil).status_code == 403
+    assert kb.list_tasks(session) == []  # a refused write wrote nothing
+    created = client.post("/api/tasks", json=payload, headers=good)
+    assert created.status_code == 201
+    # A bearer header is never sent by a browser on its own: no CSRF token needed.
+    client.cookies.clear()
+    assert client.post("/api/tasks", json=payload, headers=bearer()).status_code == 201
+    assert [t.title for t in kb.list_tasks(session)] == ["from the board"] * 2
+
+
+def test_user_text_is_escaped_everywhere(client: TestClient, session: Session) -> None:
+    task_id = kb.create_task(session, title=XSS, body=XSS, assignee="a<b", tenant="t\"'")
+    kb.add_comment(session, task_id, body=XSS)
+    board = client.get("/", headers=bearer()).text
+    drawer = client.get(f"/tasks/{task_id}", headers=bearer()).text
+    cards = client.get(f"/api/cards?ids={task_id}", headers=bearer()).json()
+    for html in (board, drawer, cards["cards"][0]["html"]):
+        assert XSS not in html
+        assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    response = client.get("/", headers=bearer())
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+
+
+def test_board_markup_contract(client: TestClient, session: Session) -> None:
+    ready = kb.create_task(session, title="ready one")
+    triaged = kb.create_task(session, title="to triage", triage=True)
+    html = client.get("/", headers=bearer()).text
+    for status in ("triage", "todo", "ready", "running", "review", "blocked", "done"):
+        assert f'data-column="{status}"' in html
+    assert 'data-column="archived"' not in html
+    assert f'data-task-id="{ready}"' in html and f'data-task-id="{triaged}"' in html
+    assert 'data-column="archived"' in client.get("/?archived=1", headers=bearer()).text
+
+
+def test_columns_page_their_cards(client: TestClient, session: Session) -> None:
+    for n in range(60):
+        kb.create_task(session, title=f"task {n}", priority=n % 3)
+    html = client.get("/", headers=bearer()).text
+    assert html.count("data-task-id=") == 50
+    more = client.get("/columns/ready?offset=50", headers=bearer()).text
+    assert more.count("data-task-id=") == 10
+
+
+def test_filters_come_from_the_url(client: TestClient, session: Session) -> None:
+    kb.create_task(session, title="alpha", tenant="acme", assignee="ann")
+    kb.create_task(session, title="beta", tenant="acme", assignee="bob")
+    kb.create_task(session, title="gamma", tenant="other")
+
+    def titles(query: str) -> list[str]:
+        html = client.get(f"/?{query}", headers=bearer()).text
+        return [t for t in ("alpha", "beta", "gamma") if f">{t}<" in html]
+
+    assert titles("") == ["alpha", "beta", "gamma"]
+    assert titles("tenant=acme") == ["alpha", "beta"]
+    assert titles("tenant=acme&assignee=bob") == ["beta"]
+    assert titles("q=AMM") == ["gamma"]
+
+
+def test_moves_follow_the_table_and_refusals_carry_the_servers_message(
+    client: TestClient, session: Session
+) -> None:
+    task_id = kb.create_task(session, title="move me")
+    move = f"/api/tasks/{task_id}/move"
+    refused = client.post(move, json={"to": "review"}, headers=bearer())
+    assert refused.status_code == 409
+    assert refused.json()["error"] == f"task {task_id} cannot move from 'ready' to 'review'"
+    asked = client.post(move, json={"to": "blocked"}, headers=bearer())
+    assert asked.status_code == 428 and asked.json()["ask"] == "required"
+    assert kb.get_task(session, task_id).status == "ready"
+    done = client.post(move, json={"to": "blocked", "reason": "waiting on legal"}, headers=bearer())
+    assert done.json() == {"id": task_id, "status": "blocked"}
+    assert kb.get_task(session, task_id).block_reason == "waiting on legal"
+    assert client.post(move, json={"to": "ready"}, headers=bearer()).json()["status"] == "ready"
+    worker = client.post(move, json={"to": "running"}, headers=bearer())
+    assert worker.status_code == 422 and "worker's move" in worker.json()["error"]
+
+
+def test_releasing_a_stuck_claim_asks_for_confirmation(
+    client: TestClient, session: Session
+) -> None:
+    task_id = kb.create_task(session, title="stuck")
+    kb.claim_task(session, task_id, claimer="w1")
+    move = f"/api/tasks/{task_id}/move"
+    asked = client.post(move, json={"to": "ready"}, headers=bearer())
+    assert asked.status_code == 428 and asked.json()["ask"] == "confirm"
+    assert kb.get_task(session, task_id).status == "running"
+    done = client.post(move, json={"to": "ready", "confirmed": True}, headers=bearer())
+    assert done.json()["status"] == "ready"
+    assert kb.list_runs(session, task_id)[-1].outcome == "released"
+
+
+def test_drawer_offers_exactly_the_boards_allowed_moves(
+    client: TestClient, session: Session
+) -> None:
+    task_id = kb.create_task(session, title="in review")
+    task = kb.claim_task(session, task_id, claimer="w1")
+    assert task is not None and task.claim_lock is not None
+    kb.submit_for_review(session, task_id, claim_lock=task.claim_lock)
+    html = client.get(f"/tasks/{task_id}", headers=bearer()).text
+    offered = set(__import__("re").findall(r'data-move="(\w+)"', html))
+    assert offered == {"done", "ready", "blocked", "archived"}
+    assert offered <= {s.value for s in kb.TRANSITIONS[kb.Status.REVIEW]}
+
+
+def test_comment_edit_and_links(client: TestClient, session: Session) -> None:
+    parent = kb.create_task(session, title="parent")
+    child = kb.create_task(session, title="child")
+    base = f"/api/tasks/{child}"
+    assert client.post(f"{base}/comments", json={"body": "hi"}, headers=bearer()).status_code == 201
+    assert client.post(f"{base}/edit", json={"priority": 5}, headers=bearer()).status_code == 200
+    linked = client.post(f"{base}/link", json={"parent_id": parent}, headers=bearer())
+    assert linked.json()["status"] == "todo"
+    cycle = client.post(f"/api/tasks/{parent}/link", json={"parent_id": child}, headers=bearer())
+    assert cycle.status_code == 422
+    assert (
+        client.post(f"{base}/unlink", json={"parent_id": parent}, headers=bearer()).json()["status"]
+        == "ready"
+    )
+    assert kb.get_task(session, child).priority == 5
+    assert [c.body for c in kb.list_comments(session, child)] == ["hi"]
+
+
+def test_read_only_serves_no_write_route(engine: Engine, session: Session) -> None:
+    task_id = kb.create_task(session, title="look, do not touch")
+    with TestClient(web.app(engine, token=TOKEN, read_only=True)) as client:
+        page = client.get("/", headers=bearer()).text
+        assert 'draggable="true"' not in page and "new-task" not in page
+        for path in (
+            "/api/tasks",
+            f"/api/tasks/{task_id}/move",
+            f"/api/tasks/{task_id}/edit",
+            f"/api/tasks/{task_id}/comments",
+            f"/api/tasks/{task_id}/link",
+            f"/api/tasks/{task_id}/unlink",
+        ):
+            response = client.post(path, json={"to": "blocked", "reason": "x"}, headers=bearer())
+            assert response.status_code in (404, 405), path
+        routes = {getattr(r, "path", "") for r in client.app.routes}  # type: ignore[attr-defined]
+        assert not any(path.startswith("/api/tasks") for path in routes)
+    assert kb.get_task(session, task_id).status == "ready"
+
+
+def test_metrics_in_prometheus_text_format(client: TestClient, session: Session) -> None:
+    kb.create_task(session, title="a", tenant="acme")
+    task_id = kb.create_task(session, title="b")
+    task = kb.claim_task(session, task_id, claimer="w")
+    assert task is not None
+    kb.complete_task(session, task_id, claim_lock=task.claim_lock)
+    assert client.get("/metrics").status_code == 401
+    response = client.get("/metrics", headers=bearer())
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'kanban_tasks{status="ready",tenant="acme"} 1.0' in text
+    assert 'kanban_tasks{status="done",tenant=""} 1.0' in text
+    assert "kanban_claims_total 1.0" in text and "kanban_completions_total 1.0" in text
+    assert "kanban_expired_leases 0.0" in text
+    assert "kanban_oldest_ready_age_seconds" in text
+
+
+def test_stream_resumes_from_last_event_id(client: TestClient, session: Session) -> None:
+    first = kb.create_task(session, title="one")
+    second = kb.create_task(session, title="two")
+    events = kb.list_events(session)
+    headers = {**bearer(), "last-event-id": str(events[0].id)}
+    with client.stream("GET", "/stream", headers=headers) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        seen: list[str] = []
+        for line in response.iter_lines():
+            if line.startswith("id: "):
+                seen.append(line[4:])
+            if len(seen) == len(events) - 1:
+                break
+    assert seen == [str(e.id) for e in events[1:]]
+    assert {e.task_id for e in events} == {first, second}
+
+
+def test_loopback_detection() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10")
