@@ -3,7 +3,9 @@ the live stream's resume. Every test runs on every backend."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -160,7 +162,7 @@ def test_drawer_offers_exactly_the_boards_allowed_moves(
     assert task is not None and task.claim_lock is not None
     kb.submit_for_review(session, task_id, claim_lock=task.claim_lock)
     html = client.get(f"/tasks/{task_id}", headers=bearer()).text
-    offered = set(__import__("re").findall(r'data-move="(\w+)"', html))
+    offered = set(re.findall(r'data-move="(\w+)"', html))
     assert offered == {"done", "ready", "blocked", "archived"}
     assert offered <= {s.value for s in kb.TRANSITIONS[kb.Status.REVIEW]}
 
@@ -240,3 +242,50 @@ def test_stream_resumes_from_last_event_id(client: TestClient, session: Session)
 def test_loopback_detection() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10")
+
+
+def test_mounted_in_a_host_app_keeps_its_prefix(engine: Engine, session: Session) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    task_id = kb.create_task(session, title="mounted")
+    host = Starlette(routes=[Mount("/kanban", app=web.app(engine, token=TOKEN))])
+    with TestClient(host) as client:
+        response = client.get(f"/kanban/?token={TOKEN}", follow_redirects=False)
+        assert response.status_code == 303
+        assert response.headers["location"] == "/kanban/"
+        assert "path=/kanban" in response.headers["set-cookie"].lower()
+        page = client.get("/kanban/").text
+        assert 'href="/kanban/static/board.css"' in page
+        assert f'href="/kanban/tasks/{task_id}"' in page
+        assert client.get("/kanban/static/board.js").status_code == 200
+
+
+def test_serve_refuses_a_network_address_without_a_token(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from kanban_orm.cli import main
+
+    monkeypatch.delenv(web.TOKEN_ENV, raising=False)
+    result = CliRunner().invoke(main, ["serve", "--db", db_url, "--host", "0.0.0.0"])
+    assert result.exit_code == 1
+    assert "refusing to bind 0.0.0.0" in result.output
+    assert web.TOKEN_ENV in result.output
+
+
+def test_serve_refuses_a_missing_sqlite_file(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from kanban_orm.cli import main
+
+    missing = tmp_path / "nope.db"
+    result = CliRunner().invoke(main, ["serve", "--db", f"sqlite:///{missing}"])
+    assert result.exit_code == 1 and "no database at" in result.output
+    assert not missing.exists()
+
+
+def test_an_empty_token_is_refused(engine: Engine) -> None:
+    with pytest.raises(kb.ConfigError):
+        web.app(engine, token=" ")
