@@ -4,8 +4,10 @@ the live stream's resume. Every test runs on every backend."""
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -289,3 +291,23 @@ def test_serve_refuses_a_missing_sqlite_file(tmp_path: Path) -> None:
 def test_an_empty_token_is_refused(engine: Engine) -> None:
     with pytest.raises(kb.ConfigError):
         web.app(engine, token=" ")
+
+
+def test_every_stream_shares_one_tailer(client: TestClient, session: Session) -> None:
+    kb.create_task(session, title="one")
+    headers = {**bearer(), "last-event-id": "0"}
+    with (
+        client.stream("GET", "/stream", headers=headers) as first,
+        client.stream("GET", "/stream", headers=headers) as second,
+    ):
+        for response in (first, second):
+            assert any(line.startswith("id: ") for line in _until_event(response))
+        tailers = [t for t in threading.enumerate() if t.name == "kanban-web-tailer"]
+        assert len(tailers) == 1
+
+
+def _until_event(response: Any) -> Iterator[str]:
+    for line in response.iter_lines():
+        yield line
+        if line.startswith("id: "):
+            return

@@ -279,6 +279,36 @@ def test_reconnect_after_a_server_restart_misses_no_event(
     card(page, "ready", after).wait_for()
 
 
+def test_keyboard_creates_navigates_and_opens_the_drawer(
+    page: Any, session: Session, backend: str
+) -> None:
+    left = kb.create_task(session, title="left card", triage=True)
+    card(page, "triage", left).wait_for()
+    page.keyboard.press("n")
+    form = page.locator("#create")
+    form.wait_for(state="visible")
+    form.locator("input[name=title]").fill("typed with the keyboard")
+    form.locator("input[name=priority]").fill("3")
+    form.locator("button.primary").click()
+    (created,) = [t.id for t in kb.list_tasks(session) if t.title == "typed with the keyboard"]
+    card(page, "ready", created).wait_for()
+    card(page, "triage", left).focus()
+    page.keyboard.press("ArrowRight")  # todo is empty: the next column with cards
+    assert page.evaluate("document.activeElement.dataset.taskId") == str(created)
+    page.keyboard.press("Enter")
+    page.locator("#drawer .drawer-title").wait_for()
+    assert page.locator("#drawer .drawer-title").inner_text() == "typed with the keyboard"
+    page.keyboard.press("Escape")
+    page.locator("#drawer").wait_for(state="hidden")
+    assert page.evaluate("document.activeElement.dataset.taskId") == str(created)
+    page.locator("#theme").click()
+    if page.evaluate("document.documentElement.dataset.theme") != "dark":
+        page.locator("#theme").click()
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+    if backend == "sqlite":
+        page.screenshot(path=str(DOCS / "web-dark.png"))
+
+
 @pytest.mark.skipif(
     not os.environ.get("KANBAN_WEB_MEASURE"), reason="set KANBAN_WEB_MEASURE=1 to measure"
 )

@@ -291,7 +291,10 @@ class Board:
         def work() -> int:
             with self.sessions() as s:
                 found = kb.add_comment(
-                    s, task_id, body=body.get("body", ""), author=body.get("author") or None
+                    s,
+                    task_id,
+                    body=body.get("body", ""),
+                    author=body.get("author") or actions.ACTOR,
                 )
                 return int(found.id)
 

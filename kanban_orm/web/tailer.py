@@ -110,8 +110,10 @@ class EventTailer:
             while not self._stop.is_set():
                 try:
                     rows = kb.list_events(session, after_id=self._position, limit=BATCH)
-                except kb.KanbanError as error:  # database restarting, busy: keep trying
-                    log.warning("event tail: %s", error)
+                except Exception:
+                    # Database restarting, busy, unreachable: the live view must outlive
+                    # it, so log and read again from the same position.
+                    log.warning("event tail failed; retrying", exc_info=True)
                     session.close()
                     self._stop.wait(1.0)
                     continue
