@@ -1040,5 +1040,9 @@ def _stress_main() -> Callable[[list[str]], int]:
     raise KanbanError("the stress suite is not installed (no kanban_orm._stress or stress)")
 
 
+from .agents_cli import mcp_command  # noqa: E402 - commands of the agents issue (mcp, logs)
+
+main.add_command(mcp_command)
+
 if __name__ == "__main__":  # python -m kanban_orm.cli
     main()
