@@ -50,8 +50,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from . import attachments, db, migrate, service, workflow
 from . import board as board_view
-from . import db, migrate, service, workflow
 from .clock import utcnow
 from .errors import KanbanError
 from .models import Task
@@ -348,7 +348,8 @@ def show(ctx: click.Context, task_id: int, as_json: bool) -> None:
 
     \b
     --json: {"task": TASK, "runs": [RUN, ...], "events": [EVENT, ...],
-             "comments": [COMMENT, ...], "parents": [ID, ...], "children": [ID, ...]}
+             "comments": [COMMENT, ...], "attachments": [ATTACHMENT, ...],
+             "parents": [ID, ...], "children": [ID, ...]}
     \b
     TASK  = {"id", "title", "body", "status", "priority", "assignee", "tenant",
              "created_by", "attempts", "max_attempts", "claim_lock", "claim_expires",
@@ -358,6 +359,7 @@ def show(ctx: click.Context, task_id: int, as_json: bool) -> None:
              "last_heartbeat_at", "ended_at", "outcome", "summary", "metadata", "error"}
     EVENT = {"id", "task_id", "run_id", "kind", "payload", "created_at"}
     COMMENT = {"id", "task_id", "author", "body", "created_at"}
+    ATTACHMENT = {"id", "task_id", "run_id", "name", "size", "sha256", "created_at"}
     Timestamps are UTC ISO 8601 with a "Z"; runs, events and comments are oldest
     first; parents and children are task ids in ascending order.
     """
@@ -367,6 +369,7 @@ def show(ctx: click.Context, task_id: int, as_json: bool) -> None:
     events = service.list_events(session, task_id=task_id)
     comments = workflow.list_comments(session, task_id)
     parents, children = workflow.list_links(session, task_id)
+    files = attachments.list_attachments(session, task_id)
     if as_json:
         _emit_json(
             {
@@ -374,6 +377,7 @@ def show(ctx: click.Context, task_id: int, as_json: bool) -> None:
                 "runs": [run_json(r) for r in runs],
                 "events": [event_json(e) for e in events],
                 "comments": [comment_json(c) for c in comments],
+                "attachments": [attachments.attachment_json(a) for a in files],
                 "parents": parents,
                 "children": children,
             }
@@ -419,6 +423,11 @@ def show(ctx: click.Context, task_id: int, as_json: bool) -> None:
     for c in comments:
         click.echo(f"  {iso(c.created_at)}  {c.author or '(anonymous)'}:")
         click.echo(_indent(c.body, "    "))
+    if files:
+        click.echo(f"attachments ({len(files)}):")
+        for a in files:
+            run = f"  run {a.run_id}" if a.run_id is not None else ""
+            click.echo(f"  {a.name}  {a.size} bytes{run}  {iso(a.created_at)}")
     click.echo(f"events ({len(events)}):")
     for e in events:
         click.echo("  " + _event_line(e))

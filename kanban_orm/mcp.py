@@ -44,6 +44,8 @@ MAX_HISTORY_ITEMS = 20
 #: list_tasks returns at most this many cards; board this many per column.
 MAX_LIST_LIMIT = 200
 DEFAULT_LIST_LIMIT = 50
+#: The largest attachment a resource read returns.
+MAX_RESOURCE_BYTES = 1024 * 1024
 BOARD_PER_COLUMN = 10
 
 INSTRUCTIONS = """\
@@ -242,7 +244,8 @@ def newest(items: list[T], what: str, shown: dict[str, Any]) -> list[T]:
 
 
 def task_detail(session: Session, board: BoardSession, task_id: int) -> dict[str, Any]:
-    """show_task's answer and ``task://{id}``: card, links, runs, comments, attachments."""
+    """show_task's answer and ``task://{id}``: card, links, runs, comments and attachments
+    (their names and sizes; the bytes are the resource ``task://{id}/attachments/{name}``)."""
     task = board_task(session, board, task_id)
     shown: dict[str, Any] = {"task": card(task, board)}
     parents, children = kb.list_links(session, task_id)
@@ -252,6 +255,17 @@ def task_detail(session: Session, board: BoardSession, task_id: int) -> dict[str
     shown["runs"] = [run_view(r) for r in newest(runs, "runs", shown)]
     comments = kb.list_comments(session, task_id)
     shown["comments"] = [comment_view(c) for c in newest(comments, "comments", shown)]
+    files = kb.list_attachments(session, task_id)
+    shown["attachments"] = [
+        {
+            "name": a.name,
+            "size": a.size,
+            "run_id": a.run_id,
+            "created_at": _iso(a.created_at),
+            "uri": f"task://{task_id}/attachments/{a.name}",
+        }
+        for a in newest(files, "attachments", shown)
+    ]
     return shown
 
 
@@ -345,7 +359,7 @@ def build_server(board: BoardSession, *, read_only: bool = False) -> MCPServer[A
         return call(work)
 
     @server.tool(
-        description="Show one task: its card, parents, children, runs and comments.",
+        description="Show one task: its card, parents, children, runs, comments and attachments.",
         annotations=reads,
     )
     def show_task(task_id: TaskId) -> dict[str, Any]:
@@ -393,6 +407,32 @@ def build_server(board: BoardSession, *, read_only: bool = False) -> MCPServer[A
             raise ResourceNotFoundError(str(missing)) from missing
         except kb.KanbanError as error:
             raise ResourceError(str(error)) from error
+
+    @server.resource(
+        "task://{task_id}/attachments/{name}",
+        name="attachment",
+        description="The newest attachment of that name on a task: text, or bytes.",
+    )
+    def attachment_resource(task_id: str, name: str) -> str | bytes:
+        try:
+            with board.session() as session:
+                board_task(session, board, int(task_id))
+                data = kb.read_attachment(session, int(task_id), name)
+        except ValueError:
+            raise ResourceNotFoundError(f"task id must be an integer, not {task_id!r}") from None
+        except (kb.TaskNotFound, kb.AttachmentNotFound) as missing:
+            raise ResourceNotFoundError(str(missing)) from missing
+        except kb.KanbanError as error:
+            raise ResourceError(str(error)) from error
+        if len(data) > MAX_RESOURCE_BYTES:
+            raise ResourceError(
+                f"attachment {name!r} is {len(data)} bytes; this server hands out at most"
+                f" {MAX_RESOURCE_BYTES}"
+            )
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data
 
     if read_only:
         return server

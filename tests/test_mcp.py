@@ -229,3 +229,25 @@ def test_tenant_scopes_what_the_session_sees(db_url: str) -> None:
             assert (await ok(client, "claim_next"))["task"] is None
 
     run(scenario)
+
+
+def test_show_task_lists_attachments_and_a_resource_serves_them(db_url: str) -> None:
+    with kb.connect(db_url) as session:
+        task_id = kb.create_task(session, title="with files")
+        kb.attach(session, task_id, name="../notes.md", data="# findings\n")
+        kb.attach(session, task_id, name="blob.bin", data=b"\xff\x00\xfe")
+
+    async def scenario() -> None:
+        async with agent(db_url, "--read-only") as client:
+            shown = await ok(client, "show_task", task_id=task_id)
+            files = {a["name"]: a for a in shown["attachments"]}
+            assert {name: a["size"] for name, a in files.items()} == {
+                "notes.md": 11,
+                "blob.bin": 3,
+            }
+            notes = await client.read_resource(files["notes.md"]["uri"])
+            assert notes.contents[0].text == "# findings\n"  # type: ignore[union-attr]
+            blob = await client.read_resource(files["blob.bin"]["uri"])
+            assert blob.contents[0].blob  # type: ignore[union-attr]
+
+    run(scenario)
