@@ -1,4 +1,4 @@
-"""``kanban-orm mcp``: the commands that serve the board to language-model agents.
+"""``kanban-orm mcp`` and ``kanban-orm logs``: the commands of agents and their runs.
 
 Registered at the end of :mod:`kanban_orm.cli`. The ``mcp`` SDK is an optional extra, so
 it is imported only when the command runs.
@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import getpass
 import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -81,3 +85,80 @@ def mcp_command(
         read_only=read_only,
         ttl_seconds=ttl,
     )
+
+
+@click.command("logs")
+@click.argument("task_id", metavar="TASK", type=int)
+@click.option("run_id", "--run", type=int, metavar="N", help="Run id N (default: the latest).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the run ends.")
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Where `work` wrote logs (default: $KANBAN_LOG_DIR, else $KANBAN_HOME/logs).",
+)
+@click.pass_context
+def logs_command(
+    ctx: click.Context, task_id: int, run_id: int | None, follow: bool, log_dir: Path | None
+) -> None:
+    """Print the stdout and stderr of a run of TASK (`work --workspace/--git/--log-dir`).
+
+    The log file on this machine when there is one (--follow reads it as it grows,
+    until the run ends), else the copy attached to the run when it ended.
+    """
+    import kanban_orm as kb
+
+    from .db import default_url, missing_sqlite_file
+    from .workspace import default_log_dir, log_attachment_name, log_path
+
+    url = ctx.find_root().params.get("db")
+    missing = missing_sqlite_file(url or default_url())
+    if missing is not None:
+        raise KanbanError(f"no database at {missing} (run `kanban-orm db upgrade` to create one)")
+    session = kb.connect(url)
+    ctx.call_on_close(session.close)
+    runs = kb.list_runs(session, task_id)
+    if not runs:
+        raise KanbanError(f"task {task_id} has no runs yet")
+    if run_id is None:
+        run = runs[-1]
+    else:
+        chosen = [r for r in runs if r.id == run_id]
+        if not chosen:
+            known = ", ".join(str(r.id) for r in runs)
+            raise KanbanError(f"task {task_id} has no run {run_id} (its runs: {known})")
+        run = chosen[0]
+    path = log_path(log_dir or default_log_dir(), task_id, run.id)
+    if path.exists():
+        _print_file(session, path, task_id, run.id, follow=follow)
+        return
+    try:
+        data = kb.read_attachment(session, task_id, log_attachment_name(run.id))
+    except kb.AttachmentNotFound:
+        raise KanbanError(
+            f"no log for run {run.id} of task {task_id}: not at {path}, none attached"
+        ) from None
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
+def _print_file(session: Any, path: Path, task_id: int, run_id: int, *, follow: bool) -> None:
+    import kanban_orm as kb
+
+    with path.open("rb") as source:
+        while True:
+            chunk = source.read(65536)
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                continue
+            if not follow:
+                return
+            run = next(r for r in kb.list_runs(session, task_id) if r.id == run_id)
+            if run.ended_at is not None:
+                # The writer is done: what is left is already in the file.
+                rest = source.read()
+                sys.stdout.buffer.write(rest)
+                sys.stdout.flush()
+                return
+            time.sleep(0.25)

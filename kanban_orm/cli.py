@@ -41,6 +41,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -57,6 +58,7 @@ from .errors import KanbanError
 from .models import Task
 from .states import Status
 from .worker import CommandHandler, Worker, comment_json, event_json, iso, run_json, task_json
+from .workspace import WorkspaceCommandHandler
 
 
 @contextmanager
@@ -936,6 +938,25 @@ def board(
     help="Longest sleep between polls of an empty board.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Log warnings and errors only.")
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Run each command in a fresh DIR/<task>-<run>; removed on success, kept on failure.",
+)
+@click.option(
+    "git_repo",
+    "--git",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    metavar="REPO",
+    help="Run each command in a git worktree of REPO; removed on success, kept on failure.",
+)
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Per-run logs (default: $KANBAN_LOG_DIR, else $KANBAN_HOME/logs).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
 def work(
@@ -949,6 +970,9 @@ def work(
     grace: float,
     idle_max: float,
     quiet: bool,
+    workspace: Path | None,
+    git_repo: Path | None,
+    log_dir: Path | None,
     command: tuple[str, ...],
 ) -> None:
     """Claim tasks and run COMMAND once per task: kanban-orm work [OPTIONS] -- CMD ARGS...
@@ -962,6 +986,12 @@ def work(
     error, so it is retried with backoff until max attempts, then blocked.
     The lease is renewed every ttl/3 seconds while the command runs.
     \b
+    --workspace DIR / --git REPO / --log-dir DIR: each run works in DIR/<task>-<run>
+    (a git worktree of REPO on branch kanban/task-<task>-run-<run>, removed on
+    success), with KANBAN_WORKSPACE, KANBAN_TASK_JSON and KANBAN_OUTPUT set; its
+    stdout and stderr go to <log dir>/<task>-<run>.log (see `kanban-orm logs`) and
+    files it writes into $KANBAN_OUTPUT are attached to the run on success.
+    \b
     SIGINT/SIGTERM: stop claiming and let running commands finish within --grace
     seconds; then terminate them (SIGTERM, then SIGKILL after 5 s) and release their
     tasks back to ready. A second signal skips the rest of the grace period.
@@ -971,7 +1001,13 @@ def work(
         raise click.UsageError(f"command not found: {command[0]}")
     url = ctx.find_root().params.get("db")
     _engine(ctx)  # a bad URL fails here, as one line, before any thread starts
-    handler = CommandHandler(command, url=_url(ctx))
+    handler: CommandHandler
+    if workspace is None and git_repo is None and log_dir is None:
+        handler = CommandHandler(command, url=_url(ctx))
+    else:
+        handler = WorkspaceCommandHandler(
+            command, url=_url(ctx), workspace=workspace, git_repo=git_repo, log_dir=log_dir
+        )
     worker = Worker(
         handler,
         url=url,
@@ -1049,9 +1085,10 @@ def _stress_main() -> Callable[[list[str]], int]:
     raise KanbanError("the stress suite is not installed (no kanban_orm._stress or stress)")
 
 
-from .agents_cli import mcp_command  # noqa: E402 - commands of the agents issue (mcp, logs)
+from .agents_cli import logs_command, mcp_command  # noqa: E402 - the agents issue's commands
 
 main.add_command(mcp_command)
+main.add_command(logs_command)
 
 if __name__ == "__main__":  # python -m kanban_orm.cli
     main()
