@@ -23,7 +23,8 @@ SCRIPT = """
 import json, os, pathlib, sys
 card = json.loads(os.environ["KANBAN_TASK_JSON"])
 here = pathlib.Path.cwd()
-(here / "made-here.txt").write_text("x")
+if os.environ.get("KANBAN_WORKSPACE"):  # else cwd is the test run's: leave it alone
+    (here / "made-here.txt").write_text("x")
 out = pathlib.Path(os.environ["KANBAN_OUTPUT"])
 (out / "report.txt").write_text("report of " + card["title"])
 (out / "sub").mkdir()
