@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -251,3 +252,31 @@ def test_show_task_lists_attachments_and_a_resource_serves_them(db_url: str) -> 
             assert blob.contents[0].blob  # type: ignore[union-attr]
 
     run(scenario)
+
+
+def test_without_the_sdk_the_command_says_which_extra_to_install(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from kanban_orm.cli import main
+
+    # As if the extra were not installed (submodules imported before are found first).
+    for name in [n for n in sys.modules if n == "mcp" or n.startswith("mcp.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delitem(sys.modules, "kanban_orm.mcp", raising=False)
+    monkeypatch.delattr(kb, "mcp", raising=False)
+    result = CliRunner().invoke(main, ["--db", db_url, "mcp"])
+    assert result.exit_code == 1
+    assert "pip install 'kanban-orm[mcp]'" in result.output
+
+
+def test_a_missing_sqlite_file_is_one_line_not_a_new_database(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from kanban_orm.cli import main
+
+    path = tmp_path / "typo.db"
+    result = CliRunner().invoke(main, ["mcp", "--db", f"sqlite:///{path}"])
+    assert result.exit_code == 1 and "no database at" in result.output
+    assert not path.exists()
