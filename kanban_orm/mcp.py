@@ -282,10 +282,12 @@ def not_held(session: Session, board: BoardSession, task_id: int) -> ToolError:
     task = board_task(session, board, task_id)
     if task.status == kb.Status.RUNNING.value:
         run = kb.latest_run(session, task_id)
-        holder = run.claimer if run is not None else "another session"
+        holder = "another session" if run is None else repr(run.claimer)
+        if run is not None and run.claimer == board.claimer:
+            holder = f"another session named {holder}"  # same --claimer, other process
         since = f" since {_iso(run.started_at)}" if run is not None else ""
         return ToolError(
-            f"task {task_id} is held by {holder!r}{since}, not by this session"
+            f"task {task_id} is held by {holder}{since}, not by this session"
             f" ({board.claimer!r}); nothing was written"
         )
     return ToolError(
