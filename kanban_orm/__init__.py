@@ -11,6 +11,7 @@ kb.complete_task(session, task_id, claim_lock=task.claim_lock, result="done")
 
 from __future__ import annotations
 
+from .attachments import Attachment, attach, list_attachments, read_attachment
 from .db import (
     KeepingSession,
     RetryPolicy,
@@ -23,6 +24,7 @@ from .db import (
     session_factory,
 )
 from .errors import (
+    AttachmentNotFound,
     ClaimLost,
     ConfigError,
     DatabaseBusy,
@@ -41,7 +43,7 @@ from .migrate import (
     init_db,
     upgrade,
 )
-from .models import Base, Task, TaskComment, TaskEvent, TaskLink, TaskRun
+from .models import Base, Task, TaskAttachment, TaskComment, TaskEvent, TaskLink, TaskRun
 from .service import (
     block_task,
     claim_many,
@@ -85,6 +87,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "TRANSITIONS",
+    "Attachment",
+    "AttachmentNotFound",
     "Base",
     "ClaimLost",
     "CommandHandler",
@@ -99,6 +103,7 @@ __all__ = [
     "SchemaOutOfDate",
     "Status",
     "Task",
+    "TaskAttachment",
     "TaskComment",
     "TaskEvent",
     "TaskFailed",
@@ -112,6 +117,7 @@ __all__ = [
     "add_comment",
     "approve_task",
     "archive_task",
+    "attach",
     "block_task",
     "board_cards",
     "board_stats",
@@ -137,11 +143,13 @@ __all__ = [
     "init_db",
     "latest_run",
     "link_tasks",
+    "list_attachments",
     "list_comments",
     "list_events",
     "list_links",
     "list_runs",
     "list_tasks",
+    "read_attachment",
     "release_stale_claims",
     "release_task",
     "reopen_task",

@@ -41,6 +41,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -50,13 +51,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from . import attachments, db, migrate, service, workflow
 from . import board as board_view
-from . import db, migrate, service, workflow
 from .clock import utcnow
 from .errors import KanbanError
 from .models import Task
 from .states import Status
 from .worker import CommandHandler, Worker, comment_json, event_json, iso, run_json, task_json
+from .workspace import WorkspaceCommandHandler
 
 
 @contextmanager
@@ -348,7 +350,8 @@ def show(ctx: click.Context, task_id: int, as_json: bool) -> None:
 
     \b
     --json: {"task": TASK, "runs": [RUN, ...], "events": [EVENT, ...],
-             "comments": [COMMENT, ...], "parents": [ID, ...], "children": [ID, ...]}
+             "comments": [COMMENT, ...], "attachments": [ATTACHMENT, ...],
+             "parents": [ID, ...], "children": [ID, ...]}
     \b
     TASK  = {"id", "title", "body", "status", "priority", "assignee", "tenant",
              "created_by", "attempts", "max_attempts", "claim_lock", "claim_expires",
@@ -358,6 +361,7 @@ def show(ctx: click.Context, task_id: int, as_json: bool) -> None:
              "last_heartbeat_at", "ended_at", "outcome", "summary", "metadata", "error"}
     EVENT = {"id", "task_id", "run_id", "kind", "payload", "created_at"}
     COMMENT = {"id", "task_id", "author", "body", "created_at"}
+    ATTACHMENT = {"id", "task_id", "run_id", "name", "size", "sha256", "created_at"}
     Timestamps are UTC ISO 8601 with a "Z"; runs, events and comments are oldest
     first; parents and children are task ids in ascending order.
     """
@@ -367,6 +371,7 @@ def show(ctx: click.Context, task_id: int, as_json: bool) -> None:
     events = service.list_events(session, task_id=task_id)
     comments = workflow.list_comments(session, task_id)
     parents, children = workflow.list_links(session, task_id)
+    files = attachments.list_attachments(session, task_id)
     if as_json:
         _emit_json(
             {
@@ -374,6 +379,7 @@ def show(ctx: click.Context, task_id: int, as_json: bool) -> None:
                 "runs": [run_json(r) for r in runs],
                 "events": [event_json(e) for e in events],
                 "comments": [comment_json(c) for c in comments],
+                "attachments": [attachments.attachment_json(a) for a in files],
                 "parents": parents,
                 "children": children,
             }
@@ -419,6 +425,11 @@ def show(ctx: click.Context, task_id: int, as_json: bool) -> None:
     for c in comments:
         click.echo(f"  {iso(c.created_at)}  {c.author or '(anonymous)'}:")
         click.echo(_indent(c.body, "    "))
+    if files:
+        click.echo(f"attachments ({len(files)}):")
+        for a in files:
+            run = f"  run {a.run_id}" if a.run_id is not None else ""
+            click.echo(f"  {a.name}  {a.size} bytes{run}  {iso(a.created_at)}")
     click.echo(f"events ({len(events)}):")
     for e in events:
         click.echo("  " + _event_line(e))
@@ -927,6 +938,25 @@ def board(
     help="Longest sleep between polls of an empty board.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Log warnings and errors only.")
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Run each command in a fresh DIR/<task>-<run>; removed on success, kept on failure.",
+)
+@click.option(
+    "git_repo",
+    "--git",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    metavar="REPO",
+    help="Run each command in a git worktree of REPO; removed on success, kept on failure.",
+)
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Per-run logs (default: $KANBAN_LOG_DIR, else $KANBAN_HOME/logs).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
 def work(
@@ -940,6 +970,9 @@ def work(
     grace: float,
     idle_max: float,
     quiet: bool,
+    workspace: Path | None,
+    git_repo: Path | None,
+    log_dir: Path | None,
     command: tuple[str, ...],
 ) -> None:
     """Claim tasks and run COMMAND once per task: kanban-orm work [OPTIONS] -- CMD ARGS...
@@ -953,6 +986,12 @@ def work(
     error, so it is retried with backoff until max attempts, then blocked.
     The lease is renewed every ttl/3 seconds while the command runs.
     \b
+    --workspace DIR / --git REPO / --log-dir DIR: each run works in DIR/<task>-<run>
+    (a git worktree of REPO on branch kanban/task-<task>-run-<run>, removed on
+    success), with KANBAN_WORKSPACE, KANBAN_TASK_JSON and KANBAN_OUTPUT set; its
+    stdout and stderr go to <log dir>/<task>-<run>.log (see `kanban-orm logs`) and
+    files it writes into $KANBAN_OUTPUT are attached to the run on success.
+    \b
     SIGINT/SIGTERM: stop claiming and let running commands finish within --grace
     seconds; then terminate them (SIGTERM, then SIGKILL after 5 s) and release their
     tasks back to ready. A second signal skips the rest of the grace period.
@@ -962,7 +1001,13 @@ def work(
         raise click.UsageError(f"command not found: {command[0]}")
     url = ctx.find_root().params.get("db")
     _engine(ctx)  # a bad URL fails here, as one line, before any thread starts
-    handler = CommandHandler(command, url=_url(ctx))
+    handler: CommandHandler
+    if workspace is None and git_repo is None and log_dir is None:
+        handler = CommandHandler(command, url=_url(ctx))
+    else:
+        handler = WorkspaceCommandHandler(
+            command, url=_url(ctx), workspace=workspace, git_repo=git_repo, log_dir=log_dir
+        )
     worker = Worker(
         handler,
         url=url,
@@ -1040,9 +1085,13 @@ def _stress_main() -> Callable[[list[str]], int]:
     raise KanbanError("the stress suite is not installed (no kanban_orm._stress or stress)")
 
 
-from kanban_orm.web.serve import serve as _serve  # noqa: E402 - the web board's command
+# Commands with modules of their own, registered last: each imports what it needs from here.
+from .agents_cli import logs_command, mcp_command  # noqa: E402
+from .web.serve import serve as _serve  # noqa: E402
 
 main.add_command(_serve)
+main.add_command(mcp_command)
+main.add_command(logs_command)
 
 if __name__ == "__main__":  # python -m kanban_orm.cli
     main()

@@ -18,12 +18,16 @@ ENV_CLAIM_TTL = "KANBAN_CLAIM_TTL_SECONDS"
 ENV_MAX_ATTEMPTS = "KANBAN_MAX_ATTEMPTS"
 ENV_SYNCHRONOUS = "KANBAN_SQLITE_SYNCHRONOUS"
 ENV_BUSY_TIMEOUT = "KANBAN_SQLITE_BUSY_TIMEOUT_MS"
+ENV_MAX_ATTACHMENT_BYTES = "KANBAN_MAX_ATTACHMENT_BYTES"
 
 DEFAULT_CLAIM_TTL_SECONDS = 15 * 60
 DEFAULT_MAX_ATTEMPTS = 3
 SQLITE_SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 DEFAULT_SQLITE_SYNCHRONOUS = "NORMAL"
 SQLITE_BUSY_TIMEOUT_MS = 5_000
+DEFAULT_MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
+#: PostgreSQL's bytea holds at most 1 GiB; no backend keeps a larger attachment.
+ATTACHMENT_BYTES_LIMIT = 1024**3
 
 #: The largest value of an INTEGER column (priority, attempts, max_attempts, limits).
 INT32_MAX = 2**31 - 1
@@ -86,6 +90,20 @@ def sqlite_busy_timeout_ms(given: int | None = None) -> int:
             f"busy_timeout_ms ({ENV_BUSY_TIMEOUT}) must be from 0 to {INT32_MAX}, not {given!r}"
         )
     return given
+
+
+def max_attachment_bytes() -> int:
+    """The largest attachment :func:`kanban_orm.attach` stores (``KANBAN_MAX_ATTACHMENT_BYTES``,
+    else 25 MiB)."""
+    raw = _from_env(ENV_MAX_ATTACHMENT_BYTES)
+    if raw is None:
+        return DEFAULT_MAX_ATTACHMENT_BYTES
+    value = _parsed(raw, int, ENV_MAX_ATTACHMENT_BYTES, "a whole number of bytes")
+    if not 0 <= value <= ATTACHMENT_BYTES_LIMIT:
+        raise ConfigError(
+            f"{ENV_MAX_ATTACHMENT_BYTES} must be from 0 to {ATTACHMENT_BYTES_LIMIT}, not {raw!r}"
+        )
+    return value
 
 
 def _from_env(name: str) -> str | None:

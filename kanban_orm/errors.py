@@ -60,6 +60,15 @@ class ClaimLost(KanbanError):
         super().__init__(message or f"task {task_id}: the claim_lock given does not hold the task")
 
 
+class AttachmentNotFound(KanbanError):
+    """The task has no attachment of that name."""
+
+    def __init__(self, task_id: int, name: str) -> None:
+        self.task_id = task_id
+        self.name = name
+        super().__init__(f"task {task_id} has no attachment named {name!r}")
+
+
 class DatabaseBusy(KanbanError):
     """The database stayed locked or kept aborting the transaction; the retry layer gave up."""
 

@@ -20,12 +20,14 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
     event,
     text,
 )
+from sqlalchemy.dialects.mysql import LONGBLOB
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -43,11 +45,14 @@ NAMING_CONVENTION = {
 TITLE_MAX_LENGTH = 500
 NAME_MAX_LENGTH = 200  # assignee, tenant, claimer, created_by, idempotency_key
 TOKEN_LENGTH = 32  # claim_lock: uuid4 hex
+ATTACHMENT_NAME_MAX_LENGTH = 255  # a file name, as most file systems allow
 
 # BIGINT on PostgreSQL; plain INTEGER on SQLite, where only "INTEGER PRIMARY KEY"
 # aliases the rowid (and so autoincrements).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 JsonDoc = JSON().with_variant(JSONB(), "postgresql")
+# MySQL's and MariaDB's BLOB holds 64 KiB; attachments are capped at 25 MiB by default.
+Blob = LargeBinary().with_variant(LONGBLOB(), "mysql", "mariadb")
 
 _KEY_WITH_TENANT = "idempotency_key IS NOT NULL AND tenant IS NOT NULL AND status <> 'archived'"
 _KEY_WITHOUT_TENANT = "idempotency_key IS NOT NULL AND tenant IS NULL AND status <> 'archived'"
@@ -244,6 +249,35 @@ class TaskComment(Base):
 
     def __repr__(self) -> str:
         return f"<TaskComment {self.id} task={self.task_id} by {self.author}>"
+
+
+class TaskAttachment(Base):
+    """A file kept with a task (and the run that made it, if any), in the database.
+
+    ``name`` is already sanitised (a bare file name, never a path); ``data`` is deferred
+    so listing attachments does not load their bytes. Adding one writes an ``attached``
+    event. See :mod:`kanban_orm.attachments`.
+    """
+
+    __tablename__ = "kanban_task_attachments"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("kanban_tasks.id", ondelete="CASCADE"))
+    # No foreign key, as for current_run_id: the service checks the run is the task's.
+    run_id: Mapped[int | None] = mapped_column(BigId)
+    name: Mapped[str] = mapped_column(String(ATTACHMENT_NAME_MAX_LENGTH))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(Blob, deferred=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow())
+
+    __table_args__ = (
+        CheckConstraint("size >= 0", name="size_not_negative"),
+        Index("ix_kanban_task_attachments_task_id", "task_id", "id"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<TaskAttachment {self.id} task={self.task_id} {self.name!r} {self.size}B>"
 
 
 KANBAN_TABLES = frozenset(Base.metadata.tables)

@@ -199,7 +199,16 @@ def test_show_json_has_task_runs_events_comments_and_links(cli: Any) -> None:
     ok(cli("complete", str(parent), "--claim-lock", lock, "--result", "42"))
 
     shown = ok_json(cli("show", str(parent), "--json"))
-    assert set(shown) == {"task", "runs", "events", "comments", "parents", "children"}
+    assert set(shown) == {
+        "task",
+        "runs",
+        "events",
+        "comments",
+        "attachments",
+        "parents",
+        "children",
+    }
+    assert shown["attachments"] == []
     assert set(shown["task"]) == TASK_KEYS
     assert (shown["task"]["status"], shown["task"]["result"]) == ("done", "42")
     assert [set(r) for r in shown["runs"]] == [RUN_KEYS]

@@ -417,6 +417,24 @@ def seed_kb0002(conn: Connection) -> Seeded:
     return seeded
 
 
+def seed_kb0006(conn: Connection) -> Seeded:
+    """Everything kb0002 holds, plus an attachment."""
+    seeded = seed_kb0002(conn)
+    task_id = seeded.rows["kanban_tasks"][0]["id"]
+    attachment = {
+        "task_id": task_id,
+        "run_id": None,
+        "name": "report.txt",
+        "size": 5,
+        "sha256": "0" * 64,
+        "data": b"hello",
+        "created_at": T1,
+    }
+    attachment["id"] = insert(conn, "kanban_task_attachments", attachment, "id")
+    seeded.rows["kanban_task_attachments"] = [attachment]
+    return seeded
+
+
 #: revision -> a function that writes representative rows with SQL valid at that
 #: revision. A new revision must add its own (test_every_revision_has_a_seed_function).
 SEEDS: dict[str, Callable[[Connection], Seeded]] = {
@@ -424,6 +442,7 @@ SEEDS: dict[str, Callable[[Connection], Seeded]] = {
     "kb0002": seed_kb0002,
     # kb0003 adds only PostgreSQL's event log trigger: the same rows must survive it.
     "kb0003": seed_kb0002,
+    "kb0006": seed_kb0006,
 }
 
 
