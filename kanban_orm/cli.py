@@ -51,7 +51,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from . import board as board_view
-from . import db, migrate, service, workflow
+from . import db, files, migrate, service, workflow
 from .clock import utcnow
 from .errors import KanbanError
 from .models import Task
@@ -157,8 +157,15 @@ def db_current(ctx: click.Context) -> None:
 @db_group.command("check")
 @click.pass_context
 def db_check(ctx: click.Context) -> None:
-    """Exit 1 unless the database is at head and matches the models."""
-    migrate.check(_engine(ctx))
+    """Exit 1 unless the database is at head and matches the models.
+
+    Also warns (on stderr, without changing the exit status) when a SQLite board file
+    is readable by users other than its owner.
+    """
+    engine = _engine(ctx)
+    for exposed in files.exposed_board_files(engine.url):
+        click.echo(f"warning: {exposed.warning}", err=True)
+    migrate.check(engine)
     click.echo(f"ok: at {migrate.head()}, schema matches the models")
 
 

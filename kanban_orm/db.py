@@ -37,7 +37,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransactionOrigin, sessionmaker
 
-from . import config
+from . import config, files
 from .driver import Tx
 from .errors import DatabaseBusy, InvalidInput, KanbanError
 
@@ -97,15 +97,16 @@ def create_engine(
 ) -> Engine:
     """An Engine for ``url`` (else :func:`default_url`) with the kanban dialect set-up.
 
-    A SQLite file's directory is created if missing (a leading ``~`` is the home
-    directory); a ``postgresql://`` URL uses
-    psycopg 3. ``synchronous``, ``busy_timeout_ms`` and ``retry`` are as for
-    :func:`configure_engine`; other keyword arguments go to :func:`sqlalchemy.create_engine`.
+    A SQLite file's missing folders are created, each 0700, and the file itself is
+    created 0600 when first connected (a leading ``~`` is the home directory); a
+    ``postgresql://`` URL uses psycopg 3. ``synchronous``, ``busy_timeout_ms`` and
+    ``retry`` are as for :func:`configure_engine`; other keyword arguments go to
+    :func:`sqlalchemy.create_engine`.
     """
     parsed = _parsed(url or default_url())
     sqlite_file = _sqlite_file(parsed)
     if sqlite_file is not None:
-        sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+        files.make_private_dirs(sqlite_file.parent)
         parsed = parsed.set(database=str(sqlite_file))  # "~" expanded, as it was made
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -201,6 +202,16 @@ def _configure_sqlite(engine: Engine, synchronous: str, busy_timeout_ms: int) ->
             f"kanban_orm needs SQLite >= {'.'.join(map(str, MIN_SQLITE_VERSION))}, "
             f"this Python has {'.'.join(map(str, version))}"
         )
+    # A "~" is expanded only by create_engine; SQLite would open such a path literally.
+    given = engine.url.database or ""
+    database = None if given.startswith("~") else _sqlite_file(engine.url)
+
+    @event.listens_for(engine, "do_connect")
+    def _private_file(*_args: Any) -> None:
+        # Made 0600 before SQLite opens it, so the -wal and -shm that SQLite creates with
+        # the database's mode are private too; an existing file keeps its mode.
+        if database is not None and database.parent.is_dir():
+            files.create_private_file(database)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -99,6 +99,7 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         path = tmp_path / "kanban.db"
         sqlite3.connect(path).close()  # the file exists, as a PostgreSQL database would
+        path.chmod(0o600)  # and is private, as one kanban_orm creates (else db check warns)
         yield f"sqlite:///{path}"
     else:
         yield from fresh_postgres_database(postgres_url_or_skip())
