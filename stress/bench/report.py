@@ -110,7 +110,9 @@ def _cell(r: Result | None) -> str:
     return f"{_rate(r)}{ratio}{mark}"
 
 
-#: Issue 6's targets on the main table: (target, backend, system, baseline, minimum ratio).
+#: The performance targets judged on the main table, each a ratio of kanban_orm's rate to a
+#: baseline's: the raw driver baseline (hand-written SQL on the bare driver) or pgqueuer.
+#: (target, backend, system, baseline, minimum ratio).
 TARGETS = (
     ("SQLite claim_next >= 0.6x raw", SQLITE, "kb-next", "raw", 0.6),
     ("SQLite claim_many(50) >= 2x raw single claim", SQLITE, "kb-many50", "raw", 2.0),
@@ -123,7 +125,7 @@ BACKLOG_SLOWDOWN = 1.2
 
 
 def targets(results: list[Result]) -> list[dict[str, Any]]:
-    """Each of the issue's targets that this run can judge: the measured ratio and
+    """Each performance target (see :data:`TARGETS`) that this run can judge: the measured ratio and
     whether it is met (None when a row is missing or failed its exactly-once check)."""
     main = {(r.backend, r.system): r for r in results if r.table == "main"}
     judged: list[dict[str, Any]] = []
@@ -157,7 +159,7 @@ def targets_table(judged: list[dict[str, Any]], plan: Plan) -> Table:
     shape = "5 processes, 10,000 tasks"
     this = f"{plan.procs} processes, {plan.tasks:,} tasks"
     table = Table(
-        title="Issue 6 targets",
+        title="Targets: kanban_orm's rate vs the raw driver baseline and pgqueuer",
         caption=f"set for {shape}; this run: {this}"
         + ("" if this == shape else " (indicative only)"),
     )
