@@ -54,7 +54,7 @@ from . import board as board_view
 from . import db, files, migrate, service, workflow
 from .clock import utcnow
 from .errors import KanbanError
-from .models import Task
+from .models import Task, TaskRun
 from .states import Status
 from .worker import CommandHandler, Worker, comment_json, event_json, iso, run_json, task_json
 
@@ -82,11 +82,45 @@ def _missing_tables(message: str) -> bool:
 
 
 class _Group(click.Group):
-    """A click group whose commands turn a KanbanError into one line and exit 1."""
+    """A click group whose commands turn a KanbanError into one line and exit 1, and
+    take ``--db`` after their name as well as before it (``kanban-orm list --db URL``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         with _kanban_errors():
             return super().invoke(ctx)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            _accept_db_option(command)
+        return name, command, rest
+
+
+#: Commands that pass their arguments on untouched (their own --db included).
+_PASS_THROUGH = frozenset({"stress"})
+
+
+def _accept_db_option(command: click.Command) -> None:
+    """Give ``command`` a ``--db`` of its own that sets the root's, once. Added when the
+    command is resolved, so commands registered later (by other modules) get it too."""
+    if command.name in _PASS_THROUGH or any(p.name == "db_after" for p in command.params):
+        return
+    command.params.append(
+        click.Option(
+            ["db_after", "--db"],
+            metavar="URL",
+            expose_value=False,
+            callback=_set_root_db,
+            help="Database URL, as `kanban-orm --db URL ...` takes it.",
+        )
+    )
+
+
+def _set_root_db(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.find_root().params["db"] = value
 
 
 def _engine(ctx: click.Context, *, create: bool = False) -> Engine:
@@ -104,6 +138,20 @@ def _engine(ctx: click.Context, *, create: bool = False) -> Engine:
 
 def _url_given(ctx: click.Context) -> str:
     return ctx.find_root().params.get("db") or db.default_url()
+
+
+def _require_folder(url: str) -> None:
+    """Refuse a SQLite path whose folder is missing: a typo would otherwise create
+    folders (at the filesystem root, for ``sqlite:////typo/x.db``)."""
+    path = files.sqlite_file(url)
+    if path is None or path.parent.is_dir() or path.parent == db.default_home():
+        return
+    missing = path.parent.absolute()
+    while not missing.parent.exists():
+        missing = missing.parent
+    raise KanbanError(
+        f"no folder {missing} for the database {path.absolute()}: create it, or pass --create-dirs"
+    )
 
 
 @click.group(cls=_Group)
@@ -126,9 +174,20 @@ def db_group() -> None:
 
 @db_group.command("upgrade")
 @click.option("--revision", default="head", show_default=True)
+@click.option(
+    "--create-dirs",
+    is_flag=True,
+    help="Create the SQLite file's missing folders (0700) too; the default home always is.",
+)
 @click.pass_context
-def db_upgrade(ctx: click.Context, revision: str) -> None:
-    """Migrate the kanban tables up to REVISION (safe to run concurrently)."""
+def db_upgrade(ctx: click.Context, revision: str, create_dirs: bool) -> None:
+    """Migrate the kanban tables up to REVISION (safe to run concurrently).
+
+    A new SQLite file is created (0600), but not missing folders on its path, unless
+    --create-dirs is given or the folder is the default home ($KANBAN_HOME or ~/.kanban).
+    """
+    if not create_dirs:
+        _require_folder(_url_given(ctx))
     engine = _engine(ctx, create=True)
     migrate.upgrade(engine, revision)
     click.echo(f"{engine.url.render_as_string()}: at {migrate.current(engine)}")
@@ -147,10 +206,10 @@ def db_downgrade(ctx: click.Context, revision: str) -> None:
 @db_group.command("current")
 @click.pass_context
 def db_current(ctx: click.Context) -> None:
-    """Print the revision the database is at ('base' before the first upgrade)."""
-    if db.missing_sqlite_file(_url_given(ctx)) is not None:
-        click.echo("base")  # without making the file
-        return
+    """Print the revision the database is at ('base' before the first upgrade).
+
+    A SQLite file that does not exist is an error, as for `db check`.
+    """
     click.echo(migrate.current(_engine(ctx)) or "base")
 
 
@@ -876,8 +935,9 @@ def board(
     """Draw the board: a column per status, a card per task (archived left out).
 
     A card shows its id, priority, title (cut to fit), age and assignee; a running card
-    shows its lease time left instead of its age. With --watch the board is redrawn
-    every --interval seconds, as many cards per column as the terminal's height fits.
+    shows its lease time left instead of its age, and who claimed it. With --watch the
+    board is redrawn every --interval seconds, as many cards per column as the
+    terminal's height fits.
     """
     from rich.console import Console
     from rich.live import Live
@@ -889,7 +949,13 @@ def board(
     def draw(cards: int | None) -> Any:
         tasks, counts = workflow.board_cards(session, tenant=tenant, per_column=cards)
         return board_view.render_board(
-            tasks, _db_now(session), title=title, max_cards=cards, counts=counts
+            tasks,
+            _db_now(session),
+            title=title,
+            max_cards=cards,
+            counts=counts,
+            claimers=_claimers(session, tasks),
+            width=console.width,
         )
 
     if not watch:
@@ -907,6 +973,18 @@ def board(
     ):
         while not stop.wait(interval):
             live.update(draw(max_cards or board_view.cards_that_fit(console.height)), refresh=True)
+
+
+def _claimers(session: Session, tasks: list[Task]) -> dict[int, str]:
+    """Who holds each running task: the claimer of its open run."""
+    runs = {t.current_run_id: t.id for t in tasks if t.current_run_id is not None}
+    if not runs:
+        return {}
+    rows = session.execute(
+        select(TaskRun.id, TaskRun.claimer).where(TaskRun.id.in_(list(runs)))
+    ).all()
+    session.rollback()  # a read of its own: end it, as _db_now does
+    return {runs[run_id]: claimer for run_id, claimer in rows}
 
 
 # -- the worker runner ------------------------------------------------------------------

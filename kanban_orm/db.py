@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session, SessionTransactionOrigin, sessionmaker
 
 from . import config, files
 from .driver import Tx
-from .errors import DatabaseBusy, InvalidInput, KanbanError
+from .errors import DatabaseBusy, InvalidInput, KanbanError, OwnAttributesType
 
 T = TypeVar("T")
 
@@ -83,8 +83,12 @@ def default_url() -> str:
     url = os.environ.get(ENV_URL)
     if url:
         return url
-    home = Path(os.environ.get(ENV_HOME) or Path.home() / ".kanban")
-    return f"sqlite:///{home / 'kanban.db'}"
+    return f"sqlite:///{default_home() / 'kanban.db'}"
+
+
+def default_home() -> Path:
+    """``$KANBAN_HOME``, else ``~/.kanban``: the default database's folder."""
+    return Path(os.environ.get(ENV_HOME) or Path.home() / ".kanban").expanduser()
 
 
 def create_engine(
@@ -113,7 +117,11 @@ def create_engine(
     try:
         engine = sa.create_engine(parsed, **kw)
     except ImportError as error:
-        raise InvalidInput(f"the driver of {parsed.drivername} is not installed: {error}") from None
+        hint = install_command("postgres") if parsed.get_backend_name() == "postgresql" else ""
+        raise InvalidInput(
+            f"the driver of {parsed.drivername} is not installed: {error}"
+            + (f"; install it with {hint}" if hint else "")
+        ) from None
     return configure_engine(
         engine, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms, retry=retry
     )
@@ -123,11 +131,19 @@ def create_engine(
 BACKENDS = ("sqlite", "postgresql")
 
 
+def install_command(extra: str) -> str:
+    """The command that installs ``extra``, from PyPI or from a checkout of the source."""
+    return f"pip install 'kanban-orm[{extra}]' (from a checkout: pip install -e '.[{extra}]')"
+
+
 def _parsed(url: str | sa.URL) -> sa.URL:
     try:
         parsed = sa.make_url(url)
     except exc.ArgumentError:
         raise InvalidInput(f"not a database URL: {url!r}") from None
+    if parsed.get_backend_name() == "postgres":  # libpq's and most tools' spelling
+        driver = parsed.get_driver_name() if "+" in parsed.drivername else ""
+        parsed = parsed.set(drivername="postgresql" + (f"+{driver}" if driver else ""))
     if parsed.get_backend_name() not in BACKENDS:
         raise InvalidInput(
             f"kanban_orm runs on SQLite and PostgreSQL, not {parsed.get_backend_name()!r}"
@@ -288,7 +304,8 @@ def session_factory(engine: Engine, *, keep_connection: bool = False) -> session
     return sessionmaker(bind=engine, expire_on_commit=False, class_=session_class)
 
 
-class KeepingSession(Session):
+# help() would repeat 1,500 lines of Session's documentation (in help(kanban_orm) too).
+class KeepingSession(Session, metaclass=OwnAttributesType):
     """A Session that keeps the pooled connection its first kanban write checked out, for
     every later write, until :meth:`close` or :meth:`reset` (or garbage collection).
 

@@ -351,13 +351,26 @@ class Worker:
                 session, task_id, claim_lock=job.claim_lock, error=_storable(error), retry=retry
             )
             self._count("failed")
-            log.info("task %s: failed, now %s: %s", task_id, failed.status, _last_line(error))
+            log.info("task %s: failed: %s; %s", task_id, _last_line(error), self._what_next(failed))
         except ClaimLost:
             self._count("lost")
             log.warning("task %s: claim lost before the outcome was recorded; skipped", task_id)
         except KanbanError as failure:
             # The lease was not renewed; the task will be reclaimed when it expires.
             log.error("task %s: could not record the outcome: %s", task_id, failure)
+
+    def _what_next(self, failed: Task) -> str:
+        """What becomes of a failed task: retried when (and whether a drain waits), or
+        its new status."""
+        retry_at = failed.run_at
+        if failed.status != "ready" or retry_at is None or failed.updated_at is None:
+            return f"now {failed.status}"
+        # Both stamps are the database's clock: the backoff, free of this host's skew.
+        wait = max(0.0, (retry_at - failed.updated_at).total_seconds())
+        line = f"will be retried after {iso(retry_at)} (in {wait:.0f}s)"
+        if self.drain:
+            line += ", which this drain does not wait for"
+        return line
 
     def _release(self, session: Session, job: _Job, reason: str) -> None:
         """Hand the task back (the caller has settled the job)."""

@@ -302,7 +302,7 @@ def test_block_unblock_and_blocking_a_running_task(cli: Any) -> None:
     assert ok(cli("block", "1", "--reason", "waiting on legal")) == (
         "task 1: blocked (waiting on legal)\n"
     )
-    assert "cannot move" in one_line_error(cli("block", "1", "--reason", "again"))
+    assert "is already 'blocked'" in one_line_error(cli("block", "1", "--reason", "again"))
     assert ok_json(cli("unblock", "1", "--json"))["status"] == "ready"
     assert "blocked" in one_line_error(cli("unblock", "1"))
     task_id, lock = claim(cli)
@@ -500,9 +500,16 @@ def test_a_mistyped_sqlite_path_is_an_error_and_creates_nothing(
     assert line == f"error: no database at {path} (run `kanban-orm db upgrade` to create one)"
     assert not path.parent.exists()
     current = CliRunner().invoke(main, ["--db", f"sqlite:///{path}", "db", "current"])
-    assert (current.exit_code, current.stdout) == (0, "base\n")
+    assert one_line_error(current) == line  # agrees with db check
     assert not path.parent.exists()
     upgraded = CliRunner().invoke(main, ["--db", f"sqlite:///{path}", "db", "upgrade"])
+    assert one_line_error(upgraded) == (
+        f"error: no folder {path.parent} for the database {path}: create it, or pass --create-dirs"
+    )
+    assert not path.parent.exists()
+    upgraded = CliRunner().invoke(
+        main, ["--db", f"sqlite:///{path}", "db", "upgrade", "--create-dirs"]
+    )
     assert upgraded.exit_code == 0 and path.exists()
 
 

@@ -124,7 +124,7 @@ def test_wheel_installs_and_migrates_outside_the_checkout(tmp_path: Path) -> Non
     # -- the command line migrates a new database -----------------------------------------
     db = tmp_path / "data" / "new.db"
     url = f"sqlite:///{db}"
-    upgraded = run([str(cli), "--db", url, "db", "upgrade"], outside, env)
+    upgraded = run([str(cli), "--db", url, "db", "upgrade", "--create-dirs"], outside, env)
     assert upgraded.stdout.strip().endswith(f": at {kb.head()}")
     assert db.is_file()
 

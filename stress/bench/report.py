@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
+
+from kanban_orm.db import install_command
 
 from .core import POSTGRES, SQLITE, Result
 
@@ -185,7 +188,7 @@ def render(results: list[Result], skipped: list[dict[str, str]], plan: Plan) -> 
     if judged:
         parts.append(targets_table(judged, plan))
     if skipped:
-        parts += [_skip_line(s) for s in skipped]
+        parts += [Text(_skip_line(s)) for s in skipped]  # not markup: "[bench]" is text
     console = Console(width=160, record=True, force_terminal=False, color_system=None)
     with console.capture() as capture:
         console.print(Group(*parts))
@@ -206,7 +209,7 @@ def chart(results: list[Result], path: str) -> str | None:
         matplotlib.use("Agg")
         plt: Any = importlib.import_module("matplotlib.pyplot")
     except ImportError:
-        return "no chart: matplotlib is not installed (pip install 'kanban-orm[bench]')"
+        return f"no chart: matplotlib is not installed ({install_command('bench')})"
     rows = [r for r in results if r.table == "main" and r.rate]
     if not rows:
         return "no chart: no rates to draw"
