@@ -55,8 +55,9 @@ from . import db, files, migrate, service, workflow
 from .clock import utcnow
 from .errors import KanbanError
 from .models import Task, TaskRun
+from .serialize import comment_json, event_json, iso, run_json, task_json
 from .states import Status
-from .worker import CommandHandler, Worker, comment_json, event_json, iso, run_json, task_json
+from .worker import CommandHandler, Worker
 
 
 @contextmanager
@@ -429,10 +430,10 @@ def show(ctx: click.Context, task_id: int, as_json: bool) -> None:
     """
     session = _session(ctx)
     task = service.get_task(session, task_id)
-    runs = service.list_runs(session, task_id)
+    runs = service.list_runs(session, task_id=task_id)
     events = service.list_events(session, task_id=task_id)
-    comments = workflow.list_comments(session, task_id)
-    parents, children = workflow.list_links(session, task_id)
+    comments = workflow.list_comments(session, task_id=task_id)
+    parents, children = workflow.list_links(session, task_id=task_id)
     if as_json:
         _emit_json(
             {
@@ -648,9 +649,7 @@ def heartbeat(
     Plain: "task ID: lease until TIMESTAMP".
     --json: {"id": ID, "claim_expires": TIMESTAMP}
     """
-    session = _session(ctx)
-    service.heartbeat(session, task_id, claim_lock=claim_lock, ttl_seconds=ttl)
-    expires = iso(service.get_task(session, task_id).claim_expires)
+    expires = iso(service.heartbeat(_session(ctx), task_id, claim_lock=claim_lock, ttl_seconds=ttl))
     if as_json:
         _emit_json({"id": task_id, "claim_expires": expires})
     else:
@@ -683,7 +682,7 @@ def reap(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def link(ctx: click.Context, parent_id: int, child_id: int, as_json: bool) -> None:
     """Make CHILD wait until PARENT is finished. --json: the child TASK."""
-    _report(workflow.link_tasks(_session(ctx), parent_id, child_id), as_json)
+    _report(workflow.link_tasks(_session(ctx), parent=parent_id, child=child_id), as_json)
 
 
 @main.command("unlink")
@@ -693,7 +692,7 @@ def link(ctx: click.Context, parent_id: int, child_id: int, as_json: bool) -> No
 @click.pass_context
 def unlink(ctx: click.Context, parent_id: int, child_id: int, as_json: bool) -> None:
     """Remove the dependency of CHILD on PARENT. --json: the child TASK."""
-    _report(workflow.unlink_tasks(_session(ctx), parent_id, child_id), as_json)
+    _report(workflow.unlink_tasks(_session(ctx), parent=parent_id, child=child_id), as_json)
 
 
 @main.command("specify")

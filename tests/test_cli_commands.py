@@ -293,7 +293,7 @@ def test_fail_retries_then_no_retry_blocks(cli: Any, session: Session) -> None:
     task_id, lock = claim(cli)
     out = ok(cli("fail", str(task_id), "--claim-lock", lock, "--error", "fatal", "--no-retry"))
     assert out == f"task {task_id}: blocked (fatal)\n"
-    assert [r.outcome for r in kb.list_runs(session, task_id)] == ["failed", "failed"]
+    assert [r.outcome for r in kb.list_runs(session, task_id=task_id)] == ["failed", "failed"]
     assert cli("fail", "1", "--claim-lock", lock).exit_code == 2  # --error is required
 
 

@@ -34,6 +34,8 @@ REQUIRED_IN_WHEEL = (
 USER_SCRIPT = """\
 from __future__ import annotations
 
+import datetime
+
 import kanban_orm as kb
 
 
@@ -42,8 +44,10 @@ def work(url: str) -> None:
     session = kb.session_factory(engine)()
     task_id: int = kb.create_task(session, title="write the report")
     task = kb.claim_task(session, task_id, claimer="worker-1")
-    if task is None:
+    if task is None or task.claim_lock is None:
         return
+    expires: datetime.datetime = kb.heartbeat(session, task_id, claim_lock=task.claim_lock)
+    print(expires)
     done: kb.Task = kb.complete_task(session, task_id, claim_lock=task.claim_lock)
     print(done.status)
     wrong: str = kb.create_task(session, title="not a string")
