@@ -64,8 +64,11 @@ def create_private_file(path: Path) -> bool:
 
 def sqlite_file(url: str | sa.URL) -> Path | None:
     """The database file a SQLite URL names (``~`` expanded); None for another backend,
-    an in-memory database or a ``file:`` URI."""
-    parsed = sa.make_url(url)
+    an in-memory database, a ``file:`` URI or no URL at all."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        return None  # for the engine's set-up to report, as it reports every bad URL
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     if sa.util.asbool(parsed.query.get("uri", False)):

@@ -66,6 +66,11 @@ def test_a_mistyped_relative_path_names_the_outermost_missing_folder(
     assert (tmp_path / "dtaa").stat().st_mode & 0o777 == 0o700
 
 
+def test_a_bad_url_is_still_one_error_line_for_upgrade() -> None:
+    result = run("--db", "not a url", "db", "upgrade")
+    assert error_line(result) == "error: not a database URL: 'not a url'"
+
+
 @pytest.mark.sqlite
 def test_the_default_home_is_created_without_asking(tmp_path: Path) -> None:
     result = run("db", "upgrade")
