@@ -41,6 +41,8 @@ from .migrate import (
     downgrade,
     head,
     init_db,
+    schema_check,
+    schema_current,
     upgrade,
 )
 from .models import Base, Task, TaskAttachment, TaskComment, TaskEvent, TaskLink, TaskRun
@@ -154,6 +156,8 @@ __all__ = [
     "release_task",
     "reopen_task",
     "request_changes",
+    "schema_check",
+    "schema_current",
     "session_factory",
     "specify_task",
     "submit_for_review",

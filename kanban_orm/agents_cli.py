@@ -117,7 +117,7 @@ def logs_command(
         raise KanbanError(f"no database at {missing} (run `kanban-orm db upgrade` to create one)")
     session = kb.connect(url)
     ctx.call_on_close(session.close)
-    runs = kb.list_runs(session, task_id)
+    runs = kb.list_runs(session, task_id=task_id)
     if not runs:
         raise KanbanError(f"task {task_id} has no runs yet")
     if run_id is None:
@@ -154,7 +154,7 @@ def _print_file(session: Any, path: Path, task_id: int, run_id: int, *, follow: 
                 continue
             if not follow:
                 return
-            run = next(r for r in kb.list_runs(session, task_id) if r.id == run_id)
+            run = next(r for r in kb.list_runs(session, task_id=task_id) if r.id == run_id)
             if run.ended_at is not None:
                 # The writer is done: what is left is already in the file.
                 rest = source.read()

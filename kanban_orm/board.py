@@ -11,7 +11,8 @@ Each column is a status, in workflow order (archived tasks are not drawn). A car
     5m @alice         age (since created), then assignee
 
 and a running card shows its lease time left instead of its age (``2m left``, or
-``expired`` once the lease has run out and the task waits for a reclaim).
+``expired`` once the lease has run out and the task waits for a reclaim), and on a
+fourth line who holds it (``by host:123``, the claimer of its run).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def column_order(status: Status, tasks: Iterable[CardLike]) -> list[CardLike]:
     return sorted(tasks, key=lambda t: (-t.priority, t.id))
 
 
-def _card(task: CardLike, now: datetime) -> Text:
+def _card(task: CardLike, now: datetime, claimer: str | None = None) -> Text:
     timing = card_timing(task, now)
     owner = f" @{task.assignee}" if task.assignee else ""
     lines = [
@@ -114,6 +115,10 @@ def _card(task: CardLike, now: datetime) -> Text:
         Text(" ".join(task.title.split())),
         Text(f"{timing}{owner}", style="dim"),
     ]
+    if claimer:
+        # Who holds a running card, on a line of its own: at 80 columns a card is 8
+        # characters wide, and a claimer after the lease time would be cut off.
+        lines.append(Text(f"by {claimer}", style="yellow"))
     card = Text("\n").join(lines)
     card.no_wrap = True
     card.overflow = "ellipsis"
@@ -121,14 +126,19 @@ def _card(task: CardLike, now: datetime) -> Text:
 
 
 def _column(
-    cards: Sequence[CardLike], now: datetime, max_cards: int | None, total: int
+    cards: Sequence[CardLike],
+    now: datetime,
+    max_cards: int | None,
+    total: int,
+    claimers: Mapping[int, str],
 ) -> RenderableType:
     shown = list(cards if max_cards is None else cards[:max_cards])
     parts: list[RenderableType] = []
     for index, task in enumerate(shown):
         if index:
             parts.append(Rule(style="dim", characters="╌"))
-        parts.append(_card(task, now))
+        running = task.status == Status.RUNNING.value
+        parts.append(_card(task, now, claimers.get(task.id) if running else None))
     hidden = total - len(shown)
     if hidden:
         parts.append(Text(f"+{hidden} more", style="dim italic", no_wrap=True))
@@ -142,6 +152,8 @@ def render_board(
     title: str | None = None,
     max_cards: int | None = None,
     counts: Mapping[str, int] | None = None,
+    claimers: Mapping[int, str] | None = None,
+    width: int | None = None,
 ) -> Table:
     """The board as a rich Table: one column per status in :data:`COLUMNS`.
 
@@ -151,7 +163,10 @@ def render_board(
     are left out. The table expands to the console's width and cuts titles to fit.
     ``counts`` (tasks per status) is for a caller that passes only the cards drawn (see
     :func:`kanban_orm.workflow.board_cards`): the headers and ``+N more`` then count
-    every task, not only those passed.
+    every task, not only those passed. ``claimers`` maps a running task's id to the
+    claimer of its run, shown on its card (``by host:123``). Given the ``width`` it
+    will be drawn at, a header too wide for its column puts the count on a second line
+    rather than cutting it off.
     """
     by_status: dict[str, list[CardLike]] = {status.value: [] for status in COLUMNS}
     for task in tasks:
@@ -171,9 +186,12 @@ def render_board(
         show_lines=False,
         padding=(0, 1),
     )
-    for status in COLUMNS:
+    headers = [f"{status.value} {sizes[status.value]}" for status in COLUMNS]
+    if width is not None and max(map(len, headers)) > _cell_width(width):
+        headers = [f"{status.value}\n{sizes[status.value]}" for status in COLUMNS]
+    for status, header in zip(COLUMNS, headers, strict=True):
         table.add_column(
-            f"{status.value} {sizes[status.value]}",
+            header,
             header_style=f"bold {_HEADER_STYLES[status]}",
             ratio=1,
             no_wrap=True,
@@ -186,11 +204,18 @@ def render_board(
                 now,
                 max_cards,
                 sizes[status.value],
+                claimers or {},
             )
             for status in COLUMNS
         )
     )
     return table
+
+
+def _cell_width(width: int) -> int:
+    """The text width of the narrowest column of a board ``width`` characters wide."""
+    borders, padding = len(COLUMNS) + 1, 2 * len(COLUMNS)
+    return (width - borders - padding) // len(COLUMNS)
 
 
 def board_text(
@@ -201,6 +226,7 @@ def board_text(
     title: str | None = None,
     max_cards: int | None = None,
     counts: Mapping[str, int] | None = None,
+    claimers: Mapping[int, str] | None = None,
 ) -> str:
     """:func:`render_board` drawn as plain text (no colour) at ``width`` columns."""
     out = io.StringIO()
@@ -213,7 +239,10 @@ def board_text(
         emoji=False,
         legacy_windows=False,
     )
-    console.print(render_board(tasks, now, title=title, max_cards=max_cards, counts=counts))
+    board = render_board(
+        tasks, now, title=title, max_cards=max_cards, counts=counts, claimers=claimers, width=width
+    )
+    console.print(board)
     return out.getvalue()
 
 

@@ -51,13 +51,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from . import attachments, db, migrate, service, workflow
+from . import attachments, db, files, migrate, service, workflow
 from . import board as board_view
 from .clock import utcnow
 from .errors import KanbanError
-from .models import Task
+from .models import Task, TaskRun
+from .serialize import comment_json, event_json, iso, run_json, task_json
 from .states import Status
-from .worker import CommandHandler, Worker, comment_json, event_json, iso, run_json, task_json
+from .worker import CommandHandler, Worker
 from .workspace import WorkspaceCommandHandler
 
 
@@ -84,11 +85,45 @@ def _missing_tables(message: str) -> bool:
 
 
 class _Group(click.Group):
-    """A click group whose commands turn a KanbanError into one line and exit 1."""
+    """A click group whose commands turn a KanbanError into one line and exit 1, and
+    take ``--db`` after their name as well as before it (``kanban-orm list --db URL``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         with _kanban_errors():
             return super().invoke(ctx)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            _accept_db_option(command)
+        return name, command, rest
+
+
+#: Commands that pass their arguments on untouched (their own --db included).
+_PASS_THROUGH = frozenset({"stress"})
+
+
+def _accept_db_option(command: click.Command) -> None:
+    """Give ``command`` a ``--db`` of its own that sets the root's, once. Added when the
+    command is resolved, so commands registered later (by other modules) get it too."""
+    if command.name in _PASS_THROUGH or any(p.name == "db_after" for p in command.params):
+        return
+    command.params.append(
+        click.Option(
+            ["db_after", "--db"],
+            metavar="URL",
+            expose_value=False,
+            callback=_set_root_db,
+            help="Database URL, as `kanban-orm --db URL ...` takes it.",
+        )
+    )
+
+
+def _set_root_db(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.find_root().params["db"] = value
 
 
 def _engine(ctx: click.Context, *, create: bool = False) -> Engine:
@@ -106,6 +141,20 @@ def _engine(ctx: click.Context, *, create: bool = False) -> Engine:
 
 def _url_given(ctx: click.Context) -> str:
     return ctx.find_root().params.get("db") or db.default_url()
+
+
+def _require_folder(url: str) -> None:
+    """Refuse a SQLite path whose folder is missing: a typo would otherwise create
+    folders (at the filesystem root, for ``sqlite:////typo/x.db``)."""
+    path = files.sqlite_file(url)
+    if path is None or path.parent.is_dir() or path.parent == db.default_home():
+        return
+    missing = path.parent.absolute()
+    while not missing.parent.exists():
+        missing = missing.parent
+    raise KanbanError(
+        f"no folder {missing} for the database {path.absolute()}: create it, or pass --create-dirs"
+    )
 
 
 @click.group(cls=_Group)
@@ -128,9 +177,20 @@ def db_group() -> None:
 
 @db_group.command("upgrade")
 @click.option("--revision", default="head", show_default=True)
+@click.option(
+    "--create-dirs",
+    is_flag=True,
+    help="Create the SQLite file's missing folders (0700) too; the default home always is.",
+)
 @click.pass_context
-def db_upgrade(ctx: click.Context, revision: str) -> None:
-    """Migrate the kanban tables up to REVISION (safe to run concurrently)."""
+def db_upgrade(ctx: click.Context, revision: str, create_dirs: bool) -> None:
+    """Migrate the kanban tables up to REVISION (safe to run concurrently).
+
+    A new SQLite file is created (0600), but not missing folders on its path, unless
+    --create-dirs is given or the folder is the default home ($KANBAN_HOME or ~/.kanban).
+    """
+    if not create_dirs:
+        _require_folder(_url_given(ctx))
     engine = _engine(ctx, create=True)
     migrate.upgrade(engine, revision)
     click.echo(f"{engine.url.render_as_string()}: at {migrate.current(engine)}")
@@ -149,18 +209,25 @@ def db_downgrade(ctx: click.Context, revision: str) -> None:
 @db_group.command("current")
 @click.pass_context
 def db_current(ctx: click.Context) -> None:
-    """Print the revision the database is at ('base' before the first upgrade)."""
-    if db.missing_sqlite_file(_url_given(ctx)) is not None:
-        click.echo("base")  # without making the file
-        return
+    """Print the revision the database is at ('base' before the first upgrade).
+
+    A SQLite file that does not exist is an error, as for `db check`.
+    """
     click.echo(migrate.current(_engine(ctx)) or "base")
 
 
 @db_group.command("check")
 @click.pass_context
 def db_check(ctx: click.Context) -> None:
-    """Exit 1 unless the database is at head and matches the models."""
-    migrate.check(_engine(ctx))
+    """Exit 1 unless the database is at head and matches the models.
+
+    Also warns (on stderr, without changing the exit status) when a SQLite board file
+    is readable by users other than its owner.
+    """
+    engine = _engine(ctx)
+    for exposed in files.exposed_board_files(engine.url):
+        click.echo(f"warning: {exposed.warning}", err=True)
+    migrate.check(engine)
     click.echo(f"ok: at {migrate.head()}, schema matches the models")
 
 
@@ -367,11 +434,11 @@ def show(ctx: click.Context, task_id: int, as_json: bool) -> None:
     """
     session = _session(ctx)
     task = service.get_task(session, task_id)
-    runs = service.list_runs(session, task_id)
+    runs = service.list_runs(session, task_id=task_id)
     events = service.list_events(session, task_id=task_id)
-    comments = workflow.list_comments(session, task_id)
-    parents, children = workflow.list_links(session, task_id)
-    files = attachments.list_attachments(session, task_id)
+    comments = workflow.list_comments(session, task_id=task_id)
+    parents, children = workflow.list_links(session, task_id=task_id)
+    attached = attachments.list_attachments(session, task_id)
     if as_json:
         _emit_json(
             {
@@ -379,7 +446,7 @@ def show(ctx: click.Context, task_id: int, as_json: bool) -> None:
                 "runs": [run_json(r) for r in runs],
                 "events": [event_json(e) for e in events],
                 "comments": [comment_json(c) for c in comments],
-                "attachments": [attachments.attachment_json(a) for a in files],
+                "attachments": [attachments.attachment_json(a) for a in attached],
                 "parents": parents,
                 "children": children,
             }
@@ -425,9 +492,9 @@ def show(ctx: click.Context, task_id: int, as_json: bool) -> None:
     for c in comments:
         click.echo(f"  {iso(c.created_at)}  {c.author or '(anonymous)'}:")
         click.echo(_indent(c.body, "    "))
-    if files:
-        click.echo(f"attachments ({len(files)}):")
-        for a in files:
+    if attached:
+        click.echo(f"attachments ({len(attached)}):")
+        for a in attached:
             run = f"  run {a.run_id}" if a.run_id is not None else ""
             click.echo(f"  {a.name}  {a.size} bytes{run}  {iso(a.created_at)}")
     click.echo(f"events ({len(events)}):")
@@ -593,9 +660,7 @@ def heartbeat(
     Plain: "task ID: lease until TIMESTAMP".
     --json: {"id": ID, "claim_expires": TIMESTAMP}
     """
-    session = _session(ctx)
-    service.heartbeat(session, task_id, claim_lock=claim_lock, ttl_seconds=ttl)
-    expires = iso(service.get_task(session, task_id).claim_expires)
+    expires = iso(service.heartbeat(_session(ctx), task_id, claim_lock=claim_lock, ttl_seconds=ttl))
     if as_json:
         _emit_json({"id": task_id, "claim_expires": expires})
     else:
@@ -628,7 +693,7 @@ def reap(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def link(ctx: click.Context, parent_id: int, child_id: int, as_json: bool) -> None:
     """Make CHILD wait until PARENT is finished. --json: the child TASK."""
-    _report(workflow.link_tasks(_session(ctx), parent_id, child_id), as_json)
+    _report(workflow.link_tasks(_session(ctx), parent=parent_id, child=child_id), as_json)
 
 
 @main.command("unlink")
@@ -638,7 +703,7 @@ def link(ctx: click.Context, parent_id: int, child_id: int, as_json: bool) -> No
 @click.pass_context
 def unlink(ctx: click.Context, parent_id: int, child_id: int, as_json: bool) -> None:
     """Remove the dependency of CHILD on PARENT. --json: the child TASK."""
-    _report(workflow.unlink_tasks(_session(ctx), parent_id, child_id), as_json)
+    _report(workflow.unlink_tasks(_session(ctx), parent=parent_id, child=child_id), as_json)
 
 
 @main.command("specify")
@@ -880,8 +945,9 @@ def board(
     """Draw the board: a column per status, a card per task (archived left out).
 
     A card shows its id, priority, title (cut to fit), age and assignee; a running card
-    shows its lease time left instead of its age. With --watch the board is redrawn
-    every --interval seconds, as many cards per column as the terminal's height fits.
+    shows its lease time left instead of its age, and who claimed it. With --watch the
+    board is redrawn every --interval seconds, as many cards per column as the
+    terminal's height fits.
     """
     from rich.console import Console
     from rich.live import Live
@@ -893,7 +959,13 @@ def board(
     def draw(cards: int | None) -> Any:
         tasks, counts = workflow.board_cards(session, tenant=tenant, per_column=cards)
         return board_view.render_board(
-            tasks, _db_now(session), title=title, max_cards=cards, counts=counts
+            tasks,
+            _db_now(session),
+            title=title,
+            max_cards=cards,
+            counts=counts,
+            claimers=_claimers(session, tasks),
+            width=console.width,
         )
 
     if not watch:
@@ -911,6 +983,18 @@ def board(
     ):
         while not stop.wait(interval):
             live.update(draw(max_cards or board_view.cards_that_fit(console.height)), refresh=True)
+
+
+def _claimers(session: Session, tasks: list[Task]) -> dict[int, str]:
+    """Who holds each running task: the claimer of its open run."""
+    runs = {t.current_run_id: t.id for t in tasks if t.current_run_id is not None}
+    if not runs:
+        return {}
+    rows = session.execute(
+        select(TaskRun.id, TaskRun.claimer).where(TaskRun.id.in_(list(runs)))
+    ).all()
+    session.rollback()  # a read of its own: end it, as _db_now does
+    return {runs[run_id]: claimer for run_id, claimer in rows}
 
 
 # -- the worker runner ------------------------------------------------------------------

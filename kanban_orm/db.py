@@ -37,9 +37,9 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransactionOrigin, sessionmaker
 
-from . import config
+from . import config, files
 from .driver import Tx
-from .errors import DatabaseBusy, InvalidInput, KanbanError
+from .errors import DatabaseBusy, InvalidInput, KanbanError, OwnAttributesType
 
 T = TypeVar("T")
 
@@ -83,8 +83,12 @@ def default_url() -> str:
     url = os.environ.get(ENV_URL)
     if url:
         return url
-    home = Path(os.environ.get(ENV_HOME) or Path.home() / ".kanban")
-    return f"sqlite:///{home / 'kanban.db'}"
+    return f"sqlite:///{default_home() / 'kanban.db'}"
+
+
+def default_home() -> Path:
+    """``$KANBAN_HOME``, else ``~/.kanban``: the default database's folder."""
+    return Path(os.environ.get(ENV_HOME) or Path.home() / ".kanban").expanduser()
 
 
 def create_engine(
@@ -97,22 +101,27 @@ def create_engine(
 ) -> Engine:
     """An Engine for ``url`` (else :func:`default_url`) with the kanban dialect set-up.
 
-    A SQLite file's directory is created if missing (a leading ``~`` is the home
-    directory); a ``postgresql://`` URL uses
-    psycopg 3. ``synchronous``, ``busy_timeout_ms`` and ``retry`` are as for
-    :func:`configure_engine`; other keyword arguments go to :func:`sqlalchemy.create_engine`.
+    A SQLite file's missing folders are created, each 0700, and the file itself is
+    created 0600 when first connected (a leading ``~`` is the home directory); a
+    ``postgresql://`` URL uses psycopg 3. ``synchronous``, ``busy_timeout_ms`` and
+    ``retry`` are as for :func:`configure_engine`; other keyword arguments go to
+    :func:`sqlalchemy.create_engine`.
     """
     parsed = _parsed(url or default_url())
     sqlite_file = _sqlite_file(parsed)
     if sqlite_file is not None:
-        sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+        files.make_private_dirs(sqlite_file.parent)
         parsed = parsed.set(database=str(sqlite_file))  # "~" expanded, as it was made
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     try:
         engine = sa.create_engine(parsed, **kw)
     except ImportError as error:
-        raise InvalidInput(f"the driver of {parsed.drivername} is not installed: {error}") from None
+        hint = install_command("postgres") if parsed.get_backend_name() == "postgresql" else ""
+        raise InvalidInput(
+            f"the driver of {parsed.drivername} is not installed: {error}"
+            + (f"; install it with {hint}" if hint else "")
+        ) from None
     return configure_engine(
         engine, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms, retry=retry
     )
@@ -122,11 +131,19 @@ def create_engine(
 BACKENDS = ("sqlite", "postgresql")
 
 
+def install_command(extra: str) -> str:
+    """The command that installs ``extra``, from PyPI or from a checkout of the source."""
+    return f"pip install 'kanban-orm[{extra}]' (from a checkout: pip install -e '.[{extra}]')"
+
+
 def _parsed(url: str | sa.URL) -> sa.URL:
     try:
         parsed = sa.make_url(url)
     except exc.ArgumentError:
         raise InvalidInput(f"not a database URL: {url!r}") from None
+    if parsed.get_backend_name() == "postgres":  # libpq's and most tools' spelling
+        driver = parsed.get_driver_name() if "+" in parsed.drivername else ""
+        parsed = parsed.set(drivername="postgresql" + (f"+{driver}" if driver else ""))
     if parsed.get_backend_name() not in BACKENDS:
         raise InvalidInput(
             f"kanban_orm runs on SQLite and PostgreSQL, not {parsed.get_backend_name()!r}"
@@ -201,6 +218,16 @@ def _configure_sqlite(engine: Engine, synchronous: str, busy_timeout_ms: int) ->
             f"kanban_orm needs SQLite >= {'.'.join(map(str, MIN_SQLITE_VERSION))}, "
             f"this Python has {'.'.join(map(str, version))}"
         )
+    # A "~" is expanded only by create_engine; SQLite would open such a path literally.
+    given = engine.url.database or ""
+    database = None if given.startswith("~") else _sqlite_file(engine.url)
+
+    @event.listens_for(engine, "do_connect")
+    def _private_file(*_args: Any) -> None:
+        # Made 0600 before SQLite opens it, so the -wal and -shm that SQLite creates with
+        # the database's mode are private too; an existing file keeps its mode.
+        if database is not None and database.parent.is_dir():
+            files.create_private_file(database)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -277,7 +304,8 @@ def session_factory(engine: Engine, *, keep_connection: bool = False) -> session
     return sessionmaker(bind=engine, expire_on_commit=False, class_=session_class)
 
 
-class KeepingSession(Session):
+# help() would repeat 1,500 lines of Session's documentation (in help(kanban_orm) too).
+class KeepingSession(Session, metaclass=OwnAttributesType):
     """A Session that keeps the pooled connection its first kanban write checked out, for
     every later write, until :meth:`close` or :meth:`reset` (or garbage collection).
 

@@ -10,7 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 
-class KanbanError(Exception):
+class OwnAttributesType(type):
+    """The type of a class whose ``dir()`` lists only what the class itself defines, so
+    ``help()`` shows that and names its bases instead of repeating their documentation
+    (Exception's for every error, Session's for KeepingSession). Instances still list
+    everything they have."""
+
+    def __dir__(cls) -> list[str]:
+        return sorted(vars(cls))
+
+
+class KanbanError(Exception, metaclass=OwnAttributesType):
     """A kanban_orm operation failed."""
 
     def __init__(self, message: str | None = None, **context: Any) -> None:
@@ -47,6 +57,8 @@ class InvalidTransition(KanbanError):
         if self.needs:
             wanted = " or ".join(repr(s) for s in self.needs)
             message = f"task {task_id} is {self.from_status!r}; this moves only a {wanted} task"
+        elif self.from_status == self.to_status:
+            message = f"task {task_id} is already {self.from_status!r}"
         if unless is not None:
             message += f" unless {unless}"
         super().__init__(message)

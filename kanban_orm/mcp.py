@@ -248,12 +248,12 @@ def task_detail(session: Session, board: BoardSession, task_id: int) -> dict[str
     (their names and sizes; the bytes are the resource ``task://{id}/attachments/{name}``)."""
     task = board_task(session, board, task_id)
     shown: dict[str, Any] = {"task": card(task, board)}
-    parents, children = kb.list_links(session, task_id)
+    parents, children = kb.list_links(session, task_id=task_id)
     shown["parents"] = list(parents)
     shown["children"] = list(children)
-    runs = kb.list_runs(session, task_id)
+    runs = kb.list_runs(session, task_id=task_id)
     shown["runs"] = [run_view(r) for r in newest(runs, "runs", shown)]
-    comments = kb.list_comments(session, task_id)
+    comments = kb.list_comments(session, task_id=task_id)
     shown["comments"] = [comment_view(c) for c in newest(comments, "comments", shown)]
     files = kb.list_attachments(session, task_id)
     shown["attachments"] = [

@@ -135,6 +135,12 @@ def check(bind: Bind = None) -> None:
             raise SchemaOutOfDate(f"database schema differs from the models: {differences}")
 
 
+#: The names that say what they are (``kb.schema_check``); ``kb.check`` and ``kb.current``
+#: stay as aliases.
+schema_current = current
+schema_check = check
+
+
 #: Indexes with a DESC column: SQLite reflects them without their sort order, so on
 #: SQLite autogenerate always sees a difference that is not there. PostgreSQL, which
 #: reflects them fully, still compares them.

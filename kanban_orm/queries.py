@@ -299,7 +299,7 @@ HEARTBEAT = (
     update(tasks)
     .where(_HELD)
     .values(claim_expires=utcnow(bindparam("ttl")), version=tasks.c.version + 1)
-    .returning(tasks.c.current_run_id)
+    .returning(tasks.c.current_run_id, tasks.c.claim_expires)
 )
 TOUCH_RUN = update(runs).where(runs.c.id == bindparam("run_id")).values(last_heartbeat_at=utcnow())
 

@@ -32,6 +32,7 @@ from sqlalchemy.sql.dml import ReturningUpdate
 from . import config, steps
 from . import queries as q
 from . import validation as check
+from ._deprecation import keyword_only_since
 from .db import joins_caller_transaction, run_read, run_write
 from .driver import Tx
 from .errors import ClaimLost, InvalidInput, TaskNotFound
@@ -285,8 +286,10 @@ def _claim(s: Tx, claim: ReturningUpdate[Any], params: dict[str, Any], who: str)
 
 def heartbeat(
     session: Session, task_id: int, *, claim_lock: str, ttl_seconds: float | None = None
-) -> bool:
-    """Extend the caller's lease to ``ttl_seconds`` from now (database clock); True.
+) -> datetime:
+    """Extend the caller's lease to ``ttl_seconds`` from now (database clock); return the
+    new lease expiry (the task's ``claim_expires``: naive UTC, and truthy, as the True
+    this used to return was).
 
     Raises :class:`ClaimLost` when ``claim_lock`` no longer holds the task (its lease
     was reclaimed, it was finished, or it never held it) and :class:`TaskNotFound`.
@@ -295,12 +298,13 @@ def heartbeat(
     token = steps.token(claim_lock)
     ttl = check.ttl(ttl_seconds)
 
-    def work(s: Tx) -> bool:
+    def work(s: Tx) -> datetime:
         held = s.execute(q.HEARTBEAT, {"task_id": task_id, "token": token, "ttl": ttl}).first()
         if held is None:
             steps.explain(s, task_id, None, token)
         s.execute(q.TOUCH_RUN, {"run_id": held.current_run_id})
-        return True
+        expires: datetime = held.claim_expires
+        return expires
 
     return run_write(session, work)
 
@@ -742,7 +746,8 @@ def latest_run(session: Session, task_id: int) -> TaskRun | None:
     return run_read(session, read)
 
 
-def list_runs(session: Session, task_id: int) -> list[TaskRun]:
+@keyword_only_since("task_id")
+def list_runs(session: Session, *, task_id: int) -> list[TaskRun]:
     """Every run of the task, oldest first. Raises :class:`TaskNotFound`."""
     task_id = check.task_id(task_id)
     statement = (

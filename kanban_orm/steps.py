@@ -171,6 +171,14 @@ def explain(
     if state is None:
         raise TaskNotFound(task_id)
     if token is not None and state.claim_lock != token:
+        if state.status != Status.RUNNING:
+            # No claim holds it at all: saying only that this lock does not hold it
+            # would send the caller looking for the right lock.
+            raise ClaimLost(
+                task_id,
+                f"task {task_id} is {str(state.status)!r}, not running: no claim holds it,"
+                " so no claim_lock can",
+            )
         raise ClaimLost(task_id)
     if token is None and state.status == Status.RUNNING and target is Status.BLOCKED:
         raise ClaimLost(task_id, f"task {task_id} is running: only its claim holder may do that")

@@ -41,7 +41,6 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -49,7 +48,10 @@ from sqlalchemy.orm import Session
 from . import db, service, steps
 from . import validation as check
 from .errors import ClaimLost, DatabaseBusy, InvalidInput, KanbanError
-from .models import Task, TaskComment, TaskEvent, TaskRun
+from .models import Task
+
+# The JSON shapes lived here; still importable from this module.
+from .serialize import comment_json, event_json, iso, run_json, task_json  # noqa: F401
 
 log = logging.getLogger("kanban_orm.worker")
 
@@ -351,13 +353,26 @@ class Worker:
                 session, task_id, claim_lock=job.claim_lock, error=_storable(error), retry=retry
             )
             self._count("failed")
-            log.info("task %s: failed, now %s: %s", task_id, failed.status, _last_line(error))
+            log.info("task %s: failed: %s; %s", task_id, _last_line(error), self._what_next(failed))
         except ClaimLost:
             self._count("lost")
             log.warning("task %s: claim lost before the outcome was recorded; skipped", task_id)
         except KanbanError as failure:
             # The lease was not renewed; the task will be reclaimed when it expires.
             log.error("task %s: could not record the outcome: %s", task_id, failure)
+
+    def _what_next(self, failed: Task) -> str:
+        """What becomes of a failed task: retried when (and whether a drain waits), or
+        its new status."""
+        retry_at = failed.run_at
+        if failed.status != "ready" or retry_at is None or failed.updated_at is None:
+            return f"now {failed.status}"
+        # Both stamps are the database's clock: the backoff, free of this host's skew.
+        wait = max(0.0, (retry_at - failed.updated_at).total_seconds())
+        line = f"will be retried after {iso(retry_at)} (in {wait:.0f}s)"
+        if self.drain:
+            line += ", which this drain does not wait for"
+        return line
 
     def _release(self, session: Session, job: _Job, reason: str) -> None:
         """Hand the task back (the caller has settled the job)."""
@@ -541,81 +556,3 @@ def _last_line(text: str) -> str:
     """A traceback's last line names the exception: the line worth logging."""
     lines = text.strip().splitlines()
     return lines[-1] if lines else ""
-
-
-# -- JSON shapes --------------------------------------------------------------------------
-# Shared with the command line: the same shapes on a command's stdin and in --json output.
-
-
-def iso(value: datetime | None) -> str | None:
-    """A naive UTC timestamp as ISO 8601 with a ``Z``: ``2024-05-01T12:00:00.123456Z``."""
-    return None if value is None else value.isoformat() + "Z"
-
-
-def task_json(task: Task) -> dict[str, Any]:
-    """A task as a JSON object (every column; timestamps as :func:`iso`)."""
-    return {
-        "id": task.id,
-        "title": task.title,
-        "body": task.body,
-        "status": task.status,
-        "priority": task.priority,
-        "assignee": task.assignee,
-        "tenant": task.tenant,
-        "created_by": task.created_by,
-        "attempts": task.attempts,
-        "max_attempts": task.max_attempts,
-        "claim_lock": task.claim_lock,
-        "claim_expires": iso(task.claim_expires),
-        "current_run_id": task.current_run_id,
-        "run_at": iso(task.run_at),
-        "idempotency_key": task.idempotency_key,
-        "result": task.result,
-        "block_reason": task.block_reason,
-        "version": task.version,
-        "created_at": iso(task.created_at),
-        "updated_at": iso(task.updated_at),
-        "started_at": iso(task.started_at),
-        "completed_at": iso(task.completed_at),
-    }
-
-
-def comment_json(comment: TaskComment) -> dict[str, Any]:
-    """A comment as a JSON object."""
-    return {
-        "id": comment.id,
-        "task_id": comment.task_id,
-        "author": comment.author,
-        "body": comment.body,
-        "created_at": iso(comment.created_at),
-    }
-
-
-def run_json(run: TaskRun) -> dict[str, Any]:
-    """A run (one attempt) as a JSON object."""
-    return {
-        "id": run.id,
-        "task_id": run.task_id,
-        "attempt": run.attempt,
-        "claimer": run.claimer,
-        "claim_lock": run.claim_lock,
-        "started_at": iso(run.started_at),
-        "last_heartbeat_at": iso(run.last_heartbeat_at),
-        "ended_at": iso(run.ended_at),
-        "outcome": run.outcome,
-        "summary": run.summary,
-        "metadata": run.metadata_,
-        "error": run.error,
-    }
-
-
-def event_json(event: TaskEvent) -> dict[str, Any]:
-    """An event as a JSON object."""
-    return {
-        "id": event.id,
-        "task_id": event.task_id,
-        "run_id": event.run_id,
-        "kind": event.kind,
-        "payload": event.payload,
-        "created_at": iso(event.created_at),
-    }

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from . import queries as q
 from . import steps
 from . import validation as check
+from ._deprecation import keyword_only_since
 from .db import joins_caller_transaction, run_read, run_write
 from .driver import Tx
 from .errors import InvalidInput
@@ -25,15 +26,18 @@ from .states import Status
 # -- dependencies -----------------------------------------------------------------------
 
 
-def link_tasks(session: Session, parent_id: int, child_id: int) -> Task:
-    """Make ``child_id`` wait for ``parent_id``; return the child.
+@keyword_only_since("parent", "child", renamed={"parent_id": "parent", "child_id": "child"})
+def link_tasks(session: Session, *, parent: int, child: int) -> Task:
+    """Make task ``child`` wait for task ``parent``; return the child.
 
     A ready child whose new parent is unfinished goes back to ``todo``. Linking twice is
     a no-op. Raises :class:`InvalidInput` when the link would close a cycle (including
-    a task with itself) and :class:`TaskNotFound`; nothing is written then.
+    a task with itself) and :class:`TaskNotFound`; nothing is written then. The ids are
+    keyword-only, as two ids are easily swapped (``link_tasks(s, 1, 2)`` still works
+    until 0.3, with a DeprecationWarning).
     """
-    parent_id = check.task_id(parent_id, "parent_id")
-    child_id = check.task_id(child_id, "child_id")
+    parent_id = check.task_id(parent, "parent")
+    child_id = check.task_id(child, "child")
     if parent_id == child_id:
         raise InvalidInput(f"task {child_id} cannot depend on itself")
     ids = {"parent_id": parent_id, "child_id": child_id}
@@ -65,13 +69,15 @@ def link_tasks(session: Session, parent_id: int, child_id: int) -> Task:
     return run_write(session, work)
 
 
-def unlink_tasks(session: Session, parent_id: int, child_id: int) -> Task:
-    """Remove the dependency; a waiting child whose parents are now all finished is ready.
+@keyword_only_since("parent", "child", renamed={"parent_id": "parent", "child_id": "child"})
+def unlink_tasks(session: Session, *, parent: int, child: int) -> Task:
+    """Remove the dependency of ``child`` on ``parent``; a waiting child whose parents are
+    now all finished is ready. Returns the child.
 
     Raises :class:`InvalidInput` when there is no such link, :class:`TaskNotFound`.
     """
-    parent_id = check.task_id(parent_id, "parent_id")
-    child_id = check.task_id(child_id, "child_id")
+    parent_id = check.task_id(parent, "parent")
+    child_id = check.task_id(child, "child")
     ids = {"parent_id": parent_id, "child_id": child_id}
 
     def work(s: Tx) -> Task:
@@ -102,7 +108,8 @@ class TaskLinks(NamedTuple):
     children: list[int]
 
 
-def list_links(session: Session, task_id: int) -> TaskLinks:
+@keyword_only_since("task_id")
+def list_links(session: Session, *, task_id: int) -> TaskLinks:
     """The task's parents and children. Raises :class:`TaskNotFound`."""
     task_id = check.task_id(task_id)
     parents = (
@@ -287,7 +294,8 @@ def add_comment(
     return run_write(session, work)
 
 
-def list_comments(session: Session, task_id: int) -> list[TaskComment]:
+@keyword_only_since("task_id")
+def list_comments(session: Session, *, task_id: int) -> list[TaskComment]:
     """The task's comments, oldest first. Raises :class:`TaskNotFound`."""
     task_id = check.task_id(task_id)
     statement = (
@@ -360,7 +368,8 @@ def update_task(
 # -- board overview ---------------------------------------------------------------------
 
 
-def board_stats(session: Session, tenant: str | None = None) -> dict[str, Any]:
+@keyword_only_since("tenant")
+def board_stats(session: Session, *, tenant: str | None = None) -> dict[str, Any]:
     """Counts by status, open (unfinished) tasks by assignee, and the oldest ready task's age.
 
     ``{"by_status": {"ready": 3, ...}, "by_assignee": {"agents": 2, None: 1},

@@ -27,7 +27,8 @@ from typing import IO
 from . import attachments, config, db
 from .errors import ConfigError, KanbanError
 from .models import Task
-from .worker import CommandHandler, TaskFailed, task_json
+from .serialize import task_json
+from .worker import CommandHandler, TaskFailed
 
 log = logging.getLogger("kanban_orm.worker")
 

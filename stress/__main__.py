@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -63,13 +65,27 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _paragraphs(*texts: str) -> str:
+    width = min(shutil.get_terminal_size().columns, 100) - 2
+    return "\n\n".join(textwrap.fill(t, width, break_on_hyphens=False) for t in texts)
+
+
 def parser() -> argparse.ArgumentParser:
+    prog = _prog()
     p = argparse.ArgumentParser(
-        prog=_prog(),
-        description="Prove kanban_orm's guarantees with real worker processes. "
-        "Scenarios: " + "; ".join(f"{n}: {m.DESCRIPTION}" for n, m in SCENARIOS.items()),
-        epilog="--db points at a database the stress suite may wipe: every row of its "
-        "kanban_* tables is deleted before the run (other tables are left alone).",
+        prog=prog,
+        # Wrapped here, without breaking "kanban-orm" at its hyphen as argparse would.
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_paragraphs(
+            "Prove kanban_orm's guarantees with real worker processes. Scenarios: "
+            + "; ".join(f"{n}: {m.DESCRIPTION}" for n, m in SCENARIOS.items()),
+            f"{prog} bench [OPTIONS]: the throughput benchmark, kanban_orm against the raw "
+            f"driver baseline and peer queues (its options: {prog} bench --help).",
+        ),
+        epilog=_paragraphs(
+            "--db points at a database the stress suite may wipe: every row of its "
+            "kanban_* tables is deleted before the run (other tables are left alone)."
+        ),
     )
     p.add_argument(
         "scenario", nargs="?", default="claims", choices=sorted(SCENARIOS), help="default: claims"

@@ -43,6 +43,26 @@ def postgres_url_or_skip() -> str:
     pytest.skip(f"{POSTGRES_ENV} is not set; PostgreSQL half of the suite skipped")
 
 
+#: reason -> the location of the first skip with it (see pytest_runtest_makereport)
+_skip_locations: dict[str, tuple[str, int | None]] = {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[pytest.TestReport]:
+    """Give every skip decided before a test runs (a fixture's or a mark's) the location
+    of the first one with the same reason, so ``-ra`` prints one line per reason with a
+    count, rather than a line per test (~270 when PostgreSQL is not configured)."""
+    report: pytest.TestReport = yield
+    longrepr = report.longrepr
+    if report.skipped and call.when == "setup" and isinstance(longrepr, tuple):
+        path, lineno, reason = longrepr
+        path, lineno = _skip_locations.setdefault(reason, (path, lineno))
+        report.longrepr = (path, lineno, reason)
+    return report
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     return postgres_url_or_skip()
@@ -100,6 +120,7 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         path = tmp_path / "kanban.db"
         sqlite3.connect(path).close()  # the file exists, as a PostgreSQL database would
+        path.chmod(0o600)  # and is private, as one kanban_orm creates (else db check warns)
         yield f"sqlite:///{path}"
     else:
         yield from fresh_postgres_database(postgres_url_or_skip())

@@ -210,3 +210,32 @@ def test_chart_is_drawn_or_explains_why(tmp_path: Path) -> None:
         assert png.read_bytes().startswith(b"\x89PNG")
     else:  # matplotlib is in the bench extra, not the test extra
         assert "matplotlib" in message and not png.exists()
+
+
+def test_the_targets_table_names_its_baselines_not_an_issue() -> None:
+    from rich.console import Console
+
+    from stress.bench.cli import Plan
+    from stress.bench.report import targets_table
+
+    plan = Plan(
+        tasks=10_000,
+        procs=5,
+        systems=(),
+        backends=(),
+        scaling=(),
+        scaling_tasks=0,
+        backlog=(),
+        backlog_tasks=0,
+        timeout=1.0,
+        pg_url="",
+    )
+    judged = [
+        {"target": "SQLite claim_next >= 0.6x raw", "minimum": 0.6, "value": 0.7, "met": True}
+    ]
+    console = Console(width=160, record=True, color_system=None)
+    with console.capture() as capture:
+        console.print(targets_table(judged, plan))
+    text = " ".join(capture.get().split())  # the title wraps over the narrow table
+    assert "vs the raw driver baseline and pgqueuer" in text
+    assert "issue" not in text.lower()

@@ -76,7 +76,8 @@ EXPECTED_100 = """\
 EXPECTED_60_ONE_CARD = """\
                      kanban board: acme
 ┌────────┬────────┬────────┬───────┬───────┬───────┬───────┐
-│ triag… │ todo 1 │ ready… │ runn… │ revi… │ bloc… │ done… │
+│ triage │ todo   │ ready  │ runn… │ revi… │ bloc… │ done  │
+│ 1      │ 1      │ 2      │ 2     │ 1     │ 1     │ 2     │
 ├────────┼────────┼────────┼───────┼───────┼───────┼───────┤
 │ #5 p0  │ #6 p1  │ #1 p3  │ #3 p5 │ #7 p2 │ #8 p0 │ #9 p0 │
 │ Triag… │ Wait … │ Write… │ Depl… │ Need… │ Brok… │ Ship… │
@@ -100,6 +101,17 @@ def test_snapshot_at_60_columns_with_one_card_per_column() -> None:
     text = board_text(TASKS, NOW, width=60, title="kanban board: acme", max_cards=1)
     assert stripped(text) == EXPECTED_60_ONE_CARD
     assert all(len(line) == 60 for line in text.splitlines())
+
+
+def test_at_80_columns_the_header_counts_are_whole_and_running_cards_name_their_claimer() -> None:
+    text = board_text(TASKS, NOW, width=80, claimers={3: "w1", 4: "w2", 1: "not running"})
+    lines = text.splitlines()
+    assert all(len(line) == 80 for line in lines)
+    header = next(i for i, line in enumerate(lines) if "running" in line)
+    assert "running " in lines[header] and "…" not in lines[header]
+    assert lines[header + 1].split("│")[4].strip() == "2"  # the count, under "running"
+    assert "by w1" in text and "by w2" in text
+    assert "not running" not in text  # only a running card shows a claimer
 
 
 def test_rendering_is_deterministic_and_ignores_input_order() -> None:

@@ -302,7 +302,7 @@ def test_fail_retries_then_no_retry_blocks(cli: Any, session: Session) -> None:
     task_id, lock = claim(cli)
     out = ok(cli("fail", str(task_id), "--claim-lock", lock, "--error", "fatal", "--no-retry"))
     assert out == f"task {task_id}: blocked (fatal)\n"
-    assert [r.outcome for r in kb.list_runs(session, task_id)] == ["failed", "failed"]
+    assert [r.outcome for r in kb.list_runs(session, task_id=task_id)] == ["failed", "failed"]
     assert cli("fail", "1", "--claim-lock", lock).exit_code == 2  # --error is required
 
 
@@ -311,7 +311,7 @@ def test_block_unblock_and_blocking_a_running_task(cli: Any) -> None:
     assert ok(cli("block", "1", "--reason", "waiting on legal")) == (
         "task 1: blocked (waiting on legal)\n"
     )
-    assert "cannot move" in one_line_error(cli("block", "1", "--reason", "again"))
+    assert "is already 'blocked'" in one_line_error(cli("block", "1", "--reason", "again"))
     assert ok_json(cli("unblock", "1", "--json"))["status"] == "ready"
     assert "blocked" in one_line_error(cli("unblock", "1"))
     task_id, lock = claim(cli)
@@ -509,9 +509,16 @@ def test_a_mistyped_sqlite_path_is_an_error_and_creates_nothing(
     assert line == f"error: no database at {path} (run `kanban-orm db upgrade` to create one)"
     assert not path.parent.exists()
     current = CliRunner().invoke(main, ["--db", f"sqlite:///{path}", "db", "current"])
-    assert (current.exit_code, current.stdout) == (0, "base\n")
+    assert one_line_error(current) == line  # agrees with db check
     assert not path.parent.exists()
     upgraded = CliRunner().invoke(main, ["--db", f"sqlite:///{path}", "db", "upgrade"])
+    assert one_line_error(upgraded) == (
+        f"error: no folder {path.parent} for the database {path}: create it, or pass --create-dirs"
+    )
+    assert not path.parent.exists()
+    upgraded = CliRunner().invoke(
+        main, ["--db", f"sqlite:///{path}", "db", "upgrade", "--create-dirs"]
+    )
     assert upgraded.exit_code == 0 and path.exists()
 
 

@@ -22,7 +22,7 @@ def test_comments_are_listed_in_order_with_an_event_each(session: Session) -> No
     task_id = kb.create_task(session, title="t")
     first = kb.add_comment(session, task_id, body="first!", author="ana")
     kb.add_comment(session, task_id, body="'; DROP TABLE kanban_tasks; -- ✓")
-    comments = kb.list_comments(session, task_id)
+    comments = kb.list_comments(session, task_id=task_id)
     assert [(c.author, c.body) for c in comments] == [
         ("ana", "first!"),
         (None, "'; DROP TABLE kanban_tasks; -- ✓"),
@@ -42,9 +42,9 @@ def test_bad_comments_write_nothing(session: Session) -> None:
     with pytest.raises(kb.TaskNotFound):
         kb.add_comment(session, 999, body="hello")
     with pytest.raises(kb.TaskNotFound):
-        kb.list_comments(session, 999)
+        kb.list_comments(session, task_id=999)
     assert snapshot(session) == before
-    assert kb.list_comments(session, task_id) == []
+    assert kb.list_comments(session, task_id=task_id) == []
 
 
 def test_an_archived_task_releases_its_idempotency_key(session: Session) -> None:

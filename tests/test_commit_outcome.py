@@ -84,8 +84,8 @@ def test_fail_and_release_whose_commit_reply_was_lost_report_success(
     assert kb.fail_task(session, a, claim_lock=a_token, error="x").status == "ready"
     drop_after_next_commit()
     assert kb.release_task(session, b, claim_lock=b_token).status == "ready"
-    assert [r.outcome for r in kb.list_runs(session, a)] == ["failed"]
-    assert [r.outcome for r in kb.list_runs(session, b)] == ["released"]
+    assert [r.outcome for r in kb.list_runs(session, task_id=a)] == ["failed"]
+    assert [r.outcome for r in kb.list_runs(session, task_id=b)] == ["released"]
 
 
 def test_a_second_complete_without_a_lost_reply_is_still_claim_lost(session: Session) -> None:

@@ -27,7 +27,7 @@ def test_completes_every_claim_with_its_run_and_event(session: Session) -> None:
         (task_id, "done", "ok", None) for task_id, _ in pairs
     ]
     for task_id, _ in pairs:
-        assert [(r.outcome, r.summary) for r in kb.list_runs(session, task_id)] == [
+        assert [(r.outcome, r.summary) for r in kb.list_runs(session, task_id=task_id)] == [
             ("completed", "batch")
         ]
     completed = session.scalar(select(func.count()).where(TaskEvent.kind == "completed"))
@@ -93,6 +93,6 @@ def test_promotes_children_and_writes_the_rows_complete_task_writes(session: Ses
     assert [e.kind for e in kb.list_events(session, task_id=child)] == ["created", "promoted"]
     for task_id, _ in pairs:
         completed = [e for e in kb.list_events(session, task_id=task_id) if e.kind == "completed"]
-        (run,) = kb.list_runs(session, task_id)
+        (run,) = kb.list_runs(session, task_id=task_id)
         assert [(e.run_id, e.payload) for e in completed] == [(run.id, {"forced": False})]
         assert (run.outcome, run.ended_at is not None) == ("completed", True)

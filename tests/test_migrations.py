@@ -377,7 +377,7 @@ def seed_kb0001(conn: Connection) -> Seeded:
         # promoting the linked child.
         done = kb.complete_task(session, parent["id"], claim_lock=token, result="late")
         assert done.status == "done"
-        runs = kb.list_runs(session, parent["id"])
+        runs = kb.list_runs(session, task_id=parent["id"])
         assert [(r.id, r.outcome) for r in runs] == [(open_run["id"], "completed")]
         assert kb.get_task(session, child["id"]).status == "ready"
         kinds = [e.kind for e in kb.list_events(session, task_id=parent["id"])]

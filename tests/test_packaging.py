@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
 
 REQUIRED_IN_WHEEL = (
     "kanban_orm/__init__.py",
+    "kanban_orm/py.typed",
     "kanban_orm/cli.py",
     "kanban_orm/migrate.py",
     "kanban_orm/migrations/env.py",
@@ -26,6 +27,31 @@ REQUIRED_IN_WHEEL = (
     "kanban_orm/migrations/versions/kb0001_initial_schema.py",
     "kanban_orm/_stress/__init__.py",
 )
+
+
+#: A user's script: mypy --strict must see the package's hints (the py.typed marker), so
+#: the one deliberate mistake at the end is reported, and nothing else.
+USER_SCRIPT = """\
+from __future__ import annotations
+
+import datetime
+
+import kanban_orm as kb
+
+
+def work(url: str) -> None:
+    engine = kb.init_db(url)
+    session = kb.session_factory(engine)()
+    task_id: int = kb.create_task(session, title="write the report")
+    task = kb.claim_task(session, task_id, claimer="worker-1")
+    if task is None or task.claim_lock is None:
+        return
+    expires: datetime.datetime = kb.heartbeat(session, task_id, claim_lock=task.claim_lock)
+    print(expires)
+    done: kb.Task = kb.complete_task(session, task_id, claim_lock=task.claim_lock)
+    print(done.status)
+    wrong: str = kb.create_task(session, title="not a string")
+"""
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -102,7 +128,7 @@ def test_wheel_installs_and_migrates_outside_the_checkout(tmp_path: Path) -> Non
     # -- the command line migrates a new database -----------------------------------------
     db = tmp_path / "data" / "new.db"
     url = f"sqlite:///{db}"
-    upgraded = run([str(cli), "--db", url, "db", "upgrade"], outside, env)
+    upgraded = run([str(cli), "--db", url, "db", "upgrade", "--create-dirs"], outside, env)
     assert upgraded.stdout.strip().endswith(f": at {kb.head()}")
     assert db.is_file()
 
@@ -117,6 +143,34 @@ def test_wheel_installs_and_migrates_outside_the_checkout(tmp_path: Path) -> Non
     assert again.stdout.strip().endswith(f": at {kb.head()}")
     assert kb.current(url) == kb.head()
     kb.check(url)
+
+    # -- a user's mypy --strict sees the installed package's types ---------------------------
+    (outside / "user_script.py").write_text(USER_SCRIPT)
+    typed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--python-executable",
+            str(python),
+            "user_script.py",
+        ],
+        cwd=outside,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert "missing library stubs or py.typed marker" not in typed.stdout, typed.stdout
+    errors = [line for line in typed.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 1, typed.stdout
+    wrong_line = USER_SCRIPT.splitlines().index(
+        '    wrong: str = kb.create_task(session, title="not a string")'
+    )
+    assert f"user_script.py:{wrong_line + 1}: error: Incompatible types" in errors[0], errors
 
     # -- the packaged stress suite is importable as kanban_orm._stress ----------------------
     run([str(python), "-c", "import kanban_orm._stress"], outside, env)

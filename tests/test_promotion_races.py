@@ -86,7 +86,7 @@ def test_a_child_created_while_its_parent_finishes_is_never_left_waiting(
 def _specify_case(session: Session) -> tuple[int, str, int, Callable[[Session], object]]:
     parent, token = claimed(session, "parent")
     child = kb.create_task(session, title="child", triage=True)
-    kb.link_tasks(session, parent, child)
+    kb.link_tasks(session, parent=parent, child=child)
     return parent, token, child, lambda s: kb.specify_task(s, child)
 
 
@@ -173,7 +173,7 @@ def test_specify_while_a_new_parent_is_being_linked_waits_for_the_link(
     child = kb.create_task(session, title="child", triage=True)
     linked = _hold_open_after(monkeypatch, "record", "linked")
     linker = threading.Thread(
-        target=lambda: _with_session(db_url, lambda s: kb.link_tasks(s, parent, child))
+        target=lambda: _with_session(db_url, lambda s: kb.link_tasks(s, parent=parent, child=child))
     )
     linker.start()
     assert linked.wait(30)
@@ -217,7 +217,7 @@ def test_a_link_committed_while_its_parent_completes_in_one_statement_is_seen(
     held = [claimed(session, "other"), (parent, token)] if batch else [(parent, token)]
     linked = _hold_open_after(monkeypatch, "record", "linked")
     linker = threading.Thread(
-        target=lambda: _with_session(db_url, lambda s: kb.link_tasks(s, parent, child))
+        target=lambda: _with_session(db_url, lambda s: kb.link_tasks(s, parent=parent, child=child))
     )
     linker.start()
     assert linked.wait(30)
@@ -243,13 +243,15 @@ def test_linking_a_done_parent_while_another_parent_completes_leaves_the_child_r
     statement did not see the child wait, and the link then put it in todo for good."""
     other, other_token = claimed(session, "other parent")
     child, child_token = claimed(session, "child")
-    kb.link_tasks(session, other, child)  # running: stays running
+    kb.link_tasks(session, parent=other, child=child)  # running: stays running
     kb.release_task(session, child, claim_lock=child_token)
     new_parent, new_token = claimed(session, "new parent")
     kb.complete_task(session, new_parent, claim_lock=new_token)
     linked = _hold_open_after(monkeypatch, "record", "linked")
     linker = threading.Thread(
-        target=lambda: _with_session(db_url, lambda s: kb.link_tasks(s, new_parent, child))
+        target=lambda: _with_session(
+            db_url, lambda s: kb.link_tasks(s, parent=new_parent, child=child)
+        )
     )
     linker.start()
     assert linked.wait(30)

@@ -548,9 +548,10 @@ def test_heartbeat_extends_the_lease_touches_the_run_and_bumps_version(
     before, (run_before,) = task_row(engine, task_id), runs(engine, task_id)
     time.sleep(0.02)
 
-    assert kb.heartbeat(session, task_id, claim_lock=token, ttl_seconds=3600) is True
+    expires = kb.heartbeat(session, task_id, claim_lock=token, ttl_seconds=3600)
 
     after, (run_after,) = task_row(engine, task_id), runs(engine, task_id)
+    assert expires == after.claim_expires  # the new lease expiry, not True
     assert after.claim_expires - before.claim_expires > timedelta(seconds=3500)
     assert timedelta(seconds=3590) < after.claim_expires - db_now(engine) <= timedelta(hours=1)
     assert after.version == before.version + 1
@@ -562,8 +563,9 @@ def test_heartbeat_extends_the_lease_touches_the_run_and_bumps_version(
     )
     assert run_after.outcome is None and run_after.ended_at is None
 
-    assert kb.heartbeat(session, task_id, claim_lock=token, ttl_seconds=60) is True
+    expires = kb.heartbeat(session, task_id, claim_lock=token, ttl_seconds=60)
     shortened = task_row(engine, task_id)
+    assert expires == shortened.claim_expires
     assert shortened.claim_expires - db_now(engine) <= timedelta(seconds=60)
     assert shortened.version == after.version + 1
 
@@ -1057,7 +1059,7 @@ def test_latest_run_is_none_before_any_claim_then_the_newest_run(
 ) -> None:
     task_id = kb.create_task(session, title="t")
     assert kb.latest_run(session, task_id) is None
-    assert kb.list_runs(session, task_id) == []
+    assert kb.list_runs(session, task_id=task_id) == []
 
     first = kb.claim_task(session, task_id, claimer="a")
     kb.release_task(session, task_id, claim_lock=str(first.claim_lock))
@@ -1068,7 +1070,7 @@ def test_latest_run_is_none_before_any_claim_then_the_newest_run(
         latest = kb.latest_run(reader, task_id)
         assert latest is not None
         assert (latest.id, latest.claimer, latest.outcome) == (second.current_run_id, "b", None)
-        listed = kb.list_runs(reader, task_id)
+        listed = kb.list_runs(reader, task_id=task_id)
         assert [(r.claimer, r.outcome) for r in listed] == [("a", "released"), ("b", None)]
         assert listed[0].id < listed[1].id
 
@@ -1179,11 +1181,11 @@ def test_latest_run_after_complete_in_the_same_session_shows_the_closed_run(
 def test_list_runs_after_a_transition_in_the_same_session_is_fresh(session: Session) -> None:
     """Regression: list_runs() used to return cached TaskRun objects unrefreshed."""
     task_id, token = claimed(session)
-    held = kb.list_runs(session, task_id)
+    held = kb.list_runs(session, task_id=task_id)
 
     kb.release_task(session, task_id, claim_lock=token)
 
-    assert [r.outcome for r in kb.list_runs(session, task_id)] == ["released"]
+    assert [r.outcome for r in kb.list_runs(session, task_id=task_id)] == ["released"]
     assert held  # keeps the cached objects alive, as a caller's variable would
 
 

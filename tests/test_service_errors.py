@@ -228,7 +228,7 @@ CALLS_ON_A_TASK: dict[str, Callable[[Session, Any], object]] = {
     "release_task": lambda s, t: kb.release_task(s, t, claim_lock=NOT_A_TOKEN),
     "get_task": lambda s, t: kb.get_task(s, t),
     "latest_run": lambda s, t: kb.latest_run(s, t),
-    "list_runs": lambda s, t: kb.list_runs(s, t),
+    "list_runs": lambda s, t: kb.list_runs(s, task_id=t),
 }
 
 

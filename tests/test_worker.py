@@ -66,7 +66,7 @@ def status(session: Session, task_id: int) -> str:
 
 
 def outcomes(session: Session, task_id: int) -> list[str | None]:
-    return [r.outcome for r in kb.list_runs(session, task_id)]
+    return [r.outcome for r in kb.list_runs(session, task_id=task_id)]
 
 
 def due_now(session: Session, task_id: int) -> None:
@@ -87,7 +87,7 @@ def test_results_complete_tasks_and_drain_returns(db_url: str, session: Session)
     for i, task_id in enumerate(ids):
         task = kb.get_task(session, task_id)
         assert (task.status, task.result) == ("done", f"result of t{i}")
-        [run] = kb.list_runs(session, task_id)
+        [run] = kb.list_runs(session, task_id=task_id)
         assert (run.outcome, run.claimer) == ("completed", "test-worker")
 
 
@@ -109,7 +109,7 @@ def test_an_exception_fails_the_task_with_its_traceback(db_url: str, session: Se
     assert (stats.completed, stats.failed) == (0, 1)
     task = kb.get_task(session, task_id)
     assert task.status == "blocked"
-    [run] = kb.list_runs(session, task_id)
+    [run] = kb.list_runs(session, task_id=task_id)
     assert run.outcome == "failed"
     assert run.error is not None
     assert run.error.startswith("Traceback")
@@ -133,7 +133,7 @@ def test_a_failure_with_attempts_left_is_retried_later(db_url: str, session: Ses
     worker(db_url, handler).run()
     assert calls == [1, 2]
     assert outcomes(session, task_id) == ["failed", "completed"]
-    assert kb.list_runs(session, task_id)[0].error == "flaky"
+    assert kb.list_runs(session, task_id=task_id)[0].error == "flaky"
 
 
 def test_task_failed_without_retry_blocks_at_once(db_url: str, session: Session) -> None:
@@ -155,7 +155,7 @@ def test_a_result_the_kernel_refuses_fails_the_task(
     stats = worker(db_url, lambda task: result).run()
     assert stats.failed == 1
     assert status(session, task_id) == "blocked"
-    error = kb.list_runs(session, task_id)[0].error
+    error = kb.list_runs(session, task_id=task_id)[0].error
     assert error is not None and error.startswith("result refused: result")
 
 
@@ -191,7 +191,7 @@ def test_an_error_no_column_can_hold_is_escaped_and_still_fails_the_task(
 
     assert (stats.failed, stats.lost) == (1, 0)
     assert status(session, task_id) == "blocked"  # not left running until its lease expires
-    (run,) = kb.list_runs(session, task_id)
+    (run,) = kb.list_runs(session, task_id=task_id)
     assert run.outcome == "failed" and run.error is not None
     assert run.error.endswith(recorded)
 
@@ -262,7 +262,7 @@ def test_heartbeats_keep_a_long_handler_s_lease(db_url: str, session: Session) -
         stop.set()
         thread.join()
     assert stats.completed == 1 and sum(reclaimed) == 0
-    [run] = kb.list_runs(session, task_id)
+    [run] = kb.list_runs(session, task_id=task_id)
     assert run.outcome == "completed" and run.last_heartbeat_at is not None
 
 
@@ -354,7 +354,7 @@ def test_after_the_grace_period_the_task_is_released(db_url: str, session: Sessi
     assert out[0].released == 1
     task = kb.get_task(session, task_id)
     assert (task.status, task.attempts) == ("ready", 0)
-    [run] = kb.list_runs(session, task_id)
+    [run] = kb.list_runs(session, task_id=task_id)
     assert run.outcome == "released"
     assert "grace period" in (run.summary or "")
     let_go.set()  # the abandoned handler returns: its result is ignored
@@ -449,7 +449,7 @@ def test_work_runs_the_command_with_the_task_on_stdin_and_in_env(
     assert result.exit_code == 0, result.output
     task = kb.get_task(session, task_id)
     assert task.status == "done"
-    [run] = kb.list_runs(session, task_id)
+    [run] = kb.list_runs(session, task_id=task_id)
     assert (run.outcome, run.claimer) == ("completed", "cli-worker")
     assert task.result is not None
     seen = json.loads(task.result)
@@ -493,7 +493,7 @@ def test_work_failure_is_retried_then_blocked_after_max_attempts(
     task = kb.get_task(session, task_id)
     assert (task.status, task.attempts) == ("ready", 1)
     assert task.run_at is not None  # fail_task's backoff: not claimable for 10 s or so
-    [run] = kb.list_runs(session, task_id)
+    [run] = kb.list_runs(session, task_id=task_id)
     assert (run.outcome, run.error) == ("failed", "command exited with status 3: attempt 1 broke")
 
     due_now(session, task_id)

@@ -21,11 +21,11 @@ def kinds(session: Session, task_id: int) -> list[str]:
 def test_link_makes_a_ready_child_wait_and_unlink_releases_it(session: Session) -> None:
     parent = kb.create_task(session, title="parent")
     child = kb.create_task(session, title="child")
-    assert kb.link_tasks(session, parent, child).status == "todo"
+    assert kb.link_tasks(session, parent=parent, child=child).status == "todo"
     assert kb.claim_task(session, child, claimer="w") is None
-    assert kb.link_tasks(session, parent, child).status == "todo"  # twice: no-op
+    assert kb.link_tasks(session, parent=parent, child=child).status == "todo"  # twice: no-op
     assert kinds(session, child) == ["created", "linked"]
-    assert kb.unlink_tasks(session, parent, child).status == "ready"
+    assert kb.unlink_tasks(session, parent=parent, child=child).status == "ready"
     events = kb.list_events(session, task_id=child)
     assert [(e.kind, e.payload) for e in events[1:]] == [
         ("linked", {"parent_id": parent, "status": "todo"}),  # the log says it moved
@@ -39,7 +39,7 @@ def test_a_link_to_a_finished_parent_leaves_the_child_ready_and_says_so(
     parent = kb.create_task(session, title="parent")
     kb.complete_task(session, parent, force=True)
     child = kb.create_task(session, title="child")
-    assert kb.link_tasks(session, parent, child).status == "ready"
+    assert kb.link_tasks(session, parent=parent, child=child).status == "ready"
     linked = kb.list_events(session, task_id=child)[-1]
     assert (linked.kind, linked.payload) == ("linked", {"parent_id": parent, "status": "ready"})
 
@@ -51,16 +51,16 @@ def test_list_links_gives_parents_and_children_in_id_order(session: Session) -> 
     grandchild = kb.create_task(session, title="grandchild", parents=[child])
     alone = kb.create_task(session, title="alone")
 
-    assert kb.list_links(session, child) == ([first, second], [grandchild])
-    links = kb.list_links(session, first)
+    assert kb.list_links(session, task_id=child) == ([first, second], [grandchild])
+    links = kb.list_links(session, task_id=first)
     assert (links.parents, links.children) == ([], [child])
-    assert kb.list_links(session, alone) == kb.TaskLinks(parents=[], children=[])
-    kb.unlink_tasks(session, second, child)
-    assert kb.list_links(session, child).parents == [first]
+    assert kb.list_links(session, task_id=alone) == kb.TaskLinks(parents=[], children=[])
+    kb.unlink_tasks(session, parent=second, child=child)
+    assert kb.list_links(session, task_id=child).parents == [first]
     with pytest.raises(kb.TaskNotFound):
-        kb.list_links(session, 999)
+        kb.list_links(session, task_id=999)
     with pytest.raises(kb.InvalidInput):
-        kb.list_links(session, 0)
+        kb.list_links(session, task_id=0)
 
 
 @pytest.mark.parametrize("edges", [[(1, 1)], [(1, 2), (2, 1)], [(1, 2), (2, 3), (3, 1)]])
@@ -71,10 +71,10 @@ def test_a_link_that_closes_a_cycle_is_refused_and_writes_nothing(
         kb.create_task(session, title=f"t{i}")
     *accepted, closing = edges
     for parent, child in accepted:
-        kb.link_tasks(session, parent, child)
+        kb.link_tasks(session, parent=parent, child=child)
     before = snapshot(session)
     with pytest.raises(kb.InvalidInput):
-        kb.link_tasks(session, *closing)
+        kb.link_tasks(session, parent=closing[0], child=closing[1])
     assert snapshot(session) == before
 
 
@@ -83,11 +83,11 @@ def test_link_unknown_task_and_unlink_missing_link_write_nothing(session: Sessio
     other = kb.create_task(session, title="u")
     before = snapshot(session)
     with pytest.raises(kb.TaskNotFound):
-        kb.link_tasks(session, task, 999)
+        kb.link_tasks(session, parent=task, child=999)
     with pytest.raises(kb.TaskNotFound):
-        kb.unlink_tasks(session, 999, task)
+        kb.unlink_tasks(session, parent=999, child=task)
     with pytest.raises(kb.InvalidInput):
-        kb.unlink_tasks(session, task, other)
+        kb.unlink_tasks(session, parent=task, child=other)
     assert snapshot(session) == before
 
 

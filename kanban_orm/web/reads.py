@@ -271,9 +271,9 @@ class Drawer:
 def drawer(s: Session, task_id: int) -> Drawer:
     """Everything the drawer shows for one task. Raises :class:`kb.TaskNotFound`."""
     task = kb.get_task(s, task_id)
-    runs = kb.list_runs(s, task_id)
-    comments = kb.list_comments(s, task_id)
-    links = kb.list_links(s, task_id)
+    runs = kb.list_runs(s, task_id=task_id)
+    comments = kb.list_comments(s, task_id=task_id)
+    links = kb.list_links(s, task_id=task_id)
     with s.begin():
         events = list(
             s.scalars(

@@ -318,7 +318,7 @@ class Board:
 
         def work() -> kb.Task:
             with self.sessions() as s:
-                return call(s, parent, child)
+                return call(s, parent=parent, child=child)
 
         task = await asyncio.to_thread(work)
         return JSONResponse({"id": task.id, "status": task.status})

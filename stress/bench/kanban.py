@@ -406,8 +406,8 @@ def raw_postgres_consumer(target: Target, index: int, quota: int) -> Loop:
 
 
 def raw_steps_consumer(target: Target, index: int, quota: int) -> Loop:
-    """PostgreSQL, a statement per step inside an explicit transaction (what the issue
-    describes step by step): the baseline's shape before round trips were cut."""
+    """PostgreSQL, a statement per step inside an explicit transaction (the claim
+    written out step by step): the baseline's shape before round trips were cut."""
     import psycopg
 
     conn = psycopg.connect(target.conninfo)  # READ COMMITTED, implicit BEGIN

@@ -6,9 +6,9 @@ worker runtime (which adds polling, sleeps and threads that would measure someth
 else). Every peer is judged like kanban_orm: its own storage says how often each task was
 completed, and the consumers report what they were handed.
 
-Peers are optional (``pip install 'kanban-orm[bench]'``) and imported with
-:func:`importlib.import_module`, so the bench type-checks and runs without them; a peer
-that is not installed is skipped with the reason.
+Peers are optional (``pip install 'kanban-orm[bench]'``, or ``pip install -e '.[bench]'``
+from a checkout) and imported with :func:`importlib.import_module`, so the bench
+type-checks and runs without them; a peer that is not installed is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import closing
 from typing import Any
+
+from kanban_orm.db import install_command
 
 from .core import POSTGRES, SQLITE, Loop, System, Target, Verdict
 
@@ -37,7 +39,7 @@ def _missing(*modules: str) -> Callable[[], str | None]:
     def check() -> str | None:
         absent = [m for m in modules if importlib.util.find_spec(m) is None]
         if absent:
-            return f"{', '.join(absent)} not installed (pip install 'kanban-orm[bench]')"
+            return f"{', '.join(absent)} not installed ({install_command('bench')})"
         return None
 
     return check

@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
+
+from kanban_orm.db import install_command
 
 from .core import POSTGRES, SQLITE, Result
 
@@ -110,7 +113,9 @@ def _cell(r: Result | None) -> str:
     return f"{_rate(r)}{ratio}{mark}"
 
 
-#: Issue 6's targets on the main table: (target, backend, system, baseline, minimum ratio).
+#: The performance targets judged on the main table, each a ratio of kanban_orm's rate to a
+#: baseline's: the raw driver baseline (hand-written SQL on the bare driver) or pgqueuer.
+#: (target, backend, system, baseline, minimum ratio).
 TARGETS = (
     ("SQLite claim_next >= 0.6x raw", SQLITE, "kb-next", "raw", 0.6),
     ("SQLite claim_many(50) >= 2x raw single claim", SQLITE, "kb-many50", "raw", 2.0),
@@ -123,7 +128,7 @@ BACKLOG_SLOWDOWN = 1.2
 
 
 def targets(results: list[Result]) -> list[dict[str, Any]]:
-    """Each of the issue's targets that this run can judge: the measured ratio and
+    """Each performance target (see :data:`TARGETS`) that this run can judge: the measured ratio and
     whether it is met (None when a row is missing or failed its exactly-once check)."""
     main = {(r.backend, r.system): r for r in results if r.table == "main"}
     judged: list[dict[str, Any]] = []
@@ -157,7 +162,7 @@ def targets_table(judged: list[dict[str, Any]], plan: Plan) -> Table:
     shape = "5 processes, 10,000 tasks"
     this = f"{plan.procs} processes, {plan.tasks:,} tasks"
     table = Table(
-        title="Issue 6 targets",
+        title="Targets: kanban_orm's rate vs the raw driver baseline and pgqueuer",
         caption=f"set for {shape}; this run: {this}"
         + ("" if this == shape else " (indicative only)"),
     )
@@ -183,7 +188,7 @@ def render(results: list[Result], skipped: list[dict[str, str]], plan: Plan) -> 
     if judged:
         parts.append(targets_table(judged, plan))
     if skipped:
-        parts += [_skip_line(s) for s in skipped]
+        parts += [Text(_skip_line(s)) for s in skipped]  # not markup: "[bench]" is text
     console = Console(width=160, record=True, force_terminal=False, color_system=None)
     with console.capture() as capture:
         console.print(Group(*parts))
@@ -204,7 +209,7 @@ def chart(results: list[Result], path: str) -> str | None:
         matplotlib.use("Agg")
         plt: Any = importlib.import_module("matplotlib.pyplot")
     except ImportError:
-        return "no chart: matplotlib is not installed (pip install 'kanban-orm[bench]')"
+        return f"no chart: matplotlib is not installed ({install_command('bench')})"
     rows = [r for r in results if r.table == "main" and r.rate]
     if not rows:
         return "no chart: no rates to draw"

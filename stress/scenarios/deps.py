@@ -270,7 +270,7 @@ class Builder:
         return task_id
 
     def link(self, parent: int, child: int) -> None:
-        kb.link_tasks(self.session, parent, child)
+        kb.link_tasks(self.session, parent=parent, child=child)
         self.edges.append((parent, child))
 
     def finished(self, task_id: int) -> bool:
