@@ -107,8 +107,9 @@ _PASS_THROUGH = frozenset({"stress"})
 
 def _accept_db_option(command: click.Command) -> None:
     """Give ``command`` a ``--db`` of its own that sets the root's, once. Added when the
-    command is resolved, so commands registered later (by other modules) get it too."""
-    if command.name in _PASS_THROUGH or any(p.name == "db_after" for p in command.params):
+    command is resolved, so commands registered later (by other modules) get it too; a
+    command with a ``--db`` of its own (serve, mcp) keeps that one."""
+    if command.name in _PASS_THROUGH or any("--db" in p.opts for p in command.params):
         return
     command.params.append(
         click.Option(
