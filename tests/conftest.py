@@ -24,6 +24,7 @@ import kanban_orm as kb
 POSTGRES_ENV = "KANBAN_TEST_POSTGRES_URL"
 BACKENDS = ["sqlite", "postgres"]
 KANBAN_TABLES = (
+    "kanban_board_events",
     "kanban_task_comments",
     "kanban_task_events",
     "kanban_task_links",
