@@ -26,11 +26,13 @@ from .errors import (
     ClaimLost,
     ConfigError,
     DatabaseBusy,
+    EventsPruned,
     InvalidInput,
     InvalidTransition,
     KanbanError,
     TaskNotFound,
 )
+from .maintenance import PruneResult, delete_task, list_board_events, prune, reassign_task
 from .migrate import (
     MigrationError,
     SchemaOutOfDate,
@@ -41,7 +43,7 @@ from .migrate import (
     init_db,
     upgrade,
 )
-from .models import Base, Task, TaskComment, TaskEvent, TaskLink, TaskRun
+from .models import Base, BoardEvent, Task, TaskComment, TaskEvent, TaskLink, TaskRun
 from .service import (
     block_task,
     claim_many,
@@ -86,15 +88,18 @@ __version__ = "0.1.0"
 __all__ = [
     "TRANSITIONS",
     "Base",
+    "BoardEvent",
     "ClaimLost",
     "CommandHandler",
     "ConfigError",
     "DatabaseBusy",
+    "EventsPruned",
     "InvalidInput",
     "InvalidTransition",
     "KanbanError",
     "KeepingSession",
     "MigrationError",
+    "PruneResult",
     "RetryPolicy",
     "SchemaOutOfDate",
     "Status",
@@ -128,6 +133,7 @@ __all__ = [
     "create_task",
     "current",
     "default_url",
+    "delete_task",
     "dispose_engines",
     "downgrade",
     "fail_task",
@@ -137,11 +143,14 @@ __all__ = [
     "init_db",
     "latest_run",
     "link_tasks",
+    "list_board_events",
     "list_comments",
     "list_events",
     "list_links",
     "list_runs",
     "list_tasks",
+    "prune",
+    "reassign_task",
     "release_stale_claims",
     "release_task",
     "reopen_task",
