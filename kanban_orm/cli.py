@@ -1040,5 +1040,10 @@ def _stress_main() -> Callable[[list[str]], int]:
     raise KanbanError("the stress suite is not installed (no kanban_orm._stress or stress)")
 
 
+from . import cli_ops  # noqa: E402 - operations commands (prune, delete, reassign, doctor)
+
+for _command in cli_ops.COMMANDS:
+    main.add_command(_command)
+
 if __name__ == "__main__":  # python -m kanban_orm.cli
     main()
