@@ -188,6 +188,9 @@ class TaskEvent(Base):
     __table_args__ = (
         Index("ix_kanban_task_events_task_id", "task_id", "id"),
         Index("ix_kanban_task_events_kind", "kind"),
+        # SQLite hands out max(id) + 1 otherwise: once prune removed the newest events,
+        # new ones would reuse their ids and a follower past them would never see them.
+        {"sqlite_autoincrement": True},
     )
 
     def __repr__(self) -> str:

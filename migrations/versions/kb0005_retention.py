@@ -8,7 +8,8 @@ Create Date: 2026-12-02
 doctor repair. A row that removed task events carries ``events_through``, the highest
 event id it removed, so a follower whose cursor is below it is told its history was
 pruned instead of silently skipping it. ``ix_kanban_tasks_done_order`` serves the done
-column (newest first) and prune's search for tasks finished before a cutoff.
+column (newest first) and prune's search for tasks finished before a cutoff. On SQLite
+the event table becomes AUTOINCREMENT, so ids of pruned events are never handed out again.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ DONE_ORDER_SQL = "coalesce(completed_at, created_at)"
 
 
 def upgrade() -> None:
+    if op.get_bind().dialect.name == "sqlite":
+        # Event ids must never be reused once prune removes the newest ones (SQLite's
+        # plain rowid is max(id) + 1): AUTOINCREMENT needs the table rebuilt.
+        with op.batch_alter_table(
+            "kanban_task_events", recreate="always", table_kwargs={"sqlite_autoincrement": True}
+        ):
+            pass
     op.create_table(
         "kanban_board_events",
         sa.Column("id", BIG_ID, nullable=False),
@@ -56,3 +64,6 @@ def downgrade() -> None:
     op.drop_index("ix_kanban_board_events_task_id", table_name="kanban_board_events")
     op.drop_index("ix_kanban_board_events_events_through", table_name="kanban_board_events")
     op.drop_table("kanban_board_events")
+    if op.get_bind().dialect.name == "sqlite":
+        with op.batch_alter_table("kanban_task_events", recreate="always"):
+            pass
