@@ -11,6 +11,7 @@ kb.complete_task(session, task_id, claim_lock=task.claim_lock, result="done")
 
 from __future__ import annotations
 
+from .config import RetentionSettings
 from .db import (
     KeepingSession,
     RetryPolicy,
@@ -32,7 +33,14 @@ from .errors import (
     KanbanError,
     TaskNotFound,
 )
-from .maintenance import PruneResult, delete_task, list_board_events, prune, reassign_task
+from .maintenance import (
+    Housekeeper,
+    PruneResult,
+    delete_task,
+    list_board_events,
+    prune,
+    reassign_task,
+)
 from .migrate import (
     MigrationError,
     SchemaOutOfDate,
@@ -94,12 +102,14 @@ __all__ = [
     "ConfigError",
     "DatabaseBusy",
     "EventsPruned",
+    "Housekeeper",
     "InvalidInput",
     "InvalidTransition",
     "KanbanError",
     "KeepingSession",
     "MigrationError",
     "PruneResult",
+    "RetentionSettings",
     "RetryPolicy",
     "SchemaOutOfDate",
     "Status",

@@ -23,6 +23,8 @@ the only writer.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from functools import cache
@@ -46,12 +48,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, Select
 
-from . import steps
+from . import config, steps
 from . import validation as check
 from .clock import utcnow
-from .db import run_read, run_write
+from .db import connect, run_read, run_write
 from .driver import Tx
-from .errors import EventsPruned, InvalidInput, InvalidTransition, TaskNotFound
+from .errors import EventsPruned, InvalidInput, InvalidTransition, KanbanError, TaskNotFound
 from .models import BoardEvent, Task, TaskComment, TaskEvent, TaskLink, TaskRun
 from .states import FINISHED, Status
 
@@ -593,3 +595,74 @@ def reassign_task(
         return steps.load_task(s, task_id)
 
     return run_write(session, work)
+
+
+# -- the housekeeping thread ------------------------------------------------------------
+
+
+class Housekeeper:
+    """Runs :func:`prune` every ``settings.interval_seconds`` in a daemon thread.
+
+    ``settings`` default to ``KANBAN_RETENTION_*`` (:func:`kanban_orm.config.retention_settings`,
+    checked here, so a bad setting raises :class:`ConfigError` at construction). With no
+    retention age set, :meth:`start` does nothing. ``sessions`` returns a new Session (a
+    ``sessionmaker``); else ``url`` (or the default database) is used. A prune that fails
+    is logged and retried at the next interval: housekeeping never stops a worker.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        sessions: Callable[[], Session] | None = None,
+        settings: config.RetentionSettings | None = None,
+    ) -> None:
+        self.settings = config.retention_settings() if settings is None else settings
+        self._sessions: Callable[[], Session] = sessions or (lambda: connect(url))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.runs = 0
+        self.last_result: PruneResult | None = None
+        self.last_error: BaseException | None = None
+
+    def run_once(self) -> PruneResult:
+        """One prune with the settings' ages, on a Session of its own."""
+        session = self._sessions()
+        try:
+            return prune(
+                session,
+                done_before=self.settings.done_after,
+                archived_before=self.settings.archived_after,
+                events_before=self.settings.events_after,
+                batch=self.settings.batch,
+            )
+        finally:
+            session.close()
+
+    def start(self) -> bool:
+        """Start the thread (once); False when no retention age is set."""
+        if not self.settings.enabled or self._thread is not None:
+            return False
+        self._thread = threading.Thread(target=self._loop, name="kanban-housekeeper", daemon=True)
+        self._thread.start()
+        return True
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the thread to stop and wait for it (a prune under way finishes its batch
+        loop first; each batch is short)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.last_result = self.run_once()
+                self.last_error = None
+                if self.last_result.tasks or self.last_result.events:
+                    log.info("housekeeping pruned %s", self.last_result.removed())
+            except KanbanError as error:
+                self.last_error = error
+                log.warning("housekeeping prune failed (retried next interval): %s", error)
+            self.runs += 1
+            self._stop.wait(self.settings.interval_seconds)
