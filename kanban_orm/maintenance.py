@@ -43,6 +43,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.orm import Session
@@ -117,14 +118,28 @@ def _prunable(task: Any, done: bool, archived: bool) -> ColumnElement[bool]:
 _BATCH_LIMIT = bindparam("batch", type_=Integer)
 
 
+#: The done column's order (models.DONE_ORDER_SQL): prune walks that index.
+_FINISHED_AT = func.coalesce(tasks.c.completed_at, tasks.c.created_at)
+#: Where a prune's walk starts: before any task's time.
+_EARLIEST = datetime(1, 1, 1)
+
+
 @cache
-def _task_candidates(done: bool, archived: bool) -> Select[Any]:
-    """The next batch of prunable task ids after ``:after``, locked (rows another
-    transaction holds are skipped, and found by the next run)."""
+def _task_candidates(status: Status) -> Select[Any]:
+    """The next batch of prunable tasks of ``status`` after the cursor ``(:after_at,
+    :after)``, locked (rows another transaction holds are skipped, and found by the next
+    run). The walk follows ix_kanban_tasks_done_order from where the last batch stopped:
+    ordered by id, each batch would sort every finished task again, and a prune of N
+    tasks would cost N²/batch."""
     return (
-        select(tasks.c.id)
-        .where(tasks.c.id > bindparam("after"), _prunable(tasks, done, archived))
-        .order_by(tasks.c.id)
+        select(tasks.c.id, _FINISHED_AT.label("at"))
+        .where(
+            tasks.c.status == status.value,
+            tuple_(_FINISHED_AT, tasks.c.id)
+            > tuple_(bindparam("after_at", type_=DateTime), bindparam("after")),
+            _prunable(tasks, status is Status.DONE, status is Status.ARCHIVED),
+        )
+        .order_by(_FINISHED_AT, tasks.c.id)
         .limit(_BATCH_LIMIT)
         .with_for_update(skip_locked=True)
     )
@@ -333,13 +348,25 @@ def _count(session: Session, done: bool, archived: bool, params: dict[str, Any])
 def _prune_tasks(
     session: Session, done: bool, archived: bool, params: dict[str, Any], size: int
 ) -> PruneResult:
-    candidates = _task_candidates(done, archived)
     total = PruneResult()
-    after = 0
+    for status, wanted in ((Status.DONE, done), (Status.ARCHIVED, archived)):
+        if wanted:
+            total += _prune_status(session, _task_candidates(status), params, size)
+    return total
+
+
+def _prune_status(
+    session: Session, candidates: Select[Any], params: dict[str, Any], size: int
+) -> PruneResult:
+    total = PruneResult()
+    after: tuple[datetime, int] = (_EARLIEST, 0)
     while True:
 
-        def one_batch(s: Tx, after: int = after) -> tuple[PruneResult, int, int]:
-            return _task_batch(s, candidates, {**params, "after": after}, size)
+        def one_batch(
+            s: Tx, after: tuple[datetime, int] = after
+        ) -> tuple[PruneResult, int, tuple[datetime, int]]:
+            cursor = {"after_at": after[0], "after": after[1]}
+            return _task_batch(s, candidates, {**params, **cursor}, size)
 
         found, seen, last = run_write(session, one_batch)
         total += found
@@ -350,21 +377,23 @@ def _prune_tasks(
 
 def _task_batch(
     s: Tx, candidates: Select[Any], params: dict[str, Any], size: int
-) -> tuple[PruneResult, int, int]:
-    """One batch: (what it removed, how many candidates it saw, the last one's id)."""
-    seen = list(s.scalars(candidates, {**params, "batch": size}))
-    if not seen:
-        return PruneResult(), 0, 0
+) -> tuple[PruneResult, int, tuple[datetime, int]]:
+    """One batch: (what it removed, how many candidates it saw, the cursor after it)."""
+    rows = s.execute(candidates, {**params, "batch": size}).all()
+    if not rows:
+        return PruneResult(), 0, (_EARLIEST, 0)
+    seen = [row.id for row in rows]
+    cursor = (rows[-1].at, rows[-1].id)
     needed = set(s.scalars(_NEEDED_PARENTS, {"ids": seen}))
     ids = [task_id for task_id in seen if task_id not in needed]
     if not ids:
-        return PruneResult(), len(seen), seen[-1]
+        return PruneResult(), len(seen), cursor
     removed, through = remove_tasks(s, ids)
     payload = {"tasks": removed.tasks, "runs": removed.runs, "events": removed.events,
                "comments": removed.comments, "links": removed.links,
                "first_task_id": ids[0], "last_task_id": ids[-1]}  # fmt: skip
     log_board_event(s, "pruned", payload=payload, events_through=through)
-    return replace(removed, batches=1), len(seen), seen[-1]
+    return replace(removed, batches=1), len(seen), cursor
 
 
 def remove_tasks(s: Tx, ids: list[int]) -> tuple[PruneResult, int | None]:
