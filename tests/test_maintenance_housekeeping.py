@@ -69,3 +69,25 @@ def test_the_thread_prunes_on_its_schedule(db_url: str, session: Session) -> Non
     assert keeper.last_result is not None and keeper.last_result.tasks == 1
     assert keeper.last_error is None and keeper.runs == 1
     assert [t.id for t in kb.list_tasks(session)] == [live]
+
+
+def test_a_worker_with_housekeeping_prunes_while_it_runs(
+    db_url: str, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KANBAN_RETENTION_DONE_DAYS", "0")
+    old = kb.create_task(session, title="finished long ago")
+    kb.complete_task(session, old, force=True)
+    fresh = kb.create_task(session, title="work")
+
+    worker = kb.Worker(lambda task: "ok", url=db_url, drain=True, housekeeping=True)
+    assert worker.housekeeper is not None
+    worker.run()
+
+    assert worker.housekeeper.runs >= 1
+    assert kb.get_task(session, fresh).status == "done"
+    with pytest.raises(kb.TaskNotFound):
+        kb.get_task(session, old)
+
+
+def test_a_worker_without_housekeeping_has_no_housekeeper(db_url: str) -> None:
+    assert kb.Worker(lambda task: "ok", url=db_url).housekeeper is None
