@@ -52,7 +52,7 @@ from sqlalchemy.sql import ColumnElement, Select
 from . import config, steps
 from . import validation as check
 from .clock import utcnow
-from .db import connect, run_read, run_write
+from .db import connect, joins_caller_transaction, run_read, run_write
 from .driver import Tx
 from .errors import EventsPruned, InvalidInput, InvalidTransition, KanbanError, TaskNotFound
 from .models import BoardEvent, Task, TaskComment, TaskEvent, TaskLink, TaskRun
@@ -338,6 +338,11 @@ def _count(session: Session, done: bool, archived: bool, params: dict[str, Any])
     statements = _dry_counts(done, archived, "events_cutoff" in params)
 
     def read(s: Session) -> PruneResult:
+        # run_read has ended an auto-begun transaction: one open now is the caller's.
+        if not joins_caller_transaction(s) and s.get_bind().dialect.name == "postgresql":
+            # One snapshot for every count, as SQLite's read transaction has (at READ
+            # COMMITTED a task finishing between two counts would skew them).
+            s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         n = [int(s.execute(statement, params).scalar_one()) for statement in statements]
         old_events = n[5] if len(n) > 5 else 0
         return PruneResult(n[0], n[1], n[2] + old_events, n[3], n[4], dry_run=True)
