@@ -12,6 +12,7 @@ kb.complete_task(session, task_id, claim_lock=task.claim_lock, result="done")
 from __future__ import annotations
 
 from .attachments import Attachment, attach, list_attachments, read_attachment
+from .config import RetentionSettings
 from .db import (
     KeepingSession,
     RetryPolicy,
@@ -28,10 +29,19 @@ from .errors import (
     ClaimLost,
     ConfigError,
     DatabaseBusy,
+    EventsPruned,
     InvalidInput,
     InvalidTransition,
     KanbanError,
     TaskNotFound,
+)
+from .maintenance import (
+    Housekeeper,
+    PruneResult,
+    delete_task,
+    list_board_events,
+    prune,
+    reassign_task,
 )
 from .migrate import (
     MigrationError,
@@ -45,7 +55,16 @@ from .migrate import (
     schema_current,
     upgrade,
 )
-from .models import Base, Task, TaskAttachment, TaskComment, TaskEvent, TaskLink, TaskRun
+from .models import (
+    Base,
+    BoardEvent,
+    Task,
+    TaskAttachment,
+    TaskComment,
+    TaskEvent,
+    TaskLink,
+    TaskRun,
+)
 from .service import (
     block_task,
     claim_many,
@@ -92,15 +111,20 @@ __all__ = [
     "Attachment",
     "AttachmentNotFound",
     "Base",
+    "BoardEvent",
     "ClaimLost",
     "CommandHandler",
     "ConfigError",
     "DatabaseBusy",
+    "EventsPruned",
+    "Housekeeper",
     "InvalidInput",
     "InvalidTransition",
     "KanbanError",
     "KeepingSession",
     "MigrationError",
+    "PruneResult",
+    "RetentionSettings",
     "RetryPolicy",
     "SchemaOutOfDate",
     "Status",
@@ -136,6 +160,7 @@ __all__ = [
     "create_task",
     "current",
     "default_url",
+    "delete_task",
     "dispose_engines",
     "downgrade",
     "fail_task",
@@ -146,12 +171,15 @@ __all__ = [
     "latest_run",
     "link_tasks",
     "list_attachments",
+    "list_board_events",
     "list_comments",
     "list_events",
     "list_links",
     "list_runs",
     "list_tasks",
+    "prune",
     "read_attachment",
+    "reassign_task",
     "release_stale_claims",
     "release_task",
     "reopen_task",

@@ -1171,12 +1171,12 @@ def _stress_main() -> Callable[[list[str]], int]:
 
 
 # Commands with modules of their own, registered last: each imports what it needs from here.
+from . import cli_ops  # noqa: E402
 from .agents_cli import logs_command, mcp_command  # noqa: E402
 from .web.serve import serve as _serve  # noqa: E402
 
-main.add_command(_serve)
-main.add_command(mcp_command)
-main.add_command(logs_command)
+for _command in (*cli_ops.COMMANDS, _serve, mcp_command, logs_command):
+    main.add_command(_command)
 
 if __name__ == "__main__":  # python -m kanban_orm.cli
     main()

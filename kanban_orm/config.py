@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 from .errors import ConfigError
@@ -116,3 +118,79 @@ def _parsed(raw: str, kind: type[N], name: str, what: str) -> N:
         return kind(raw)
     except ValueError:
         raise ConfigError(f"{name} must be {what}, not {raw!r}") from None
+
+
+# -- retention (the housekeeping thread, kanban_orm.maintenance.Housekeeper) --------------
+
+ENV_RETENTION_DONE_DAYS = "KANBAN_RETENTION_DONE_DAYS"
+ENV_RETENTION_ARCHIVED_DAYS = "KANBAN_RETENTION_ARCHIVED_DAYS"
+ENV_RETENTION_EVENTS_DAYS = "KANBAN_RETENTION_EVENTS_DAYS"
+ENV_RETENTION_INTERVAL = "KANBAN_RETENTION_INTERVAL_SECONDS"
+ENV_RETENTION_BATCH = "KANBAN_RETENTION_BATCH"
+DEFAULT_RETENTION_INTERVAL_SECONDS = 3600.0
+DEFAULT_RETENTION_BATCH = 500
+MAX_RETENTION_BATCH = 10_000
+#: Far enough that any age beyond it is a typo (and datetime arithmetic stays in range).
+MAX_RETENTION_DAYS = 100 * 365
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How the housekeeping thread prunes: each age None leaves that kind of history."""
+
+    done_after: timedelta | None = None
+    archived_after: timedelta | None = None
+    events_after: timedelta | None = None
+    interval_seconds: float = DEFAULT_RETENTION_INTERVAL_SECONDS
+    batch: int = DEFAULT_RETENTION_BATCH
+
+    @property
+    def enabled(self) -> bool:
+        return any(
+            age is not None for age in (self.done_after, self.archived_after, self.events_after)
+        )
+
+
+def retention_settings() -> RetentionSettings:
+    """``KANBAN_RETENTION_*`` from the environment; unset ages leave history alone."""
+    return RetentionSettings(
+        done_after=_retention_days(ENV_RETENTION_DONE_DAYS),
+        archived_after=_retention_days(ENV_RETENTION_ARCHIVED_DAYS),
+        events_after=_retention_days(ENV_RETENTION_EVENTS_DAYS),
+        interval_seconds=_retention_interval(),
+        batch=_retention_batch(),
+    )
+
+
+def _retention_days(name: str) -> timedelta | None:
+    raw = _from_env(name)
+    if raw is None:
+        return None
+    days = _parsed(raw, float, name, "a number of days")
+    if not (math.isfinite(days) and 0 <= days <= MAX_RETENTION_DAYS):
+        raise ConfigError(f"{name} must be from 0 to {MAX_RETENTION_DAYS} days, not {raw!r}")
+    return timedelta(days=days)
+
+
+def _retention_interval() -> float:
+    raw = _from_env(ENV_RETENTION_INTERVAL)
+    if raw is None:
+        return DEFAULT_RETENTION_INTERVAL_SECONDS
+    seconds = _parsed(raw, float, ENV_RETENTION_INTERVAL, "a number of seconds")
+    if not (math.isfinite(seconds) and 1 <= seconds <= MAX_TTL_SECONDS):
+        raise ConfigError(
+            f"{ENV_RETENTION_INTERVAL} must be from 1 to {MAX_TTL_SECONDS} seconds, not {raw!r}"
+        )
+    return seconds
+
+
+def _retention_batch() -> int:
+    raw = _from_env(ENV_RETENTION_BATCH)
+    if raw is None:
+        return DEFAULT_RETENTION_BATCH
+    batch = _parsed(raw, int, ENV_RETENTION_BATCH, "a whole number")
+    if not 1 <= batch <= MAX_RETENTION_BATCH:
+        raise ConfigError(
+            f"{ENV_RETENTION_BATCH} must be from 1 to {MAX_RETENTION_BATCH}, not {raw!r}"
+        )
+    return batch

@@ -92,3 +92,20 @@ class InvalidInput(KanbanError):
 class ConfigError(KanbanError, ValueError):
     """A setting kanban_orm cannot use: an environment variable (``KANBAN_*``) or an
     engine option. A ValueError too, as these were before they had a class of their own."""
+
+
+class EventsPruned(KanbanError):
+    """Events after the follower's cursor were removed (by prune or delete_task).
+
+    ``pruned_through`` is the highest event id that may be missing: read what was removed
+    from the board log (:func:`kanban_orm.list_board_events`), then resume tailing with
+    ``after_id=pruned_through``.
+    """
+
+    def __init__(self, after_id: int, pruned_through: int) -> None:
+        self.after_id = after_id
+        self.pruned_through = pruned_through
+        super().__init__(
+            f"events after {after_id} up to {pruned_through} may have been pruned;"
+            f" resume with after_id={pruned_through}"
+        )

@@ -56,6 +56,10 @@ Blob = LargeBinary().with_variant(LONGBLOB(), "mysql", "mariadb")
 
 _KEY_WITH_TENANT = "idempotency_key IS NOT NULL AND tenant IS NOT NULL AND status <> 'archived'"
 _KEY_WITHOUT_TENANT = "idempotency_key IS NOT NULL AND tenant IS NULL AND status <> 'archived'"
+#: When a task finished, for the done column's order and prune: the same expression as
+#: the board's sort (workflow.board_cards), so the index below serves it. created_at
+#: stands in for a done task without completed_at (one written by a host's own ORM).
+DONE_ORDER_SQL = "coalesce(completed_at, created_at)"
 _STATUS_VALUES = ", ".join(f"'{s.value}'" for s in Status)
 
 
@@ -112,6 +116,9 @@ class Task(Base):
         Index("ix_kanban_tasks_claim_expires", "claim_expires"),
         Index("ix_kanban_tasks_assignee", "assignee"),
         Index("ix_kanban_tasks_tenant", "tenant"),
+        # Serves the done column (newest first, scanned backwards) and prune's search for
+        # tasks finished before a cutoff: without it both sort every finished task.
+        Index("ix_kanban_tasks_done_order", "status", text(DONE_ORDER_SQL), "id"),
         # A key is unique among live tasks of a tenant; NULL tenants need their own index
         # because NULLs never collide in a unique index.
         Index(
@@ -186,6 +193,9 @@ class TaskEvent(Base):
     __table_args__ = (
         Index("ix_kanban_task_events_task_id", "task_id", "id"),
         Index("ix_kanban_task_events_kind", "kind"),
+        # SQLite hands out max(id) + 1 otherwise: once prune removed the newest events,
+        # new ones would reuse their ids and a follower past them would never see them.
+        {"sqlite_autoincrement": True},
     )
 
     def __repr__(self) -> str:
@@ -278,6 +288,32 @@ class TaskAttachment(Base):
 
     def __repr__(self) -> str:
         return f"<TaskAttachment {self.id} task={self.task_id} {self.name!r} {self.size}B>"
+
+
+class BoardEvent(Base):
+    """A board-level log entry that outlives the tasks it names: a deletion, a prune
+    batch, a doctor repair. ``task_id`` has no foreign key on purpose (the task may be
+    gone). ``events_through`` is set when the entry removed task events: every event id
+    up to it may be missing, which is how :func:`~kanban_orm.service.list_events` tells a
+    follower its cursor points into removed history."""
+
+    __tablename__ = "kanban_board_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    task_id: Mapped[int | None] = mapped_column(BigId)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    events_through: Mapped[int | None] = mapped_column(BigId)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow())
+
+    __table_args__ = (
+        # max(events_through) is read by every tailing list_events: one index probe.
+        Index("ix_kanban_board_events_events_through", "events_through"),
+        Index("ix_kanban_board_events_task_id", "task_id"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<BoardEvent {self.id} {self.kind} task={self.task_id}>"
 
 
 KANBAN_TABLES = frozenset(Base.metadata.tables)

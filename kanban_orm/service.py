@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from . import config, steps
+from . import config, maintenance, steps
 from . import queries as q
 from . import validation as check
 from ._deprecation import keyword_only_since
@@ -795,6 +795,9 @@ def list_events(
 ) -> list[TaskEvent]:
     """Events with ``id > after_id`` in id order, optionally for one task.
 
+    Raises :class:`EventsPruned` when events after ``after_id`` (> 0) may have been
+    removed by :func:`kanban_orm.prune` or :func:`kanban_orm.delete_task`.
+
     Safe for tailing: a follower that passes the last id it saw as ``after_id`` never
     misses an event, even on PostgreSQL where concurrent transactions commit out of id
     order (the read waits, briefly, for transactions that have written events and not
@@ -803,9 +806,10 @@ def list_events(
     of its Connection) it is a plain read, which holds no lock until the caller's
     transaction ends.
     """
+    after_id = check.after_id(after_id)
     statement = (
         select(TaskEvent)
-        .where(TaskEvent.id > check.after_id(after_id))
+        .where(TaskEvent.id > after_id)
         .order_by(TaskEvent.id)
         .execution_options(**_FRESH)
     )
@@ -819,7 +823,9 @@ def list_events(
         # run_read has ended an auto-begun transaction: one open now is the caller's.
         if not joins_caller_transaction(s):
             steps.wait_for_event_writers(s)
-        return list(s.scalars(statement))
+        found = list(s.scalars(statement))
+        maintenance.check_events_horizon(s, after_id)  # after the read: see its docstring
+        return found
 
     return run_read(session, read)
 

@@ -48,6 +48,7 @@ from sqlalchemy.orm import Session
 from . import db, service, steps
 from . import validation as check
 from .errors import ClaimLost, DatabaseBusy, InvalidInput, KanbanError
+from .maintenance import Housekeeper
 from .models import Task
 
 # The JSON shapes lived here; still importable from this module.
@@ -117,7 +118,9 @@ class Worker:
 
     ``ttl_seconds`` is the lease asked for on every claim and heartbeat (default: the
     configured claim TTL); heartbeats run every ``heartbeat_seconds`` (default
-    ``ttl/3``). See the module docstring for the outcome rules.
+    ``ttl/3``). ``housekeeping=True`` also runs a :class:`~kanban_orm.maintenance.Housekeeper`
+    (prune on the ``KANBAN_RETENTION_*`` schedule) while the worker runs. See the module
+    docstring for the outcome rules.
     """
 
     def __init__(
@@ -136,6 +139,7 @@ class Worker:
         idle_min: float = 0.25,
         idle_max: float = 5.0,
         heartbeat_seconds: float | None = None,
+        housekeeping: bool = False,
     ) -> None:
         # Checked here, not when run() first uses them: a bad argument is the caller's
         # mistake to see at once, not a worker thread's to die of later.
@@ -174,6 +178,12 @@ class Worker:
         self._jobs_lock = threading.Lock()
         self._error: BaseException | None = None
         self._done = threading.Event()  # run() is over: the heartbeat thread stops
+        #: With ``housekeeping``, prune on the KANBAN_RETENTION_* schedule while running.
+        self.housekeeper = (
+            Housekeeper(sessions=self._sessions)
+            if check.boolean(housekeeping, "housekeeping")
+            else None
+        )
 
     # -- control --------------------------------------------------------------------
 
@@ -216,6 +226,8 @@ class Worker:
         for thread in slots:
             thread.start()
         beats.start()
+        if self.housekeeper is not None:
+            self.housekeeper.start()
         try:
             while any(t.is_alive() for t in slots):
                 if self._stop_at is not None:
@@ -239,6 +251,8 @@ class Worker:
             self._stop.set()
             self._done.set()
             beats.join(5.0)
+            if self.housekeeper is not None:
+                self.housekeeper.stop(5.0)
         if self._error is not None:
             raise self._error
         return self.stats

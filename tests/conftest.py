@@ -25,6 +25,7 @@ POSTGRES_ENV = "KANBAN_TEST_POSTGRES_URL"
 BACKENDS = ["sqlite", "postgres"]
 KANBAN_TABLES = (
     "kanban_task_attachments",
+    "kanban_board_events",
     "kanban_task_comments",
     "kanban_task_events",
     "kanban_task_links",

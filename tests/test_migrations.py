@@ -442,6 +442,8 @@ SEEDS: dict[str, Callable[[Connection], Seeded]] = {
     "kb0002": seed_kb0002,
     # kb0003 adds only PostgreSQL's event log trigger: the same rows must survive it.
     "kb0003": seed_kb0002,
+    # kb0005 adds an empty table and an index: the same rows must survive it.
+    "kb0005": seed_kb0002,
     "kb0006": seed_kb0006,
 }
 

@@ -110,6 +110,12 @@ class EventTailer:
             while not self._stop.is_set():
                 try:
                     rows = kb.list_events(session, after_id=self._position, limit=BATCH)
+                except kb.EventsPruned as pruned:
+                    # The board shows the tables, not the log: a live view skips what a
+                    # prune removed and goes on from there.
+                    with self._lock:
+                        self._position = pruned.pruned_through
+                    continue
                 except Exception:
                     # Database restarting, busy, unreachable: the live view must outlive
                     # it, so log and read again from the same position.
@@ -147,7 +153,11 @@ def backlog(s: Session, after_id: int) -> list[Event]:
     found: list[Event] = []
     position = after_id
     while True:
-        rows = kb.list_events(s, after_id=position, limit=BATCH)
+        try:
+            rows = kb.list_events(s, after_id=position, limit=BATCH)
+        except kb.EventsPruned as pruned:  # removed by a prune: go on after it
+            position = pruned.pruned_through
+            continue
         found.extend(_event(row) for row in rows)
         if len(rows) < BATCH:
             return found

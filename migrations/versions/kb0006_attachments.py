@@ -18,7 +18,7 @@ from alembic import op
 from sqlalchemy.dialects import mysql
 
 revision: str = "kb0006"
-down_revision: str | Sequence[str] | None = "kb0003"
+down_revision: str | None = "kb0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
