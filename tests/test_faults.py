@@ -226,6 +226,7 @@ def test_sqlite_opened_read_only_refuses_writes_at_once_and_writes_nothing(
     assert kb.complete_task(session, task_id, claim_lock=token).status == "done"  # resumes
 
 
+AS_NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 _AS_NOBODY = """
 import json, sys
 import kanban_orm as kb
@@ -274,8 +275,7 @@ def test_sqlite_file_the_worker_may_not_write_refuses_writes(
     script.write_text(_AS_NOBODY)
     script.chmod(0o644)
     done = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-        + [sys.executable, str(script), db_url, str(task_id), token],
+        [*AS_NOBODY, sys.executable, str(script), db_url, str(task_id), token],
         capture_output=True,
         text=True,
         timeout=120,
