@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from sqlalchemy import select
@@ -53,7 +53,7 @@ from sqlalchemy.orm import Session
 from . import board as board_view
 from . import db, migrate, service, workflow
 from .clock import utcnow
-from .errors import KanbanError
+from .errors import DatabaseError, KanbanError
 from .models import Task
 from .states import Status
 from .worker import CommandHandler, Worker, comment_json, event_json, iso, run_json, task_json
@@ -64,14 +64,20 @@ def _kanban_errors() -> Iterator[None]:
     try:
         yield
     except KanbanError as error:
+        if type(error) is DatabaseError and isinstance(error.__cause__, DBAPIError):
+            _database_error(error.__cause__)  # said as the driver said it, with a hint
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
     except DBAPIError as error:  # cannot connect, no such database, permission denied ...
-        first_line = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
-        if _missing_tables(first_line):
-            first_line += " (run `kanban-orm db upgrade` first)"
-        click.echo(f"error: database: {first_line}", err=True)
-        sys.exit(1)
+        _database_error(error)
+
+
+def _database_error(error: DBAPIError) -> NoReturn:
+    first_line = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+    if _missing_tables(first_line):
+        first_line += " (run `kanban-orm db upgrade` first)"
+    click.echo(f"error: database: {first_line}", err=True)
+    sys.exit(1)
 
 
 def _missing_tables(message: str) -> bool:
