@@ -124,8 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     scenario = SCENARIOS[args.scenario]
     seed = args.seed if args.seed is not None else random.randrange(1, 2**31)
     try:
+        # A scenario that brings its own database (a private server it may restart)
+        # says so with a database(db, keep) of its own.
+        database = getattr(scenario, "database", harness.database)
         with (
-            harness.database(args.db, args.keep_db) as url,
+            database(args.db, args.keep_db) as url,
             tempfile.TemporaryDirectory(prefix="kanban_stress_logs_") as log_dir,
         ):
             config = harness.Config(

@@ -148,6 +148,18 @@ class Outcome:
                     yield entry
 
 
+class Disturber(Protocol):
+    """What a scenario's ``disturber(config)`` returns: the parent's own faults (a server
+    restart, a file made read-only), stepped while the workers run; ``numbers`` go to
+    :attr:`Outcome.numbers`."""
+
+    numbers: dict[str, Any]
+
+    def step(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Scenario(Protocol):
     DESCRIPTION: str
 
@@ -367,6 +379,8 @@ def run(scenario: Scenario, config: Config, *, progress: bool) -> Outcome:
     with kb.connect(config.db_url) as session:
         scenario.setup(session, config)
     chaos: Chaos | None = getattr(scenario, "CHAOS", None)
+    make_disturber: Callable[[Config], Disturber] | None = getattr(scenario, "disturber", None)
+    disturber: Disturber | None = None
     ready, start = SPAWN.Semaphore(0), SPAWN.Event()
     procs: dict[str, BaseProcess] = {}
     shared: dict[str, SynchronizedArray[int]] = {}
@@ -395,12 +409,16 @@ def run(scenario: Scenario, config: Config, *, progress: bool) -> Outcome:
         began = time.monotonic()
         if chaos is not None:
             killer = _Killer(chaos, config, procs, shared, spawn, began)
+        if make_disturber is not None:
+            disturber = make_disturber(config)
         with _progress(config, progress) as tick:
 
             def step() -> None:
                 tick()
                 if killer is not None:
                     killer.step()
+                if disturber is not None:
+                    disturber.step()
 
             hung = _wait(procs, began + config.timeout + GRACE_SECONDS, step)
         wall = time.monotonic() - began
@@ -408,6 +426,8 @@ def run(scenario: Scenario, config: Config, *, progress: bool) -> Outcome:
         _kill(procs)  # Ctrl-C or a harness bug must not leave workers behind
         if killer is not None:
             killer.close()
+        if disturber is not None:
+            disturber.close()
     logs = _read_logs(config, procs)
     killed = {k["worker"] for k in killer.kills} if killer else set()
     survivors = {name: log for name, log in logs.items() if name not in killed}
@@ -420,6 +440,7 @@ def run(scenario: Scenario, config: Config, *, progress: bool) -> Outcome:
         casualties,
         kills=killer.kills if killer else [],
         terminations=killer.terminations if killer else [],
+        numbers=dict(disturber.numbers) if disturber else {},
     )
 
 
