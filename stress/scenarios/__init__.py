@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..harness import Scenario
-from . import chaos, claims, deps, mixed, reclaim, restart
+from . import chaos, claims, deps, mixed, readonly, reclaim, restart
 
 SCENARIOS: dict[str, Scenario] = {
     "claims": claims,
@@ -12,4 +12,5 @@ SCENARIOS: dict[str, Scenario] = {
     "reclaim": reclaim,
     "chaos": chaos,
     "restart": restart,
+    "readonly": readonly,
 }
