@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..harness import Scenario
-from . import chaos, claims, deps, mixed, readonly, reclaim, restart
+from . import chaos, claims, deps, mixed, readonly, reclaim, restart, soak
 
 SCENARIOS: dict[str, Scenario] = {
     "claims": claims,
@@ -13,4 +13,5 @@ SCENARIOS: dict[str, Scenario] = {
     "chaos": chaos,
     "restart": restart,
     "readonly": readonly,
+    "soak": soak,
 }
