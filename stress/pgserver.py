@@ -50,9 +50,13 @@ class PrivateServer:
     """``with PrivateServer() as server:`` a fresh cluster listening on ``listen`` (TCP,
     a spare port unless given) with a database :data:`DATABASE`; ``server.url``."""
 
-    def __init__(self, *, listen: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self, *, listen: str = "127.0.0.1", port: int | None = None, trust: tuple[str, ...] = ()
+    ) -> None:
         self.listen = listen
-        self.port = port or spare_port(listen if listen != "*" else "127.0.0.1")
+        #: Networks (CIDR) whose clients are trusted too, besides the loopback.
+        self.trust = trust
+        self.port = port or spare_port(self._host())
         self.bin = bindir()
         self.dir = Path(tempfile.mkdtemp(prefix="kanban_pg_"))
         self.data = self.dir / "data"
@@ -60,7 +64,8 @@ class PrivateServer:
         self.url = f"postgresql+psycopg://postgres@{self._host()}:{self.port}/{DATABASE}"
 
     def _host(self) -> str:
-        return "127.0.0.1" if self.listen in ("*", "0.0.0.0") else self.listen.split(",")[0]
+        first = self.listen.split(",")[0].strip()
+        return "127.0.0.1" if first in ("*", "0.0.0.0") else first
 
     def _run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         command = [str(self.bin / argv[0]), *argv[1:]]
@@ -75,6 +80,9 @@ class PrivateServer:
             except (LookupError, PermissionError) as error:
                 raise Unavailable(f"cannot hand {self.dir} to {RUN_AS}: {error}") from None
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync")
+        if self.trust:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.writelines(f"host all all {network} trust\n" for network in self.trust)
         self._ctl("start")
         admin = sa.create_engine(
             self.url.rsplit("/", 1)[0] + "/postgres",

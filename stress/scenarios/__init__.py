@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..harness import Scenario
-from . import chaos, claims, deps, mixed, readonly, reclaim, restart, soak
+from . import chaos, claims, deps, mixed, partition, readonly, reclaim, restart, soak
 
 SCENARIOS: dict[str, Scenario] = {
     "claims": claims,
@@ -14,4 +14,5 @@ SCENARIOS: dict[str, Scenario] = {
     "restart": restart,
     "readonly": readonly,
     "soak": soak,
+    "partition": partition,
 }
