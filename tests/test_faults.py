@@ -292,3 +292,38 @@ def test_sqlite_file_the_worker_may_not_write_refuses_writes(
         "complete_task": "DatabaseReadOnly",
     }
     assert snapshot(session) == before
+
+
+def test_failure_kinds_of_driver_errors() -> None:
+    """What the retry layer does with each error it meets (see the table in
+    docs/faults.md); the real-server tests above prove the common ones end to end."""
+    psycopg = pytest.importorskip("psycopg")
+
+    def wrapped(orig: Exception) -> sa.exc.DBAPIError:
+        base = sqlite3.Error if isinstance(orig, sqlite3.Error) else psycopg.Error
+        return sa.exc.DBAPIError.instance("SELECT 1", None, orig, base)
+
+    starting = psycopg.OperationalError("FATAL:  the database system is starting up")
+    refused = psycopg.OperationalError("connection failed: Connection refused")
+    no_database = psycopg.OperationalError('FATAL:  database "x" does not exist')
+    cases = {
+        psycopg.errors.AdminShutdown("terminating connection"): db.UNAVAILABLE,
+        psycopg.errors.CannotConnectNow("the database system is shutting down"): db.UNAVAILABLE,
+        starting: db.UNAVAILABLE,
+        refused: db.UNAVAILABLE,
+        psycopg.errors.SerializationFailure("could not serialize"): db.BUSY,
+        psycopg.errors.DeadlockDetected("deadlock detected"): db.BUSY,
+        psycopg.errors.ReadOnlySqlTransaction("read-only transaction"): db.READ_ONLY,
+        no_database: None,
+        psycopg.errors.UndefinedColumn("no such column"): None,
+    }
+    for orig, kind in cases.items():
+        assert db.failure_kind(wrapped(orig)) == kind, orig
+    locked = sqlite3.OperationalError("database is locked")
+    read_only = sqlite3.OperationalError("attempt to write a readonly database")
+    read_only.sqlite_errorcode = 8  # type: ignore[attr-defined]
+    assert db.failure_kind(wrapped(locked)) == db.BUSY
+    assert db.failure_kind(wrapped(read_only)) == db.READ_ONLY
+    assert db.failure_kind(wrapped(sqlite3.OperationalError("disk I/O error"))) is None
+    assert isinstance(db.typed_error(wrapped(no_database)), kb.DatabaseError)
+    assert isinstance(db.typed_error(wrapped(starting)), kb.DatabaseUnavailable)
