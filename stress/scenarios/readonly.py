@@ -208,6 +208,7 @@ def _complete(
             _refused(worker, "complete", task_id, error, started)
             if time.monotonic() > lease_until:
                 return
+            _read(worker, session)  # a worker holding a task reads too while it waits
             time.sleep(0.1)
             continue
         except kb.ClaimLost as error:
