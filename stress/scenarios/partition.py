@@ -280,17 +280,25 @@ def checks(outcome: Outcome, session: Session) -> list[Check]:
     numbers = outcome.numbers
     held = numbers.get("held_at_cut", [])
     cut_at = numbers.get("cut_at")
-    by_run = {
-        row.run_id: row
-        for row in session.execute(
-            select(kb.TaskEvent.run_id, kb.TaskEvent.created_at).where(
-                kb.TaskEvent.kind == "reclaimed"
-            )
+    rows = session.execute(
+        select(kb.TaskEvent.run_id, kb.TaskEvent.kind, kb.TaskEvent.created_at).where(
+            kb.TaskEvent.kind.in_(("reclaimed", "completed"))
         )
-    }
+    ).all()
     session.rollback()
+    by_run = {row.run_id: row for row in rows if row.kind == "reclaimed"}
+    # A completion the server was already running when the link went down (a loaded
+    # machine can take longer than SETTLE_SECONDS over it): its event's time (the
+    # server's clock_timestamp()) is before the cut. Not a late write.
+    landed_before = {
+        row.run_id
+        for row in rows
+        if row.kind == "completed" and cut_at and _epoch(row.created_at) <= cut_at
+    }
     reclaim_s = []
     not_reclaimed = []
+    before = [entry for entry in held if entry[1] in landed_before]
+    held = [entry for entry in held if entry[1] not in landed_before]
     for task_id, run_id, _token in held:
         run = runs.get(run_id)
         reclaim = by_run.get(run_id)
@@ -307,6 +315,7 @@ def checks(outcome: Outcome, session: Session) -> list[Check]:
     numbers.update(
         {
             "victim_claims": len(held),
+            "completed_before_the_cut": len(before),
             "cut_to_reclaim_s": sorted(reclaim_s),
             "cut_to_reclaim_max_s": max(reclaim_s, default=None),
             "late_writes_refused": len(refused),
