@@ -141,6 +141,14 @@ def checks(outcome: Outcome, session: Session) -> list[Check]:
     # The last sample is taken at the very end, a little after ``length``.
     last = sum(_rate(s, length - window, length + SAMPLE_SECONDS) for s in by_worker.values())
     cycles = sum(s[-1]["cycles"] for s in by_worker.values() if s)
+    steps = max(1, int(length // window))
+    curve = [
+        (
+            round(k * window),
+            round(sum(_rate(s, k * window, (k + 1) * window) for s in by_worker.values()), 1),
+        )
+        for k in range(steps)
+    ]
     errors = [f"{e['worker']}: {e['error']}" for e in outcome.entries(DB_ERROR)]
     outcome.numbers.update(
         {
@@ -151,6 +159,7 @@ def checks(outcome: Outcome, session: Session) -> list[Check]:
             "first_window_per_s": round(first, 1),
             "last_window_per_s": round(last, 1),
             "window_s": round(window, 1),
+            "throughput_curve_per_s": curve,
             "rss_curve_kb": {
                 n: [(round(s["t"]), s["rss_kb"]) for s in v] for n, v in by_worker.items()
             },
