@@ -29,10 +29,15 @@ from .errors import (
     ClaimLost,
     ConfigError,
     DatabaseBusy,
+    DatabaseError,
+    DatabaseReadOnly,
+    DatabaseUnavailable,
     EventsPruned,
     InvalidInput,
     InvalidTransition,
     KanbanError,
+    MigrationError,
+    SchemaOutOfDate,
     TaskNotFound,
 )
 from .maintenance import (
@@ -44,8 +49,6 @@ from .maintenance import (
     reassign_task,
 )
 from .migrate import (
-    MigrationError,
-    SchemaOutOfDate,
     check,
     current,
     downgrade,
@@ -116,6 +119,9 @@ __all__ = [
     "CommandHandler",
     "ConfigError",
     "DatabaseBusy",
+    "DatabaseError",
+    "DatabaseReadOnly",
+    "DatabaseUnavailable",
     "EventsPruned",
     "Housekeeper",
     "InvalidInput",

@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from sqlalchemy import select
@@ -54,7 +54,7 @@ from sqlalchemy.orm import Session
 from . import attachments, db, files, migrate, service, workflow
 from . import board as board_view
 from .clock import utcnow
-from .errors import KanbanError
+from .errors import DatabaseError, KanbanError
 from .models import Task, TaskRun
 from .serialize import comment_json, event_json, iso, run_json, task_json
 from .states import Status
@@ -67,14 +67,20 @@ def _kanban_errors() -> Iterator[None]:
     try:
         yield
     except KanbanError as error:
+        if type(error) is DatabaseError and isinstance(error.__cause__, DBAPIError):
+            _database_error(error.__cause__)  # said as the driver said it, with a hint
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
     except DBAPIError as error:  # cannot connect, no such database, permission denied ...
-        first_line = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
-        if _missing_tables(first_line):
-            first_line += " (run `kanban-orm db upgrade` first)"
-        click.echo(f"error: database: {first_line}", err=True)
-        sys.exit(1)
+        _database_error(error)
+
+
+def _database_error(error: DBAPIError) -> NoReturn:
+    first_line = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+    if _missing_tables(first_line):
+        first_line += " (run `kanban-orm db upgrade` first)"
+    click.echo(f"error: database: {first_line}", err=True)
+    sys.exit(1)
 
 
 def _missing_tables(message: str) -> bool:

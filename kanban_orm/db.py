@@ -39,7 +39,15 @@ from sqlalchemy.orm import Session, SessionTransactionOrigin, sessionmaker
 
 from . import config, files
 from .driver import Tx
-from .errors import DatabaseBusy, InvalidInput, KanbanError, OwnAttributesType
+from .errors import (
+    DatabaseBusy,
+    DatabaseError,
+    DatabaseReadOnly,
+    DatabaseUnavailable,
+    InvalidInput,
+    KanbanError,
+    OwnAttributesType,
+)
 
 T = TypeVar("T")
 
@@ -70,9 +78,23 @@ class RetryPolicy:
     base_delay: float = 0.002
     max_delay: float = 0.25
     max_total_seconds: float = 60.0
+    #: How long a call waits for a server that refuses connections, is shutting down or
+    #: starting up, or dropped the connection (within ``max_total_seconds``), retrying
+    #: with a delay that grows from ``unavailable_base_delay`` to ``unavailable_max_delay``;
+    #: then :class:`~kanban_orm.errors.DatabaseUnavailable`. ``max_attempts`` does not
+    #: count these tries: a restart takes seconds, not a number of attempts.
+    unavailable_seconds: float = 15.0
+    unavailable_base_delay: float = 0.05
+    unavailable_max_delay: float = 1.0
 
     def delay(self, attempt: int) -> float:
         return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+    def unavailable_delay(self, attempt: int) -> float:
+        # Equal jitter: at least half the step, so a fleet of workers waiting for a
+        # restarting server neither spins nor reconnects in lockstep.
+        step = min(self.unavailable_max_delay, self.unavailable_base_delay * 2.0**attempt)
+        return step / 2 + random.uniform(0, step / 2)
 
 
 DEFAULT_RETRY = RetryPolicy()
@@ -421,17 +443,90 @@ def _is_idle(dbapi_connection: Any) -> bool:
 # -- the retry layer --------------------------------------------------------------------
 
 
-def is_retryable(error: BaseException) -> bool:
-    """True for a lock, busy, serialization or deadlock error, or a dropped connection."""
+#: What a failed database call calls for: a retry after a short wait (BUSY), a retry
+#: once the server is back (UNAVAILABLE), or no retry at all (READ_ONLY; None: any other).
+BUSY, UNAVAILABLE, READ_ONLY = "busy", "unavailable", "read-only"
+
+# PostgreSQL: admin_shutdown (a terminated backend, a fast shutdown), crash_shutdown,
+# cannot_connect_now (starting up, shutting down).
+_PG_UNAVAILABLE = frozenset({"57P01", "57P02", "57P03"})
+_PG_READ_ONLY = "25006"  # read_only_sql_transaction: a hot standby, a read-only role
+_SQLITE_READONLY = 8  # SQLITE_READONLY; its extended codes share the low byte
+# psycopg reports every failed connect without a SQLSTATE; these ones waiting won't mend.
+_CONNECT_REFUSALS = ("does not exist", "authentication failed", "pg_hba.conf", "permission denied")
+
+
+def failure_kind(error: BaseException) -> str | None:
+    """:data:`BUSY`, :data:`UNAVAILABLE`, :data:`READ_ONLY` or None for a database error."""
     if not isinstance(error, exc.DBAPIError):
-        return False
-    if error.connection_invalidated:
-        return True
+        return None
     orig = error.orig
     sqlstate = getattr(orig, "sqlstate", None)
+    message = str(orig).lower()
     if sqlstate in _PG_RETRYABLE:
-        return True
-    return isinstance(error, exc.OperationalError) and _is_sqlite_busy_message(str(orig))
+        return BUSY
+    if isinstance(error, exc.OperationalError) and _is_sqlite_busy_message(message):
+        return BUSY
+    sqlite_code = getattr(orig, "sqlite_errorcode", None)
+    if sqlstate == _PG_READ_ONLY or (
+        sqlite_code is not None and sqlite_code & 0xFF == _SQLITE_READONLY
+    ):
+        return READ_ONLY
+    if error.connection_invalidated or sqlstate in _PG_UNAVAILABLE:
+        return UNAVAILABLE
+    if sqlstate is not None and sqlstate.startswith("08"):  # connection_exception
+        return UNAVAILABLE
+    if (
+        isinstance(error, exc.OperationalError)
+        and hasattr(orig, "sqlstate")  # psycopg, not sqlite3
+        and sqlstate is None
+        and not any(refusal in message for refusal in _CONNECT_REFUSALS)
+    ):
+        return UNAVAILABLE  # refused, timed out, closed mid-read: no SQLSTATE to go by
+    return None
+
+
+def is_retryable(error: BaseException) -> bool:
+    """True for a lock, busy, serialization or deadlock error, a dropped connection or a
+    server that cannot be reached (see :func:`failure_kind`)."""
+    return failure_kind(error) in (BUSY, UNAVAILABLE)
+
+
+def typed_error(error: BaseException) -> KanbanError:
+    """The kanban error for a driver error that is to reach the caller (raise it ``from``
+    the driver's): the retry layer's boundary."""
+    orig = getattr(error, "orig", None) or error
+    detail = f"{type(orig).__name__}: {str(orig).strip()}"
+    kind = failure_kind(error)
+    if kind == READ_ONLY:
+        return DatabaseReadOnly(f"the database is read-only, nothing was written: {detail}")
+    if kind == UNAVAILABLE:
+        return DatabaseUnavailable(f"the database server is unavailable: {detail}")
+    if kind == BUSY:
+        return DatabaseBusy(f"the database is busy: {detail}")
+    return DatabaseError(detail)
+
+
+@contextmanager
+def database_errors() -> Iterator[None]:
+    """Translate a driver error escaping the block into its kanban error (see
+    :func:`typed_error`); kanban errors pass unchanged."""
+    try:
+        yield
+    except exc.DBAPIError as error:
+        raise typed_error(error) from error
+
+
+def _checkout(engine: Engine) -> Any:
+    """A pooled connection; a failed connect raised as SQLAlchemy's type, as a failed
+    statement is (``engine.raw_connection`` lets the driver's own type out)."""
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+    try:
+        return engine.raw_connection()
+    except dbapi_error as error:
+        raise exc.DBAPIError.instance(
+            None, None, error, dbapi_error, dialect=engine.dialect
+        ) from error
 
 
 def _is_sqlite_busy_message(message: str) -> bool:
@@ -479,32 +574,64 @@ def replaying_after_disconnect() -> bool:
     return _replaying_after_disconnect.get()
 
 
+@contextmanager
+def resolving_unknown_outcome() -> Iterator[None]:
+    """Run a fenced call again after an earlier call with the same arguments ended in
+    :class:`~kanban_orm.errors.DatabaseUnavailable` (its COMMIT may have landed): a
+    claim found closed with the outcome asked for is then reported as success, not as
+    :class:`~kanban_orm.errors.ClaimLost`. What :class:`~kanban_orm.worker.Worker` does
+    to record a handler's outcome across an outage."""
+    marker = _replaying_after_disconnect.set(True)
+    try:
+        yield
+    finally:
+        _replaying_after_disconnect.reset(marker)
+
+
 def with_retry(attempt: Callable[[], T], *, policy: RetryPolicy = DEFAULT_RETRY) -> T:
     """Call ``attempt()`` until it does not fail with a retryable database error.
 
     ``attempt`` must roll back what it did before raising (a transaction block does)
-    and be safe to run again from the start. Between tries it sleeps a jittered,
-    growing delay; when ``policy`` is exhausted it raises :class:`DatabaseBusy`. Any
-    other error propagates unchanged. This is the library's one retry loop.
+    and be safe to run again from the start. Lock contention is retried after a jittered,
+    growing delay until ``policy.max_attempts`` or ``max_total_seconds``, then raised as
+    :class:`DatabaseBusy`; a server that cannot be reached, is restarting or dropped the
+    connection is retried for ``policy.unavailable_seconds``, then raised as
+    :class:`DatabaseUnavailable`. Any other driver error is raised at once as its kanban
+    error (:func:`typed_error`: :class:`DatabaseReadOnly`, :class:`DatabaseError`);
+    other errors propagate unchanged. This is the library's one retry loop.
     """
     started = time.monotonic()
-    tries = 0
-    disconnected = False
+    busy = unavailable = 0
+    disconnected = _replaying_after_disconnect.get()
     while True:
-        tries += 1
         marker = _replaying_after_disconnect.set(disconnected)
         try:
             return attempt()
         except exc.DBAPIError as error:
-            if not is_retryable(error):
-                raise
-            disconnected = disconnected or error.connection_invalidated
+            kind = failure_kind(error)
             spent = time.monotonic() - started
-            if tries >= policy.max_attempts or spent > policy.max_total_seconds:
-                raise DatabaseBusy(
-                    f"gave up after {tries} attempts in {spent:.1f}s: {error.orig}"
-                ) from error
-            time.sleep(policy.delay(tries - 1))
+            if kind == BUSY:
+                busy += 1
+                if busy >= policy.max_attempts or spent > policy.max_total_seconds:
+                    raise DatabaseBusy(
+                        f"gave up after {busy + unavailable} attempts in {spent:.1f}s: {error.orig}"
+                    ) from error
+                delay = policy.delay(busy - 1)
+            elif kind == UNAVAILABLE:
+                # The attempt may have committed before the connection went, so a
+                # replay asks whether its first attempt landed (steps.already_landed).
+                disconnected = True
+                unavailable += 1
+                budget = min(policy.unavailable_seconds, policy.max_total_seconds)
+                if spent > budget:
+                    raise DatabaseUnavailable(
+                        f"the database server stayed unavailable for {spent:.1f}s "
+                        f"({busy + unavailable} attempts): {str(error.orig).strip()}"
+                    ) from error
+                delay = min(policy.unavailable_delay(unavailable - 1), budget - spent + 0.01)
+            else:
+                raise typed_error(error) from error
+            time.sleep(delay)
         finally:
             _replaying_after_disconnect.reset(marker)
 
@@ -529,17 +656,18 @@ def run_write(
     follow it). PostgreSQL then runs it in autocommit mode, where a statement is its own
     transaction, which saves the round trips of BEGIN and COMMIT.
     """
-    end_autobegun_transaction(session)
-    if joins_caller_transaction(session):
-        return _run_joined(session, work)
-    if policy is None:
-        policy = retry_policy(session)
-    bind = session.get_bind()
-    if isinstance(bind, Engine):
-        return with_retry(
-            lambda: _attempt_on_pool(bind, session, work, one_statement), policy=policy
-        )
-    return with_retry(lambda: _attempt_in_session(session, work), policy=policy)
+    with database_errors():
+        end_autobegun_transaction(session)
+        if joins_caller_transaction(session):
+            return _run_joined(session, work)
+        if policy is None:
+            policy = retry_policy(session)
+        bind = session.get_bind()
+        if isinstance(bind, Engine):
+            return with_retry(
+                lambda: _attempt_on_pool(bind, session, work, one_statement), policy=policy
+            )
+        return with_retry(lambda: _attempt_in_session(session, work), policy=policy)
 
 
 def _attempt_on_pool(
@@ -554,7 +682,7 @@ def _attempt_on_pool(
     keeping = session if isinstance(session, KeepingSession) else None
     pooled = None if keeping is None else keeping.take_connection(engine)
     if pooled is None:
-        pooled = engine.raw_connection()
+        pooled = _checkout(engine)
     connection: Any = pooled.dbapi_connection
     tx = Tx(
         connection,
@@ -643,10 +771,11 @@ def run_read(session: Session, work: Callable[[Session], T]) -> T:
     first read, so a session left inside one would never see another worker's commit
     (and would hold back WAL checkpoints). Reads are retried like writes when the connection drops.
     """
-    end_autobegun_transaction(session)
-    if joins_caller_transaction(session):
-        return work(session)
-    return with_retry(lambda: _attempt_read(session, work), policy=retry_policy(session))
+    with database_errors():
+        end_autobegun_transaction(session)
+        if joins_caller_transaction(session):
+            return work(session)
+        return with_retry(lambda: _attempt_read(session, work), policy=retry_policy(session))
 
 
 def _attempt_read(session: Session, work: Callable[[Session], T]) -> T:
@@ -684,8 +813,8 @@ def _run_joined(session: Session, work: Callable[[Tx], T]) -> T:
         with session.begin_nested():
             return _work_on_session_connection(session, work)
     except exc.DBAPIError as error:
-        if is_retryable(error):
+        if failure_kind(error) == BUSY:
             raise DatabaseBusy(
                 f"the caller's transaction met contention and must be retried: {error.orig}"
             ) from error
-        raise
+        raise typed_error(error) from error

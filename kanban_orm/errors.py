@@ -109,3 +109,27 @@ class EventsPruned(KanbanError):
             f"events after {after_id} up to {pruned_through} may have been pruned;"
             f" resume with after_id={pruned_through}"
         )
+
+
+class DatabaseUnavailable(KanbanError):
+    """The database server could not be reached or was restarting, and stayed so for
+    the retry layer's whole time budget. Retryable: the same call may succeed later."""
+
+
+class DatabaseError(KanbanError):
+    """The database driver reported an error that no other kanban_orm error describes;
+    the driver's exception is this one's ``__cause__``."""
+
+
+class DatabaseReadOnly(DatabaseError):
+    """The database refused a write because it is read-only for this process (a SQLite
+    file or its directory this process may not write, a ``mode=ro`` URI, a read-only
+    mount). Raised at once, not retried: nothing was written."""
+
+
+class SchemaOutOfDate(KanbanError):
+    """The database schema is not at the library's head revision."""
+
+
+class MigrationError(KanbanError):
+    """Alembic refused the migration (an unknown revision, for instance)."""

@@ -30,6 +30,10 @@ from sqlalchemy.engine import Connection, Engine
 from . import queries as q
 from .db import WRITE_OPTION, cached_engine, configure_engine, with_retry
 from .errors import KanbanError
+
+# Defined in errors.py with the rest; imported from here by code written before.
+from .errors import MigrationError as MigrationError
+from .errors import SchemaOutOfDate as SchemaOutOfDate
 from .models import EVENT_LOG_GUARD_TRIGGER, Base, TaskEvent
 
 T = TypeVar("T")
@@ -42,14 +46,6 @@ BRANCH_LABEL = "kanban_orm"
 _PG_LOCK_KEY = 0x2C6A_04F0_5B11_7A3D
 
 Bind = Engine | Connection | str | None
-
-
-class SchemaOutOfDate(KanbanError):
-    """The database schema is not at the library's head revision."""
-
-
-class MigrationError(KanbanError):
-    """Alembic refused the migration (an unknown revision, for instance)."""
 
 
 def script_location() -> str:

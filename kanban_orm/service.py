@@ -35,7 +35,7 @@ from . import validation as check
 from ._deprecation import keyword_only_since
 from .db import joins_caller_transaction, run_read, run_write
 from .driver import Tx
-from .errors import ClaimLost, InvalidInput, TaskNotFound
+from .errors import ClaimLost, DatabaseError, InvalidInput, TaskNotFound
 from .models import Task, TaskEvent, TaskRun
 from .states import Status
 
@@ -114,11 +114,12 @@ def create_task(
     for attempt in range(3):
         try:
             return run_write(session, work)
-        except IntegrityError:
+        except DatabaseError as error:
             # Another creator inserted the same key between our lookup and our insert
             # (PostgreSQL; SQLite's write lock serialises them). The unique index made
             # this call fail and write nothing; run again and the lookup finds theirs.
-            if idempotency_key is None or attempt == 2:
+            duplicate = isinstance(error.__cause__, IntegrityError)
+            if not duplicate or idempotency_key is None or attempt == 2:
                 raise
     raise AssertionError("unreachable")
 

@@ -16,6 +16,14 @@ runs CMD once per task. The rules, for both:
   kernel refuses (not a string, NUL characters) fails the task with the reason;
 * :class:`~kanban_orm.errors.ClaimLost` while completing or failing is logged and skipped:
   the task belongs to someone else now;
+* the database going away (:class:`~kanban_orm.errors.DatabaseUnavailable`: a restart, an
+  outage; also :class:`~kanban_orm.errors.DatabaseBusy` and
+  :class:`~kanban_orm.errors.DatabaseReadOnly`) stops nothing: the outage is logged once
+  when it starts and once when it ends, claims back off as when idle, heartbeats are
+  tried again at the next beat, and a handler's outcome is recorded as soon as the
+  database is back, if that is before the lease ends (after it, the task is reclaimed
+  and run again: at-least-once). A recording whose earlier try lost its connection
+  checks whether that try had landed, so it is not mistaken for a lost claim;
 * when nothing is claimable a slot sleeps with exponential backoff (``idle_min`` doubling
   to ``idle_max``); with ``drain=True`` it stops instead, and :meth:`Worker.run` returns
   once every slot has stopped;
@@ -47,7 +55,14 @@ from sqlalchemy.orm import Session
 
 from . import db, service, steps
 from . import validation as check
-from .errors import ClaimLost, DatabaseBusy, InvalidInput, KanbanError
+from .errors import (
+    ClaimLost,
+    DatabaseBusy,
+    DatabaseReadOnly,
+    DatabaseUnavailable,
+    InvalidInput,
+    KanbanError,
+)
 from .maintenance import Housekeeper
 from .models import Task
 
@@ -60,6 +75,10 @@ log = logging.getLogger("kanban_orm.worker")
 ERROR_TAIL_CHARS = 4000
 
 Handler = Callable[[Task], str | None]
+
+#: What the worker waits out instead of stopping: the database restarting or away, its
+#: locks, a SQLite file made read-only for a while.
+OUTAGE = (DatabaseUnavailable, DatabaseBusy, DatabaseReadOnly)
 
 
 class TaskFailed(Exception):
@@ -101,6 +120,32 @@ class _Job:
     #: set once the outcome is decided (by the handler's thread, a lost heartbeat or
     #: the end of the grace period); whoever sets it first records the outcome.
     settled: bool = False
+    #: time.monotonic() by which the lease has surely expired (renewed by heartbeats):
+    #: recording the outcome across an outage is pointless after it.
+    lease_until: float = 0.0
+
+
+class _Outage:
+    """Logs an outage once, when it starts, and once when the database is back; the
+    threads of one Worker share it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: float | None = None
+
+    def failed(self, what: str, error: KanbanError) -> None:
+        with self._lock:
+            first, self._since = self._since is None, self._since or time.monotonic()
+        if first:
+            log.warning("%s: %s; backing off until the database is back", what, error)
+
+    def ok(self) -> None:
+        if self._since is None:
+            return
+        with self._lock:
+            since, self._since = self._since, None
+        if since is not None:
+            log.warning("the database is back after %.1fs; resuming", time.monotonic() - since)
 
 
 def default_claimer() -> str:
@@ -161,6 +206,7 @@ class Worker:
         self.tenant = check.name(tenant, "tenant")
         self.ttl_seconds = ttl_seconds
         lease = check.ttl(ttl_seconds)  # the claims would refuse a bad TTL anyway
+        self._lease = lease
         if heartbeat_seconds is not None:
             heartbeat_seconds = check.number(heartbeat_seconds, "heartbeat_seconds")
             if not heartbeat_seconds > 0:
@@ -184,6 +230,7 @@ class Worker:
             if check.boolean(housekeeping, "housekeeping")
             else None
         )
+        self._outage = _Outage()
 
     # -- control --------------------------------------------------------------------
 
@@ -276,9 +323,14 @@ class Worker:
                         tenant=self.tenant,
                         ttl_seconds=self.ttl_seconds,
                     )
-                except DatabaseBusy as error:
-                    log.warning("claim: %s; backing off", error)
-                    task = None
+                except OUTAGE as error:
+                    # Not the end of the worker: back off (idle doubles up to idle_max)
+                    # and claim again; the first failure of an outage is logged.
+                    self._outage.failed("claim", error)
+                    self._stop.wait(idle)
+                    idle = min(self.idle_max, idle * 2)
+                    continue
+                self._outage.ok()
                 if task is None:
                     if self.drain:
                         return
@@ -308,6 +360,7 @@ class Worker:
     def _work_on(self, session: Session, task: Task) -> None:
         assert task.claim_lock is not None  # a claimed task holds its token
         job = _Job(task=task, claim_lock=task.claim_lock)
+        job.lease_until = time.monotonic() + self._lease
         with self._jobs_lock:
             self._jobs[task.id] = job
             self.stats.claimed += 1
@@ -354,8 +407,11 @@ class Worker:
         try:
             if error is None:
                 try:
-                    service.complete_task(
-                        session, task_id, claim_lock=job.claim_lock, result=result
+                    self._recording(
+                        job,
+                        lambda: service.complete_task(
+                            session, task_id, claim_lock=job.claim_lock, result=result
+                        ),
                     )
                 except InvalidInput as refused:
                     error, retry = f"result refused: {refused}", False
@@ -363,8 +419,12 @@ class Worker:
                     self._count("completed")
                     log.info("task %s: completed", task_id)
                     return
-            failed = service.fail_task(
-                session, task_id, claim_lock=job.claim_lock, error=_storable(error), retry=retry
+            stored = _storable(error)
+            failed = self._recording(
+                job,
+                lambda: service.fail_task(
+                    session, task_id, claim_lock=job.claim_lock, error=stored, retry=retry
+                ),
             )
             self._count("failed")
             log.info("task %s: failed: %s; %s", task_id, _last_line(error), self._what_next(failed))
@@ -387,6 +447,28 @@ class Worker:
         if self.drain:
             line += ", which this drain does not wait for"
         return line
+
+    def _recording(self, job: _Job, record: Callable[[], Task]) -> Task:
+        """``record()`` (a fenced completion or failure), tried again across an outage
+        while the job's lease may still hold: a database back before the lease ends
+        gets the handler's outcome. A try after one whose connection was lost asks
+        whether that one's COMMIT had landed (db.resolving_unknown_outcome), so a
+        landed outcome is not mistaken for a lost claim."""
+        delay = self.idle_min
+        unknown = False
+        while True:
+            try:
+                if not unknown:
+                    return record()
+                with db.resolving_unknown_outcome():
+                    return record()
+            except OUTAGE as error:
+                if time.monotonic() + delay >= job.lease_until:
+                    raise  # the lease is over: the task will be reclaimed
+                self._outage.failed(f"task {job.task.id}: recording its outcome", error)
+                unknown = unknown or isinstance(error, DatabaseUnavailable)
+                time.sleep(delay)
+                delay = min(self.idle_max, delay * 2)
 
     def _release(self, session: Session, job: _Job, reason: str) -> None:
         """Hand the task back (the caller has settled the job)."""
@@ -453,6 +535,8 @@ class Worker:
             service.heartbeat(
                 session, job.task.id, claim_lock=job.claim_lock, ttl_seconds=self.ttl_seconds
             )
+            job.lease_until = time.monotonic() + self._lease
+            self._outage.ok()
         except ClaimLost:
             if self._settle(job):
                 self._count("lost")
@@ -460,7 +544,9 @@ class Worker:
                 # In a thread of its own: cancelling waits for the command to exit, and
                 # the other leases must not wait for that.
                 threading.Thread(target=self._cancel, args=(job,), daemon=True).start()
-        except Exception as error:  # DatabaseBusy, a dropped connection: try next beat
+        except OUTAGE as error:  # tried again at the next beat
+            self._outage.failed(f"task {job.task.id}: heartbeat", error)
+        except Exception as error:
             log.warning("task %s: heartbeat failed: %s; will retry", job.task.id, error)
 
 

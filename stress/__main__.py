@@ -120,6 +120,12 @@ def parser() -> argparse.ArgumentParser:
         help="seconds the workers may run after the start (default 300); then they stop, "
         f"stragglers are killed {harness.GRACE_SECONDS:g} s later and the run fails",
     )
+    p.add_argument(
+        "--minutes",
+        type=_positive_seconds,
+        metavar="M",
+        help="soak only: how long the workers run (default 60)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write a machine-readable report")
     p.add_argument("--keep-db", action="store_true", help="keep the temporary SQLite database")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -139,9 +145,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     scenario = SCENARIOS[args.scenario]
     seed = args.seed if args.seed is not None else random.randrange(1, 2**31)
+    timeout = args.timeout
+    if args.scenario == "soak":
+        from .scenarios import soak
+
+        timeout = (args.minutes or 60.0) * 60 + soak.MARGIN_SECONDS
+    elif args.minutes is not None:
+        parser().error("--minutes is for the soak scenario")
     try:
+        # A scenario that brings its own database (a private server it may restart)
+        # says so with a database(db, keep) of its own.
+        database = getattr(scenario, "database", harness.database)
         with (
-            harness.database(args.db, args.keep_db) as url,
+            database(args.db, args.keep_db) as url,
             tempfile.TemporaryDirectory(prefix="kanban_stress_logs_") as log_dir,
         ):
             config = harness.Config(
@@ -151,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 tasks=args.tasks,
                 work_ms=args.work_ms,
                 seed=seed,
-                timeout=args.timeout,
+                timeout=timeout,
                 log_dir=log_dir,
                 claim_impl=args.claim_impl,
             )

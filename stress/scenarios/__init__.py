@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..harness import Scenario
-from . import chaos, claims, deps, mixed, reclaim
+from . import chaos, claims, deps, mixed, partition, readonly, reclaim, restart, soak
 
 SCENARIOS: dict[str, Scenario] = {
     "claims": claims,
@@ -11,4 +11,8 @@ SCENARIOS: dict[str, Scenario] = {
     "mixed": mixed,
     "reclaim": reclaim,
     "chaos": chaos,
+    "restart": restart,
+    "readonly": readonly,
+    "soak": soak,
+    "partition": partition,
 }

@@ -39,6 +39,7 @@ from ..harness import (
     StallWatch,
     WorkerContext,
     one_line,
+    read,
 )
 from .mixed import CLAIM_LOST, KANBAN_ERROR, STALLED, all_done, replay_check, unfinished
 
@@ -186,10 +187,8 @@ class Worker:
 
     def run_outcome(self, token: str) -> str | None:
         try:
-            outcome = self.session.scalar(
-                select(kb.TaskRun.outcome).where(kb.TaskRun.claim_lock == token)
-            )
-            self.session.rollback()
+            query = select(kb.TaskRun.outcome).where(kb.TaskRun.claim_lock == token)
+            outcome = read(self.session, lambda s: s.scalar(query))
         except DB_ERRORS as error:
             self.recover("run lookup", None, error)
             return None

@@ -37,6 +37,7 @@ from ..harness import (
     StallWatch,
     WorkerContext,
     one_line,
+    read,
 )
 
 DESCRIPTION = (
@@ -96,8 +97,8 @@ def work(worker: WorkerContext) -> None:
 
 
 def unfinished(session: Session) -> int:
-    count = session.scalar(select(func.count()).where(kb.Task.status != kb.Status.DONE.value))
-    session.rollback()
+    query = select(func.count()).where(kb.Task.status != kb.Status.DONE.value)
+    count = read(session, lambda s: s.scalar(query))
     return int(count or 0)
 
 
