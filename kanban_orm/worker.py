@@ -459,9 +459,10 @@ class Worker:
         while True:
             try:
                 if not unknown:
-                    return record()
-                with db.resolving_unknown_outcome():
-                    return record()
+                    recorded = record()
+                else:
+                    with db.resolving_unknown_outcome():
+                        recorded = record()
             except OUTAGE as error:
                 if time.monotonic() + delay >= job.lease_until:
                     raise  # the lease is over: the task will be reclaimed
@@ -469,6 +470,11 @@ class Worker:
                 unknown = unknown or isinstance(error, DatabaseUnavailable)
                 time.sleep(delay)
                 delay = min(self.idle_max, delay * 2)
+            else:
+                # An outcome recorded is the database back, even if no claim or
+                # heartbeat has gone through yet (a stop may come before either does).
+                self._outage.ok()
+                return recorded
 
     def _release(self, session: Session, job: _Job, reason: str) -> None:
         """Hand the task back (the caller has settled the job)."""
