@@ -29,8 +29,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import kanban_orm as kb
+from kanban_orm.backends.postgresql import MIGRATION_LOCK_KEY
 from kanban_orm.migrate import (
-    _PG_LOCK_KEY,
     BRANCH_LABEL,
     VERSION_TABLE,
     alembic_config,
@@ -781,7 +781,7 @@ def test_upgrade_that_waited_for_the_lock_sees_the_first_upgrade(
 
     try:
         with holder.connect() as lock:
-            lock.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _PG_LOCK_KEY})
+            lock.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             waiter = threading.Thread(target=waiting_upgrade)
             waiter.start()
             deadline = time.monotonic() + 60
@@ -796,7 +796,7 @@ def test_upgrade_that_waited_for_the_lock_sees_the_first_upgrade(
             assert waiting, "the second upgrade never queued for the migration lock"
             with plain.begin() as first:  # the first upgrader, committed under the lock
                 kb.upgrade(first)
-            lock.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_LOCK_KEY})
+            lock.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
             waiter.join(timeout=60)
         assert not waiter.is_alive()
         assert errors == []
