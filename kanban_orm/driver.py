@@ -372,6 +372,10 @@ class Tx:
         # connection (cleared when the pool replaces the connection; a cursor of
         # another connection found there is not used).
         self._kept = kept if self.backend.keeps_cursor else None
+        #: A backend without UPDATE ... RETURNING runs such statements its own way.
+        self._returning: Callable[[Tx, ClauseElement, Params], list[Any] | None] | None = getattr(
+            self.backend, "run_returning", None
+        )
         self._cursor: Any = None
         if self._kept is not None:
             cursor = self._kept.pop(_KEPT_CURSOR, None)
@@ -403,7 +407,17 @@ class Tx:
         """Transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT) as plain SQL."""
         self._call(sql, None)
 
+    def run_for_cursor(self, statement: ClauseElement, params: Params) -> Any:
+        """Run ``statement`` as it is; the driver's cursor (``rowcount``, ``lastrowid``)."""
+        plan = prepared(statement, self.dialect, tuple(params))
+        sql, values = plan.bind(params)
+        return self._call(sql, values)
+
     def _run(self, statement: ClauseElement, params: Params) -> list[Any]:
+        if self._returning is not None:
+            emulated = self._returning(self, statement, params)
+            if emulated is not None:
+                return emulated
         plan = prepared(statement, self.dialect, tuple(params))
         sql, values = plan.bind(params)
         cursor = self._call(sql, values)

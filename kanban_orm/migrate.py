@@ -176,9 +176,12 @@ def _locked(bind: Bind, migrate: Callable[[Connection], T]) -> T:
             backend = backends.of(conn)
             backend.prepare_migration(conn)
             conn.execution_options(**{WRITE_OPTION: True})
-            with conn.begin():
-                backend.lock_migrations(conn)
-                return migrate(conn)
+            try:
+                with conn.begin():
+                    backend.lock_migrations(conn)
+                    return migrate(conn)
+            finally:
+                backend.unlock_migrations(conn)
 
     try:
         return with_retry(attempt)

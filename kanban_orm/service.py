@@ -721,9 +721,10 @@ def list_events(
     of its Connection) it is a plain read, which holds no lock until the caller's
     transaction ends.
     """
+    after_id = check.after_id(after_id)
     statement = (
         select(TaskEvent)
-        .where(TaskEvent.id > check.after_id(after_id))
+        .where(TaskEvent.id > after_id)
         .order_by(TaskEvent.id)
         .execution_options(**_FRESH)
     )
@@ -736,7 +737,7 @@ def list_events(
     def read(s: Session) -> list[TaskEvent]:
         # run_read has ended an auto-begun transaction: one open now is the caller's.
         if not joins_caller_transaction(s):
-            steps.wait_for_event_writers(s)
+            steps.wait_for_event_writers(s, after_id)
         return list(s.scalars(statement))
 
     return run_read(session, read)

@@ -174,14 +174,14 @@ def _require_found(task_ids: Sequence[int], found: set[int]) -> None:
             raise TaskNotFound(task_id)
 
 
-def wait_for_event_writers(s: Session) -> None:
+def wait_for_event_writers(s: Session, after_id: int = 0) -> None:
     """Wait until no transaction has inserted events it has not committed, where the
     backend needs to (Backend.wait_for_event_writers; SQLite's one writer needs not).
 
     Reads after this (in the same transaction) cannot miss an event with a lower id
     that commits later; see ``models.EVENT_LOG_GUARD_DDL``.
     """
-    backends.of(s).wait_for_event_writers(s)
+    backends.of(s).wait_for_event_writers(s, after_id)
 
 
 def lock_for_ready_or_todo(s: Tx, task_id: int) -> None:

@@ -12,13 +12,16 @@ from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.orm import Session
 
 from .base import Backend, PortableBackend
+from .mysql import MySQLBackend
 from .postgresql import PostgreSQLBackend
 from .sqlite import SQLiteBackend
 
 #: The backends kanban_orm's SQL is written for, by SQLAlchemy backend name.
 BACKENDS: dict[str, Backend] = {
-    backend.name: backend for backend in (SQLiteBackend(), PostgreSQLBackend())
+    backend.name: backend for backend in (SQLiteBackend(), PostgreSQLBackend(), MySQLBackend())
 }
+#: A ``mariadb://`` URL is SQLAlchemy's MariaDB dialect: the same backend.
+BACKENDS["mariadb"] = BACKENDS["mysql"]
 
 
 class UnsupportedBackend(LookupError):
@@ -47,13 +50,14 @@ def of(bind: Session | Engine | Connection | Any) -> Backend:
 
 def supported() -> str:
     """The backends' names for a message: ``SQLite and PostgreSQL``."""
-    titles = [backend.title for backend in BACKENDS.values()]
+    titles = list(dict.fromkeys(backend.title for backend in BACKENDS.values()))
     return ", ".join(titles[:-1]) + f" and {titles[-1]}" if len(titles) > 1 else titles[0]
 
 
 __all__ = [
     "BACKENDS",
     "Backend",
+    "MySQLBackend",
     "PortableBackend",
     "PostgreSQLBackend",
     "SQLiteBackend",

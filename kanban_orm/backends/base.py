@@ -139,9 +139,9 @@ class Backend(Protocol):
         pass the cycle check."""
         ...
 
-    def wait_for_event_writers(self, session: Session) -> None:
-        """Before a tailing read of the event log: wait until no transaction holds
-        events it has not committed, so a lower id cannot commit after the read."""
+    def wait_for_event_writers(self, session: Session, after_id: int) -> None:
+        """Before a tailing read of events after ``after_id``: wait until no transaction
+        holds events it has not committed, so a lower id cannot commit after the read."""
         ...
 
     def snapshot_reads(self, session: Session) -> None:
@@ -156,6 +156,10 @@ class Backend(Protocol):
 
     def lock_migrations(self, conn: Connection) -> None:
         """First thing in the migration's transaction: exclude concurrent migrators."""
+        ...
+
+    def unlock_migrations(self, conn: Connection) -> None:
+        """After the migration's transaction, a lock that outlives it is released."""
         ...
 
     def schema_differences(self, context: MigrationContext, found: list[Any]) -> list[Any]:
@@ -239,7 +243,7 @@ class PortableBackend:
     def lock_link_graph(self, s: Tx) -> None:
         return None
 
-    def wait_for_event_writers(self, session: Session) -> None:
+    def wait_for_event_writers(self, session: Session, after_id: int) -> None:
         return None
 
     def snapshot_reads(self, session: Session) -> None:
@@ -249,6 +253,9 @@ class PortableBackend:
         return None
 
     def lock_migrations(self, conn: Connection) -> None:
+        return None
+
+    def unlock_migrations(self, conn: Connection) -> None:
         return None
 
     def schema_differences(self, context: MigrationContext, found: list[Any]) -> list[Any]:

@@ -131,7 +131,7 @@ class PostgreSQLBackend(PortableBackend):
         # SQLite's BEGIN IMMEDIATE already runs one writer at a time.
         s.execute(q.LOCK_LINK_GRAPH, {"key": q.LINK_GRAPH_LOCK_KEY})
 
-    def wait_for_event_writers(self, session: Session) -> None:
+    def wait_for_event_writers(self, session: Session, after_id: int) -> None:
         # See models.EVENT_LOG_GUARD_DDL: ids are drawn before commit, and concurrent
         # transactions commit out of id order.
         for statement in q.WAIT_FOR_EVENT_WRITERS:
