@@ -247,7 +247,6 @@ class _Emulated:
         self.original = statement
         table: Any = statement.table
         returning = list(statement._returning)
-        by_id = table.c.id.in_(bindparam("_kanban_ids", expanding=True))
         self.lock: Any = None
         self.reread: Any = None
         bare: Any = statement._clone()
@@ -257,15 +256,16 @@ class _Emulated:
             self.reread = select(*returning).where(table.c.id == bindparam("_kanban_id"))
             return
         where = getattr(statement, "whereclause", None)
-        self.lock = select(table.c.id).where(*(() if where is None else (where,)))
-        self.lock = self.lock.with_for_update()
+        matched = () if where is None else (where,)
         if isinstance(statement, Delete):
-            # The rows are read before they go.
-            self.reread = select(*returning).where(by_id)
-            self.bare = bare.where(by_id)
-        else:
-            self.reread = select(*returning).where(by_id)
-            self.bare = bare.where(by_id)
+            # The rows are read, and locked, before they go (any key: links have no id).
+            self.reread = select(*returning).where(*matched).with_for_update()
+            self.bare = bare
+            return
+        by_id = table.c.id.in_(bindparam("_kanban_ids", expanding=True))
+        self.lock = select(table.c.id).where(*matched).with_for_update()
+        self.reread = select(*returning).where(by_id)
+        self.bare = bare.where(by_id)
 
 
 _emulated: dict[int, _Emulated] = {}
@@ -293,15 +293,16 @@ def run_returning(s: Tx, statement: ClauseElement, params: dict[str, Any]) -> li
     if isinstance(statement, Insert):
         cursor = s.run_for_cursor(plan.bare, params)
         return s.execute(plan.reread, {**params, "_kanban_id": cursor.lastrowid}).all()
+    if isinstance(statement, Delete):
+        rows = s.execute(plan.reread, params).all()
+        if rows:
+            s.run_for_cursor(plan.bare, params)
+        return rows
+    assert isinstance(statement, Update)
     ids = list(s.scalars(plan.lock, params))
     if not ids:
         return []
     found = {**params, "_kanban_ids": ids}
-    if isinstance(statement, Delete):
-        rows = s.execute(plan.reread, found).all()
-        s.run_for_cursor(plan.bare, found)
-        return rows
-    assert isinstance(statement, Update)
     s.run_for_cursor(plan.bare, found)
     return s.execute(plan.reread, found).all()
 
