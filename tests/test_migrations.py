@@ -424,6 +424,9 @@ SEEDS: dict[str, Callable[[Connection], Seeded]] = {
     "kb0002": seed_kb0002,
     # kb0003 adds only PostgreSQL's event log trigger: the same rows must survive it.
     "kb0003": seed_kb0002,
+    # kb0004 changes MySQL/MariaDB only (DATETIME(6), utf8mb4, generated-column unique
+    # indexes): the same rows must survive it, and nothing changes elsewhere.
+    "kb0004": seed_kb0002,
 }
 
 
