@@ -4,7 +4,8 @@ Every lease, schedule and timestamp decision is made with the database's clock, 
 the worker's: two workers whose clocks disagree by minutes still agree on who holds a
 lease, because the only clock consulted is the one both of them talk to.
 
-Values are naive UTC datetimes: microseconds on PostgreSQL; on SQLite, whose clock
+Each backend module compiles these for its database (kanban_orm.backends). Values are
+naive UTC datetimes: microseconds on PostgreSQL; on SQLite, whose clock
 functions stop at milliseconds, milliseconds written in the same microsecond format.
 """
 
@@ -32,30 +33,6 @@ class utcnow(FunctionElement[datetime]):
     name = "kanban_utcnow"
 
 
-def _offset_sql(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str | None:
-    clauses = list(element.clauses)
-    return compiler.process(clauses[0], **kw) if clauses else None
-
-
-@compiles(utcnow, "sqlite")
-def _utcnow_sqlite(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
-    # '%f' is seconds with milliseconds; the '000' suffix gives the six fractional
-    # digits SQLAlchemy's SQLite DateTime type writes and parses, so values written by
-    # the database and by Python compare correctly as text.
-    offset = _offset_sql(element, compiler, **kw)
-    modifier = f", printf('%+.6f seconds', {offset})" if offset is not None else ""
-    return f"strftime('%Y-%m-%d %H:%M:%f000', 'now'{modifier})"
-
-
-@compiles(utcnow, "postgresql")
-def _utcnow_postgresql(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
-    # clock_timestamp(), not now(): a transaction that waited for a row lock must not
-    # start a lease that is already partly spent.
-    now = "timezone('UTC', clock_timestamp())"
-    offset = _offset_sql(element, compiler, **kw)
-    return f"({now} + make_interval(secs => {offset}))" if offset is not None else now
-
-
 class utcnow_at_statement_start(utcnow):
     """The current time as of the statement's start, for comparisons that should use an
     index: PostgreSQL uses ``clock_timestamp()`` (volatile) in a condition only as a
@@ -66,18 +43,10 @@ class utcnow_at_statement_start(utcnow):
     name = "kanban_utcnow_at_statement_start"
 
 
-@compiles(utcnow_at_statement_start, "postgresql")
-def _statement_start_postgresql(
-    element: utcnow_at_statement_start, compiler: SQLCompiler, **kw: Any
-) -> str:
-    if list(element.clauses):
-        raise CompileError("utcnow_at_statement_start takes no offset")
-    return "timezone('UTC', statement_timestamp())"
-
-
 @compiles(utcnow)
 def _utcnow_default(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
-    raise CompileError(f"kanban_orm supports SQLite and PostgreSQL, not {compiler.dialect.name!r}")
+    # Each backend (kanban_orm.backends) compiles the clock for its own database.
+    raise CompileError(f"kanban_orm has no backend for {compiler.dialect!r}")
 
 
 class new_claim_token(FunctionElement[str]):
@@ -90,13 +59,3 @@ class new_claim_token(FunctionElement[str]):
     type = String(32)
     inherit_cache = True
     name = "kanban_new_claim_token"
-
-
-@compiles(new_claim_token, "sqlite")
-def _token_sqlite(element: new_claim_token, compiler: SQLCompiler, **kw: Any) -> str:
-    return "lower(hex(randomblob(16)))"
-
-
-@compiles(new_claim_token, "postgresql")
-def _token_postgresql(element: new_claim_token, compiler: SQLCompiler, **kw: Any) -> str:
-    return "replace(CAST(gen_random_uuid() AS TEXT), '-', '')"

@@ -1,21 +1,8 @@
-"""Engines, dialect set-up, transactions and the one retry layer.
+"""Engines, sessions, transactions and the one retry layer, the same on every database.
 
-SQLite (the embedded default) is set up for many processes on one file:
-
-* WAL, so readers never block the writer and the writer never blocks readers;
-* ``busy_timeout``, so a writer waits for the lock inside SQLite instead of failing;
-* ``BEGIN IMMEDIATE`` for write transactions. A deferred transaction that reads and then
-  writes must upgrade its lock, and two such transactions can deadlock: SQLite then fails
-  one with SQLITE_BUSY at once, whatever the timeout. Taking the write lock up front
-  means a writer only ever waits. Plain reads keep a deferred BEGIN and take no lock.
-* ``synchronous=NORMAL`` by default: in WAL mode a process crash loses nothing, a power
-  cut may roll back the last commits. ``KANBAN_SQLITE_SYNCHRONOUS=FULL`` (or
-  ``configure_engine(engine, synchronous="FULL")``) makes every commit durable at the
-  cost of an fsync per commit.
-
-PostgreSQL runs through psycopg 3 at READ COMMITTED: every transition is one guarded
-UPDATE, which READ COMMITTED re-checks against the latest committed row after a lock
-wait, so no stronger isolation is needed.
+What differs between databases (SQLite's pragmas and ``BEGIN IMMEDIATE``, PostgreSQL's
+autocommit single statements, which driver errors mean contention) is asked of the
+engine's backend: see :mod:`kanban_orm.backends`.
 """
 
 from __future__ import annotations
@@ -33,11 +20,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy import event, exc
+from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransactionOrigin, sessionmaker
 
-from . import config, files
+from . import backends, config, files
+from .backends.base import WRITE_OPTION
 from .driver import Tx
 from .errors import (
     DatabaseBusy,
@@ -56,14 +44,7 @@ ENV_HOME = "KANBAN_HOME"
 ENV_SYNCHRONOUS = config.ENV_SYNCHRONOUS
 ENV_BUSY_TIMEOUT = config.ENV_BUSY_TIMEOUT
 
-#: execution option a Connection carries when its transaction will write.
-WRITE_OPTION = "kanban_write"
-
 SQLITE_BUSY_TIMEOUT_MS = config.SQLITE_BUSY_TIMEOUT_MS
-
-# PostgreSQL SQLSTATEs after which the whole transaction can simply run again.
-_PG_RETRYABLE = frozenset({"40001", "40P01", "55P03"})  # serialization, deadlock, lock n/a
-_SQLITE_BUSY_MESSAGES = ("database is locked", "database table is locked", "database is busy")
 
 
 @dataclass(frozen=True)
@@ -124,18 +105,17 @@ def create_engine(
     """An Engine for ``url`` (else :func:`default_url`) with the kanban dialect set-up.
 
     A SQLite file's missing folders are created, each 0700, and the file itself is
-    created 0600 when first connected (a leading ``~`` is the home directory); a
-    ``postgresql://`` URL uses psycopg 3. ``synchronous``, ``busy_timeout_ms`` and
-    ``retry`` are as for :func:`configure_engine`; other keyword arguments go to
-    :func:`sqlalchemy.create_engine`.
+    created 0600 when first connected (a leading ``~`` is the home directory); a URL
+    that names no driver gets its backend's (``postgresql://`` uses psycopg 3).
+    ``synchronous``, ``busy_timeout_ms`` and ``retry`` are as for
+    :func:`configure_engine`; other keyword arguments go to :func:`sqlalchemy.create_engine`.
     """
     parsed = _parsed(url or default_url())
     sqlite_file = _sqlite_file(parsed)
     if sqlite_file is not None:
         files.make_private_dirs(sqlite_file.parent)
         parsed = parsed.set(database=str(sqlite_file))  # "~" expanded, as it was made
-    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
+    parsed = backends.named(parsed.get_backend_name()).url(parsed)
     try:
         engine = sa.create_engine(parsed, **kw)
     except ImportError as error:
@@ -150,7 +130,7 @@ def create_engine(
 
 
 #: The backends kanban_orm's SQL is written for.
-BACKENDS = ("sqlite", "postgresql")
+BACKENDS = tuple(backends.BACKENDS)
 
 
 def install_command(extra: str) -> str:
@@ -168,18 +148,14 @@ def _parsed(url: str | sa.URL) -> sa.URL:
         parsed = parsed.set(drivername="postgresql" + (f"+{driver}" if driver else ""))
     if parsed.get_backend_name() not in BACKENDS:
         raise InvalidInput(
-            f"kanban_orm runs on SQLite and PostgreSQL, not {parsed.get_backend_name()!r}"
+            f"kanban_orm runs on {backends.supported()}, not {parsed.get_backend_name()!r}"
         )
     return parsed
 
 
 def _sqlite_file(parsed: sa.URL) -> Path | None:
     """The file a SQLite URL names (not an in-memory database, not a ``file:`` URI)."""
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    if sa.util.asbool(parsed.query.get("uri", False)):
-        return None
-    return Path(parsed.database).expanduser()
+    return files.sqlite_file(parsed)
 
 
 def missing_sqlite_file(url: str | sa.URL) -> Path | None:
@@ -218,69 +194,12 @@ def configure_engine(
     with _configuring:
         if engine in _configured:
             return engine
-        if engine.dialect.name == "sqlite":
-            _configure_sqlite(
-                engine,
-                config.sqlite_synchronous(synchronous),
-                config.sqlite_busy_timeout_ms(busy_timeout_ms),
-            )
+        backends.for_dialect(engine.dialect).configure_engine(
+            engine, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms
+        )
         # Only once set up: an engine whose settings were refused is not marked done.
         _configured.add(engine)
     return engine
-
-
-#: RETURNING (3.35) and UPDATE ... FROM (3.33) are used by every transition.
-MIN_SQLITE_VERSION = (3, 35, 0)
-
-
-def _configure_sqlite(engine: Engine, synchronous: str, busy_timeout_ms: int) -> None:
-    version = engine.dialect.dbapi.sqlite_version_info  # type: ignore[union-attr]
-    if tuple(version) < MIN_SQLITE_VERSION:
-        raise KanbanError(
-            f"kanban_orm needs SQLite >= {'.'.join(map(str, MIN_SQLITE_VERSION))}, "
-            f"this Python has {'.'.join(map(str, version))}"
-        )
-    # A "~" is expanded only by create_engine; SQLite would open such a path literally.
-    given = engine.url.database or ""
-    database = None if given.startswith("~") else _sqlite_file(engine.url)
-
-    @event.listens_for(engine, "do_connect")
-    def _private_file(*_args: Any) -> None:
-        # Made 0600 before SQLite opens it, so the -wal and -shm that SQLite creates with
-        # the database's mode are private too; an existing file keeps its mode.
-        if database is not None and database.parent.is_dir():
-            files.create_private_file(database)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
-        cursor = dbapi_connection.cursor()
-        try:
-            # busy_timeout first: switching to WAL needs a lock that a concurrent
-            # first-time opener may hold.
-            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                _retry_pragma(cursor, "PRAGMA journal_mode = WAL")
-            cursor.execute(f"PRAGMA synchronous = {synchronous}")
-            cursor.execute("PRAGMA foreign_keys = ON")
-        finally:
-            cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get(WRITE_OPTION)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-def _retry_pragma(cursor: Any, sql: str, attempts: int = 50) -> None:
-    for attempt in range(attempts):
-        try:
-            cursor.execute(sql)
-            return
-        except Exception as error:  # sqlite3.OperationalError; the driver is not imported here
-            if not _is_sqlite_busy_message(str(error)) or attempt == attempts - 1:
-                raise
-            time.sleep(0.01 + random.random() * 0.05)
 
 
 # -- sessions ---------------------------------------------------------------------------
@@ -463,9 +382,9 @@ def failure_kind(error: BaseException) -> str | None:
     orig = error.orig
     sqlstate = getattr(orig, "sqlstate", None)
     message = str(orig).lower()
-    if sqlstate in _PG_RETRYABLE:
-        return BUSY
-    if isinstance(error, exc.OperationalError) and _is_sqlite_busy_message(message):
+    # Which driver errors mean contention is each backend's to say; the error does not
+    # name its dialect, and no backend claims another driver's errors.
+    if any(backend.is_contention(error) for backend in backends.BACKENDS.values()):
         return BUSY
     sqlite_code = getattr(orig, "sqlite_errorcode", None)
     if sqlstate == _PG_READ_ONLY or (
@@ -527,11 +446,6 @@ def _checkout(engine: Engine) -> Any:
         raise exc.DBAPIError.instance(
             None, None, error, dbapi_error, dialect=engine.dialect
         ) from error
-
-
-def _is_sqlite_busy_message(message: str) -> bool:
-    message = message.lower()
-    return any(fragment in message for fragment in _SQLITE_BUSY_MESSAGES)
 
 
 def end_autobegun_transaction(session: Session) -> None:
@@ -675,9 +589,9 @@ def _attempt_on_pool(
 ) -> T:
     """The common case: a pooled driver connection, and transaction control as plain SQL.
 
-    SQLite runs with the driver's implicit transactions off (see _configure_sqlite), so
-    BEGIN IMMEDIATE and COMMIT are ours to emit; psycopg begins implicitly and commits
-    through the driver, or with ``one_statement`` runs in autocommit mode.
+    The backend begins and commits (SQLite: BEGIN IMMEDIATE and COMMIT as SQL; psycopg
+    begins implicitly and commits through the driver), or with ``one_statement`` on a
+    backend that allows it the statement runs in autocommit mode.
     """
     keeping = session if isinstance(session, KeepingSession) else None
     pooled = None if keeping is None else keeping.take_connection(engine)
@@ -692,22 +606,20 @@ def _attempt_on_pool(
         hide_parameters=engine.hide_parameters,
         kept=pooled.info,
     )
-    sqlite = engine.dialect.name == "sqlite"
-    autocommit = one_statement and not sqlite
+    backend = tx.backend
+    autocommit = one_statement and backend.autocommits_one_statement
     try:
-        if sqlite:
-            tx.raw("BEGIN IMMEDIATE")
-        elif autocommit:
+        if autocommit:
             connection.autocommit = True
+        else:
+            backend.begin_write(tx)
         result = work(tx)
-        if sqlite:
-            tx.raw("COMMIT")
-        elif not autocommit:
-            tx.commit()
+        if not autocommit:
+            backend.commit_write(tx)
         return result
     except BaseException:
         if not autocommit:
-            _roll_back_quietly(pooled, sqlite)
+            _roll_back_quietly(pooled, backend)
         for instance in tx.refreshed:
             session.expire(instance)
         raise
@@ -726,17 +638,13 @@ def _leave_autocommit(pooled: Any) -> None:
         pooled.invalidate()  # a connection in an unknown state is not used again
 
 
-def _roll_back_quietly(pooled: Any, sqlite: bool) -> None:
+def _roll_back_quietly(pooled: Any, backend: backends.Backend) -> None:
     # The error on its way out is the one that matters; a connection that is already
     # gone cannot roll back, and the pool discards it.
     if not pooled.is_valid:
         return  # invalidated when the driver reported the connection gone
     try:
-        if sqlite:
-            if pooled.dbapi_connection.in_transaction:
-                pooled.dbapi_connection.execute("ROLLBACK")
-        else:
-            pooled.dbapi_connection.rollback()
+        backend.roll_back(pooled.dbapi_connection)
     except Exception:
         pooled.invalidate()
 

@@ -20,7 +20,7 @@ from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from . import maintenance, migrate, queries, steps
+from . import backends, maintenance, migrate, queries, steps
 from .clock import utcnow
 from .db import run_read, run_write
 from .driver import Tx
@@ -127,7 +127,7 @@ def doctor(
     findings = [schema_drift(engine)]
     if findings[0].severity == ERROR and "no kanban schema" in findings[0].message:
         return findings
-    if engine.dialect.name == "sqlite":
+    if backends.of(engine).name == "sqlite":  # checks of the file itself
         findings += [sqlite_integrity(engine), sqlite_wal_size(engine)]
         file_mode = board_file_mode(engine)
         if file_mode is not None:
@@ -314,7 +314,7 @@ def event_gaps(session: Session) -> Finding:
         horizon = s.execute(maintenance.EVENTS_HORIZON).scalar() or 0
         count, low, high = s.execute(_EVENT_SPAN, {"above": horizon}).one()
         missing = None
-        if s.get_bind().dialect.name == "sqlite" and count:
+        if backends.of(s).name == "sqlite" and count:
             # SQLite hands out max(id) + 1, so ids above the horizon are dense unless rows
             # were deleted; PostgreSQL's sequence skips the ids of rolled-back inserts.
             missing = int(high) - int(low) + 1 - int(count)

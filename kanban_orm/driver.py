@@ -34,6 +34,8 @@ from sqlalchemy.sql.dml import Insert, Update, UpdateBase
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.types import TypeDecorator
 
+from .backends import Backend, for_dialect
+
 M = TypeVar("M")
 Params = Mapping[str, Any]
 
@@ -354,6 +356,8 @@ class Tx:
         kept: dict[Any, Any] | None = None,
     ) -> None:
         self.dialect = dialect
+        #: What this database does differently (kanban_orm.backends).
+        self.backend: Backend = for_dialect(dialect)
         self.session = session
         #: Instances of the Session refreshed in place: if the transaction then fails,
         #: the caller expires them, so no value that never committed stays visible.
@@ -363,21 +367,20 @@ class Tx:
         self._on_disconnect = on_disconnect
         # Making and closing a psycopg cursor was a tenth of a claim_next + complete_task's
         # client time, and a new one starts with empty caches of how to send and read
-        # each type. So one is kept from one transaction to the next in ``kept``, the
-        # pool's info of the connection (cleared when the pool replaces the connection;
-        # a cursor of another connection found there is not used). A sqlite3 cursor is
-        # cheap and is closed after each: one left holding a statement would hold its
-        # read snapshot too.
-        self._kept = kept if self.is_postgresql else None
+        # each type. So, where the backend says so (Backend.keeps_cursor), one is kept
+        # from one transaction to the next in ``kept``, the pool's info of the
+        # connection (cleared when the pool replaces the connection; a cursor of
+        # another connection found there is not used).
+        self._kept = kept if self.backend.keeps_cursor else None
+        #: A backend without UPDATE ... RETURNING runs such statements its own way.
+        self._returning: Callable[[Tx, ClauseElement, Params], list[Any] | None] | None = getattr(
+            self.backend, "run_returning", None
+        )
         self._cursor: Any = None
         if self._kept is not None:
             cursor = self._kept.pop(_KEPT_CURSOR, None)
             if cursor is not None and cursor.connection is dbapi_connection:
                 self._cursor = cursor
-
-    @property
-    def is_postgresql(self) -> bool:
-        return self.dialect.name == "postgresql"
 
     def execute(
         self, statement: ClauseElement, params: Params | Sequence[Params] | None = None
@@ -404,7 +407,17 @@ class Tx:
         """Transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT) as plain SQL."""
         self._call(sql, None)
 
+    def run_for_cursor(self, statement: ClauseElement, params: Params) -> Any:
+        """Run ``statement`` as it is; the driver's cursor (``rowcount``, ``lastrowid``)."""
+        plan = prepared(statement, self.dialect, tuple(params))
+        sql, values = plan.bind(params)
+        return self._call(sql, values)
+
     def _run(self, statement: ClauseElement, params: Params) -> list[Any]:
+        if self._returning is not None:
+            emulated = self._returning(self, statement, params)
+            if emulated is not None:
+                return emulated
         plan = prepared(statement, self.dialect, tuple(params))
         sql, values = plan.bind(params)
         cursor = self._call(sql, values)
@@ -438,7 +451,7 @@ class Tx:
             raise self._translated(error, sql, values) from error
 
     def commit(self) -> None:
-        """Commit through the driver (PostgreSQL; SQLite commits with ``raw("COMMIT")``)."""
+        """Commit through the driver (see Backend.commit_write)."""
         try:
             self._connection.commit()
         except self.dialect.loaded_dbapi.Error as error:

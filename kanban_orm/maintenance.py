@@ -49,7 +49,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, Select
 
-from . import config, steps
+from . import backends, config, steps
 from . import validation as check
 from .clock import utcnow
 from .db import connect, joins_caller_transaction, run_read, run_write
@@ -339,10 +339,10 @@ def _count(session: Session, done: bool, archived: bool, params: dict[str, Any])
 
     def read(s: Session) -> PruneResult:
         # run_read has ended an auto-begun transaction: one open now is the caller's.
-        if not joins_caller_transaction(s) and s.get_bind().dialect.name == "postgresql":
-            # One snapshot for every count, as SQLite's read transaction has (at READ
-            # COMMITTED a task finishing between two counts would skew them).
-            s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        if not joins_caller_transaction(s):
+            # One snapshot for every count (at READ COMMITTED a task finishing between
+            # two counts would skew them).
+            backends.of(s).snapshot_reads(s)
         n = [int(s.execute(statement, params).scalar_one()) for statement in statements]
         old_events = n[5] if len(n) > 5 else 0
         return PruneResult(n[0], n[1], n[2] + old_events, n[3], n[4], dry_run=True)

@@ -5,8 +5,9 @@ The library keeps its own version table (``kanban_alembic_version``) and only lo
 Config is built in code and handed a live connection, so no ini file or URL escaping is
 needed at run time, and the scripts are found inside the installed package.
 
-Concurrent callers are serialised: on PostgreSQL by a transaction-scoped advisory lock,
-on SQLite by the write lock that ``BEGIN IMMEDIATE`` takes. The migration runs inside
+Concurrent callers are serialised by the backend's migration lock (Backend.lock_migrations):
+on PostgreSQL a transaction-scoped advisory lock, on SQLite the write lock that
+``BEGIN IMMEDIATE`` takes. The migration runs inside
 that transaction, so the second caller finds the schema at head and does nothing.
 """
 
@@ -24,17 +25,17 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
-from . import queries as q
-from .db import WRITE_OPTION, cached_engine, configure_engine, with_retry
+from . import backends
+from .backends.base import WRITE_OPTION
+from .db import cached_engine, configure_engine, with_retry
 from .errors import KanbanError
 
 # Defined in errors.py with the rest; imported from here by code written before.
 from .errors import MigrationError as MigrationError
 from .errors import SchemaOutOfDate as SchemaOutOfDate
-from .models import EVENT_LOG_GUARD_TRIGGER, Base, TaskEvent
+from .models import Base
 
 T = TypeVar("T")
 
@@ -42,8 +43,6 @@ T = TypeVar("T")
 TABLE_PREFIX = "kanban_"
 VERSION_TABLE = f"{TABLE_PREFIX}alembic_version"
 BRANCH_LABEL = "kanban_orm"
-#: pg_advisory_xact_lock key: the first eight bytes of sha1("kanban_orm.migrate").
-_PG_LOCK_KEY = 0x2C6A_04F0_5B11_7A3D
 
 Bind = Engine | Connection | str | None
 
@@ -138,72 +137,16 @@ schema_current = current
 schema_check = check
 
 
-#: Indexes with a DESC column: SQLite reflects them without their sort order, so on
-#: SQLite autogenerate always sees a difference that is not there. PostgreSQL, which
-#: reflects them fully, still compares them.
-_SORT_ORDER_INDEXES = frozenset({"ix_kanban_tasks_claim_order"})
-#: Indexes on an expression: SQLite's reflection skips them (with a warning) and Alembic
-#: cannot compare them there, so on SQLite they are looked up by name instead.
-_EXPRESSION_INDEXES = frozenset({"ix_kanban_tasks_done_order"})
-
-
 def schema_differences(context: MigrationContext) -> list[Any]:
-    """Alembic's autogenerate diff of the database against the models (kanban tables)."""
+    """Alembic's autogenerate diff of the database against the models (kanban tables),
+    as the backend corrects it (Backend.schema_differences: SQLite's reflection of
+    sorted and expression indexes, PostgreSQL's event-log trigger)."""
     with warnings.catch_warnings():
+        # SQLite's reflection skips expression indexes with a warning; its backend
+        # looks them up by name instead.
         warnings.filterwarnings("ignore", message=".*expression-based index")
         differences: list[Any] = compare_metadata(context, Base.metadata)
-    if context.dialect.name == "sqlite":
-        artifacts = _sort_order_artifacts(differences)
-        differences = [d for d in differences if id(d) not in artifacts]
-        differences += _missing_sort_order_indexes(context)
-    if _missing_event_log_guard(context):
-        differences.append(("missing_trigger", EVENT_LOG_GUARD_TRIGGER))
-    return differences
-
-
-def _missing_event_log_guard(context: MigrationContext) -> bool:
-    """PostgreSQL: the event table exists without its commit-order trigger (kb0003)."""
-    bind = context.bind
-    if bind is None or context.dialect.name != "postgresql":
-        return False
-    if not inspect(bind).has_table(TaskEvent.__tablename__):
-        return False
-    return bind.execute(q.EVENT_LOG_GUARD_PRESENT).first() is None
-
-
-def _missing_sort_order_indexes(context: MigrationContext) -> list[Any]:
-    # Alembic skips these indexes on SQLite when they are absent, so look them up by name.
-    inspector = inspect(context.bind)
-    missing = []
-    for table in Base.metadata.sorted_tables:
-        if not inspector.has_table(table.name):
-            continue
-        present = set(
-            context.bind.execute(  # type: ignore[union-attr]
-                text("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = :t"),
-                {"t": table.name},
-            ).scalars()
-        )
-        missing += [
-            ("add_index", ix)
-            for ix in table.indexes
-            if ix.name in _SORT_ORDER_INDEXES | _EXPRESSION_INDEXES and ix.name not in present
-        ]
-    return missing
-
-
-def _sort_order_artifacts(differences: list[Any]) -> set[int]:
-    """The remove_index + add_index pairs SQLite reports for an index that is there.
-
-    Only a pair is an artifact: an index that is really missing shows up as an
-    add_index alone, and is still reported.
-    """
-    by_name: dict[str, dict[str, Any]] = {}
-    for d in differences:
-        is_index_change = isinstance(d, tuple) and d[0] in ("add_index", "remove_index")
-        if is_index_change and d[1].name in _SORT_ORDER_INDEXES:
-            by_name.setdefault(d[1].name, {})[d[0]] = d
-    return {id(d) for pair in by_name.values() if len(pair) == 2 for d in pair.values()}
+    return backends.for_dialect(context.dialect).schema_differences(context, differences)
 
 
 def init_db(url: str | None = None) -> Engine:
@@ -237,16 +180,15 @@ def _locked(bind: Bind, migrate: Callable[[Connection], T]) -> T:
 
     def attempt() -> T:
         with _connect(bind) as conn:
-            if conn.dialect.name == "postgresql":
-                # The lock must come before the snapshot: at REPEATABLE READ or above a
-                # waiter would otherwise see the schema as it was before the upgrader it
-                # waited for committed, and try to create the tables again.
-                conn.execution_options(isolation_level="READ COMMITTED")
+            backend = backends.of(conn)
+            backend.prepare_migration(conn)
             conn.execution_options(**{WRITE_OPTION: True})
-            with conn.begin():
-                if conn.dialect.name == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
-                return migrate(conn)
+            try:
+                with conn.begin():
+                    backend.lock_migrations(conn)
+                    return migrate(conn)
+            finally:
+                backend.unlock_migrations(conn)
 
     try:
         return with_retry(attempt)

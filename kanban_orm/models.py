@@ -27,6 +27,7 @@ from sqlalchemy import (
     event,
     text,
 )
+from sqlalchemy.dialects.mysql import DATETIME as MYSQL_DATETIME
 from sqlalchemy.dialects.mysql import LONGBLOB
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -53,6 +54,8 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 JsonDoc = JSON().with_variant(JSONB(), "postgresql")
 # MySQL's and MariaDB's BLOB holds 64 KiB; attachments are capped at 25 MiB by default.
 Blob = LargeBinary().with_variant(LONGBLOB(), "mysql", "mariadb")
+#: Naive UTC. MySQL and MariaDB store whole seconds unless told a precision (kb0004).
+Timestamp = DateTime().with_variant(MYSQL_DATETIME(fsp=6), "mysql", "mariadb")
 
 _KEY_WITH_TENANT = "idempotency_key IS NOT NULL AND tenant IS NOT NULL AND status <> 'archived'"
 _KEY_WITHOUT_TENANT = "idempotency_key IS NOT NULL AND tenant IS NULL AND status <> 'archived'"
@@ -85,7 +88,7 @@ class Task(Base):
     tenant: Mapped[str | None] = mapped_column(String(NAME_MAX_LENGTH))
     created_by: Mapped[str | None] = mapped_column(String(NAME_MAX_LENGTH))
     claim_lock: Mapped[str | None] = mapped_column(String(TOKEN_LENGTH))
-    claim_expires: Mapped[datetime | None] = mapped_column(DateTime)
+    claim_expires: Mapped[datetime | None] = mapped_column(Timestamp)
     # Deliberately no foreign key: runs reference tasks, and a cycle of foreign keys
     # would make every migration and delete order-sensitive. The service keeps it
     # pointing at the task's one open run; the stress suite checks it.
@@ -93,14 +96,14 @@ class Task(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int | None] = mapped_column(Integer)
-    run_at: Mapped[datetime | None] = mapped_column(DateTime)
+    run_at: Mapped[datetime | None] = mapped_column(Timestamp)
     idempotency_key: Mapped[str | None] = mapped_column(String(NAME_MAX_LENGTH))
     result: Mapped[str | None] = mapped_column(Text)
     block_reason: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow())
-    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow())
-    started_at: Mapped[datetime | None] = mapped_column(DateTime)
-    completed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow())
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow())
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    completed_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 - SQLAlchemy's API
     __table_args__ = (
@@ -152,9 +155,9 @@ class TaskRun(Base):
     attempt: Mapped[int] = mapped_column(Integer)
     claimer: Mapped[str] = mapped_column(String(NAME_MAX_LENGTH))
     claim_lock: Mapped[str] = mapped_column(String(TOKEN_LENGTH))
-    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow())
-    last_heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
+    started_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow())
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    ended_at: Mapped[datetime | None] = mapped_column(Timestamp)
     outcome: Mapped[str | None] = mapped_column(String(16))
     summary: Mapped[str | None] = mapped_column(Text)
     # "metadata" is reserved on declarative classes; the column keeps its name.
@@ -188,7 +191,7 @@ class TaskEvent(Base):
     run_id: Mapped[int | None] = mapped_column(BigId)
     kind: Mapped[str] = mapped_column(String(32))
     payload: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow())
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow())
 
     __table_args__ = (
         Index("ix_kanban_task_events_task_id", "task_id", "id"),
@@ -233,7 +236,7 @@ class TaskLink(Base):
     child_id: Mapped[int] = mapped_column(
         ForeignKey("kanban_tasks.id", ondelete="CASCADE"), primary_key=True
     )
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow())
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow())
 
     __table_args__ = (
         CheckConstraint("parent_id <> child_id", name="not_self"),
@@ -250,7 +253,7 @@ class TaskComment(Base):
     task_id: Mapped[int] = mapped_column(ForeignKey("kanban_tasks.id", ondelete="CASCADE"))
     author: Mapped[str | None] = mapped_column(String(NAME_MAX_LENGTH))
     body: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow())
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow())
 
     __table_args__ = (
         CheckConstraint("length(body) > 0", name="body_not_empty"),
@@ -279,7 +282,7 @@ class TaskAttachment(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     data: Mapped[bytes] = mapped_column(Blob, deferred=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow())
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow())
 
     __table_args__ = (
         CheckConstraint("size >= 0", name="size_not_negative"),
@@ -304,7 +307,7 @@ class BoardEvent(Base):
     task_id: Mapped[int | None] = mapped_column(BigId)
     payload: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
     events_through: Mapped[int | None] = mapped_column(BigId)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow())
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow())
 
     __table_args__ = (
         # max(events_through) is read by every tailing list_events: one index probe.

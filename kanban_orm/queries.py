@@ -930,3 +930,6 @@ WAIT_FOR_EVENT_WRITERS = (
 EVENT_LOG_GUARD_PRESENT = text(
     "SELECT 1 FROM pg_trigger WHERE tgname = :name AND tgrelid = to_regclass('kanban_task_events')"
 ).bindparams(name=EVENT_LOG_GUARD_TRIGGER)
+
+#: PostgreSQL only: concurrent migrators queue on this transaction lock (kanban_orm.migrate).
+LOCK_MIGRATIONS = text("SELECT pg_advisory_xact_lock(:key)")

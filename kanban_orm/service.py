@@ -27,9 +27,8 @@ from sqlalchemy import Select, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.dml import ReturningUpdate
 
-from . import config, maintenance, steps
+from . import backends, config, maintenance, steps
 from . import queries as q
 from . import validation as check
 from ._deprecation import keyword_only_since
@@ -160,13 +159,12 @@ def claim_task(
     ttl = check.ttl(ttl_seconds)
 
     def work(s: Tx) -> Task | None:
-        claim = q.CLAIM_BY_ID if s.is_postgresql else q.CLAIM_BY_ID_NUMBERED
-        claimed = _claim(s, claim, {"task_id": task_id, "ttl": ttl}, who)
+        claimed = s.backend.claim_by_id(s, {"task_id": task_id, "ttl": ttl}, who)
         if not claimed:
             if s.execute(q.TASK_EXISTS, {"task_id": task_id}).first() is None:
                 raise TaskNotFound(task_id)
             return None
-        return claimed[0]
+        return s.attach(Task, claimed[0])
 
     return run_write(session, work, one_statement=True)
 
@@ -227,8 +225,8 @@ def claim_many(
         wanted = {**params, "limit": limit}
 
         def work(s: Tx) -> list[Task]:
-            claim = q.claim_next_statement(by_assignee, by_tenant, numbered=not s.is_postgresql)
-            return _claim(s, claim, wanted, who)
+            rows = s.backend.claim_next(s, by_assignee, by_tenant, wanted, who)
+            return [s.attach(Task, row) for row in rows]
 
         return run_write(session, work, one_statement=True)
 
@@ -252,34 +250,6 @@ def _reclaim_check_due(key: Engine) -> bool:
         return False
     _last_reclaim_check[key] = now
     return True
-
-
-def _claim(s: Tx, claim: ReturningUpdate[Any], params: dict[str, Any], who: str) -> list[Task]:
-    """Run a claim UPDATE, then open a run and write one ``claimed`` event per claimed
-    task; the tasks, best first, with ``current_run_id`` set.
-
-    PostgreSQL does it all in one statement (queries.opening_runs); on SQLite ``claim``
-    is a numbered one, which names each task's run, and two statements follow it.
-    """
-    if s.is_postgresql:
-        rows = s.execute(q.opening_runs(claim), {**params, "claimer": who}).all()
-        return [s.attach(Task, row) for row in rows]
-    rows = sorted(s.execute(claim, params).all(), key=lambda t: (-t.priority, t.id))
-    if len(rows) == 1:
-        (one,) = rows
-        opened = {
-            "run_id": one.current_run_id,
-            "task_id": one.id,
-            "attempt": one.attempts,
-            "claimer": who,
-        }
-        s.execute(q.OPEN_RUN, {**opened, "token": one.claim_lock})
-        s.execute(q.LOG_CLAIM, opened)
-    elif rows:
-        numbered = {"ids": [t.id for t in rows], "claimer": who}
-        s.execute(q.OPEN_NUMBERED_RUNS, numbered)
-        s.execute(q.LOG_CLAIMS, numbered)
-    return [s.attach(Task, row) for row in rows]
 
 
 # -- leases -----------------------------------------------------------------------------
@@ -418,9 +388,7 @@ def complete_many(
     run_metadata = check.json_object(metadata, "metadata")
 
     def work(s: Tx) -> list[Task]:
-        if s.is_postgresql:
-            return _complete_batch(s, pairs, task_result, run_summary, run_metadata)
-        return _complete_in_steps(s, pairs, task_result, run_summary, run_metadata)
+        return _complete_batch(s, pairs, task_result, run_summary, run_metadata)
 
     if not pairs:
         return []
@@ -435,12 +403,14 @@ def _complete_uncontested(
     summary: str | None,
     metadata: dict[str, Any] | None,
 ) -> list[Task] | None:
-    """PostgreSQL: complete every held claim in ``pairs`` with one statement that is its
-    own transaction (queries.COMPLETE_UNCONTESTED), the tasks in the order given; None
-    when it completed none, and on SQLite: the caller then runs the transaction path,
-    which promotes waiting children and explains a claim that no longer holds.
+    """Complete every held claim in ``pairs`` with one statement that is its own
+    transaction, where the backend has one (Backend.uncontested_completion), the tasks in
+    the order given; None when it completed none, or the backend has no such statement:
+    the caller then runs the transaction path, which promotes waiting children and
+    explains a claim that no longer holds.
     """
-    if session.get_bind().dialect.name != "postgresql":
+    statement = backends.of(session).uncontested_completion(one=len(pairs) == 1)
+    if statement is None:
         return None
     ids = [task_id for task_id, _ in pairs]
     params: dict[str, Any] = {
@@ -449,10 +419,8 @@ def _complete_uncontested(
         "run_metadata": metadata,
     }
     if len(pairs) == 1:
-        statement = q.COMPLETE_ONE_UNCONTESTED
         params.update(task_id=pairs[0][0], token=pairs[0][1])
     else:
-        statement = q.COMPLETE_UNCONTESTED
         params.update(ids=ids, tokens=[token for _, token in pairs])
 
     def work(s: Tx) -> list[Task] | None:
@@ -473,42 +441,9 @@ def _complete_batch(
     summary: str | None,
     metadata: dict[str, Any] | None,
 ) -> list[Task]:
-    """PostgreSQL: the whole batch in one statement, then promotion where children wait."""
-    ids = [task_id for task_id, _ in pairs]
-    rows = s.execute(
-        q.COMPLETE_BATCH,
-        {
-            "ids": ids,
-            "tokens": [token for _, token in pairs],
-            "run_summary": summary,
-            "run_metadata": metadata,
-            "task_result": task_result,
-        },
-    ).all()
-    by_id = {row.id: row for row in rows}
-    landed = None if rows else steps.batch_landed(s, pairs, "completed")
-    if landed is not None:
-        return landed  # a replay whose first attempt landed
-    for task_id, token in pairs:
-        if task_id not in by_id:
-            steps.explain(s, task_id, Status.DONE, token)  # raising rolls the batch back
-    for parent_id in s.scalars(q.PARENTS_WITH_WAITING_CHILDREN, {"ids": ids}):
-        steps.promote_children(s, parent_id)
-    return [s.attach(Task, by_id[task_id]) for task_id in ids]
-
-
-def _complete_in_steps(
-    s: Tx,
-    pairs: list[tuple[int, str]],
-    task_result: str | None,
-    summary: str | None,
-    metadata: dict[str, Any] | None,
-) -> list[Task]:
-    """SQLite: the batch's UPDATE, its runs closed, its events, a statement each; then
+    """The whole batch (Backend.complete_pairs: its UPDATE, runs and events), then
     promotion where children wait."""
-    rows = s.execute(
-        q.COMPLETE_PAIRS, {"pairs": [list(pair) for pair in pairs], "task_result": task_result}
-    ).all()
+    rows = s.backend.complete_pairs(s, pairs, task_result, summary, metadata)
     by_id = {row.id: row for row in rows}
     if len(by_id) < len(pairs):
         # Only a replay whose whole batch had landed finds every pair done (the batch
@@ -517,20 +452,8 @@ def _complete_in_steps(
         if landed is not None:
             return landed
         task_id, token = next(pair for pair in pairs if pair[0] not in by_id)
-        steps.explain(s, task_id, Status.DONE, token)
+        steps.explain(s, task_id, Status.DONE, token)  # raising rolls the batch back
     ids = [task_id for task_id, _ in pairs]
-    closed = s.execute(
-        q.CLOSE_OPEN_RUNS,
-        {
-            "ids": ids,
-            "run_outcome": "completed",
-            "run_summary": summary,
-            "run_metadata": metadata,
-            "run_error": None,
-        },
-    )
-    run_of = {run.task_id: run.id for run in closed}
-    steps.record_many(s, "completed", [(t, run_of.get(t), {"forced": False}) for t in ids])
     for parent_id in s.scalars(q.PARENTS_WITH_WAITING_CHILDREN, {"ids": ids}):
         steps.promote_children(s, parent_id)
     return [s.attach(Task, by_id[task_id]) for task_id in ids]
@@ -823,7 +746,7 @@ def list_events(
     def read(s: Session) -> list[TaskEvent]:
         # run_read has ended an auto-begun transaction: one open now is the caller's.
         if not joins_caller_transaction(s):
-            steps.wait_for_event_writers(s)
+            steps.wait_for_event_writers(s, after_id)
         found = list(s.scalars(statement))
         maintenance.check_events_horizon(s, after_id)  # after the read: see its docstring
         return found

@@ -11,8 +11,10 @@ from typing import Any, NoReturn
 
 from sqlalchemy.orm import Session
 
+from . import backends
 from . import queries as q
 from . import validation as check
+from .backends.base import record_events, run_closing
 from .db import replaying_after_disconnect
 from .driver import Tx
 from .errors import ClaimLost, InvalidTransition, TaskNotFound
@@ -38,25 +40,9 @@ def close_run(
     error: str | None = None,
 ) -> int | None:
     """Close the task's open run (at most one exists) with ``outcome``; its id, if any."""
-    params = _closing(task_id, outcome, summary, metadata, error)
+    params = run_closing(task_id, outcome, summary, metadata, error)
     run_id: int | None = s.execute(q.CLOSE_OPEN_RUN, params).scalar()
     return run_id
-
-
-def _closing(
-    task_id: int,
-    outcome: str,
-    summary: str | None,
-    metadata: dict[str, Any] | None,
-    error: str | None,
-) -> dict[str, Any]:
-    return {
-        "run_task_id": task_id,
-        "run_outcome": outcome,
-        "run_summary": summary,
-        "run_metadata": metadata,
-        "run_error": error,
-    }
 
 
 def finish_run(
@@ -75,22 +61,10 @@ def finish_run(
     finished. Returns the closed run's id, if there was one.
 
     Closing the run also tells whether any child is waiting, so a task without children
-    pays nothing for promotion. One statement on PostgreSQL (queries.FINISH_RUN).
+    pays nothing for promotion. See Backend.finish_run (one statement on PostgreSQL).
     """
-    params = _closing(task_id, outcome, summary, metadata, error)
-    run_id: int | None
-    if s.is_postgresql:
-        finished = s.execute(
-            q.FINISH_RUN, {**params, "event_kind": outcome, "event_payload": payload}
-        ).first()
-        run_id, waiting = finished.run_id, finished.waiting
-    else:
-        closing = q.CLOSE_OPEN_RUN_SEEING_CHILDREN if promote else q.CLOSE_OPEN_RUN
-        closed = s.execute(closing, params).first()
-        run_id = None if closed is None else closed.id
-        # No open run (a forced completion from todo), so nothing was seen: look.
-        waiting = closed is None or (promote and closed.waiting)
-        record(s, task_id, outcome, run_id, payload)
+    params = run_closing(task_id, outcome, summary, metadata, error)
+    run_id, waiting = s.backend.finish_run(s, params, payload, see_children=promote)
     if promote and waiting:
         promote_children(s, task_id)
     return run_id
@@ -106,17 +80,8 @@ def record(
     record_many(s, kind, [(task_id, run_id, payload)])
 
 
-def record_many(
-    s: Tx, kind: str, entries: Sequence[tuple[int, int | None, dict[str, Any] | None]]
-) -> None:
-    if entries:
-        s.execute(
-            q.INSERT_EVENT,
-            [
-                {"task_id": task_id, "run_id": run_id, "kind": kind, "payload": payload}
-                for task_id, run_id, payload in entries
-            ],
-        )
+#: Append one event of ``kind`` per ``(task_id, run_id, payload)``.
+record_many = record_events
 
 
 def batch_landed(s: Tx, pairs: Sequence[tuple[int, str]], outcome: str) -> list[Task] | None:
@@ -217,15 +182,14 @@ def _require_found(task_ids: Sequence[int], found: set[int]) -> None:
             raise TaskNotFound(task_id)
 
 
-def wait_for_event_writers(s: Session) -> None:
-    """PostgreSQL: wait until no transaction has inserted events it has not committed.
+def wait_for_event_writers(s: Session, after_id: int = 0) -> None:
+    """Wait until no transaction has inserted events it has not committed, where the
+    backend needs to (Backend.wait_for_event_writers; SQLite's one writer needs not).
 
     Reads after this (in the same transaction) cannot miss an event with a lower id
-    that commits later; see ``models.EVENT_LOG_GUARD_DDL``. SQLite needs no wait.
+    that commits later; see ``models.EVENT_LOG_GUARD_DDL``.
     """
-    if s.get_bind().dialect.name == "postgresql":
-        for statement in q.WAIT_FOR_EVENT_WRITERS:
-            s.execute(statement)
+    backends.of(s).wait_for_event_writers(s, after_id)
 
 
 def lock_for_ready_or_todo(s: Tx, task_id: int) -> None:

@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 from sqlalchemy import ColumnElement, Executable, Select, func, select
 from sqlalchemy.orm import Session
 
+from . import backends, steps
 from . import queries as q
-from . import steps
 from . import validation as check
 from ._deprecation import keyword_only_since
 from .db import joins_caller_transaction, run_read, run_write
@@ -53,8 +53,7 @@ def link_tasks(session: Session, *, parent: int, child: int) -> Task:
         # Child first, then parent: the order those deciders lock in.
         s.execute(q.LOCK_TASK, {"task_id": child_id})
         steps.lock_parents(s, [parent_id])
-        if s.is_postgresql:
-            s.execute(q.LOCK_LINK_GRAPH, {"key": q.LINK_GRAPH_LOCK_KEY})
+        s.backend.lock_link_graph(s)
         if s.execute(q.LINK_EXISTS, ids).first() is not None:
             return steps.load_task(s, child_id)  # linked while this call waited
         if s.execute(q.WOULD_CYCLE, ids).first() is not None:
@@ -421,11 +420,10 @@ def board_cards(
 
     def read(s: Session) -> tuple[list[Task], dict[str, int]]:
         # run_read has ended an auto-begun transaction: one open now is the caller's.
-        if not joins_caller_transaction(s) and s.get_bind().dialect.name == "postgresql":
-            # One snapshot for all the statements, as SQLite's read transaction has: at
-            # READ COMMITTED each sees the latest commits, and a task claimed between
-            # two of them would be drawn in two columns (the same object, refreshed).
-            s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        if not joins_caller_transaction(s):
+            # One snapshot for all the statements: a task claimed between two of them
+            # would be drawn in two columns (the same object, refreshed).
+            backends.of(s).snapshot_reads(s)
         counts = _count_by_status(s, counted, params)
         cards = [task for column in columns for task in s.scalars(column)]
         return cards, counts

@@ -1,9 +1,11 @@
-"""Fixtures: every database test runs once on SQLite and once on PostgreSQL.
+"""Fixtures: every database test runs once on SQLite, PostgreSQL and MariaDB/MySQL.
 
 PostgreSQL comes from ``KANBAN_TEST_POSTGRES_URL`` (for example
-``postgresql+psycopg://postgres@127.0.0.1:5432/kanban_test``). Without it the PostgreSQL
-half of each test is skipped with that reason, except under ``CI=true``, where a missing
-PostgreSQL fails the run instead of silently skipping half the suite.
+``postgresql+psycopg://postgres@127.0.0.1:5432/kanban_test``), MariaDB or MySQL from
+``KANBAN_TEST_MYSQL_URL`` (for example ``mysql://root@127.0.0.1:3306/kanban_test``).
+Without one, that backend's part of each test is skipped with that reason, except under
+``CI=true``, where a missing server fails the run instead of silently skipping part of
+the suite.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from sqlalchemy.orm import Session
 import kanban_orm as kb
 
 POSTGRES_ENV = "KANBAN_TEST_POSTGRES_URL"
-BACKENDS = ["sqlite", "postgres"]
+MYSQL_ENV = "KANBAN_TEST_MYSQL_URL"
+BACKENDS = ["sqlite", "postgres", "mysql"]
 KANBAN_TABLES = (
     "kanban_task_attachments",
     "kanban_board_events",
@@ -67,6 +70,66 @@ def pytest_runtest_makereport(
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     return postgres_url_or_skip()
+
+
+def mysql_url_or_skip() -> str:
+    url = os.environ.get(MYSQL_ENV)
+    if url:
+        return url
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {MYSQL_ENV} is not set: MariaDB tests must run in CI")
+    pytest.skip(f"{MYSQL_ENV} is not set; MariaDB/MySQL part of the suite skipped")
+
+
+@pytest.fixture(scope="session")
+def mysql_engine() -> Iterator[Engine]:
+    """The shared MariaDB/MySQL test database, migrated to head once per session."""
+    url = sa.make_url(mysql_url_or_skip())
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        url = url.set(database=f"{url.database}_{worker}")
+    _create_mysql_database(url)
+    engine = kb.create_engine(url, poolclass=sa.pool.NullPool)
+    kb.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def _mysql_admin(url: sa.URL) -> Engine:
+    return kb.create_engine(url.set(database=""), poolclass=sa.pool.NullPool)
+
+
+def _create_mysql_database(url: sa.URL) -> None:
+    admin = _mysql_admin(url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE DATABASE IF NOT EXISTS `{url.database}` "
+            "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        )
+    admin.dispose()
+
+
+def fresh_mysql_database(mysql_url: str) -> Iterator[str]:
+    """A new, empty MariaDB/MySQL database for one test; dropped afterwards."""
+    url = sa.make_url(mysql_url).set(database=f"kanban_t_{uuid.uuid4().hex[:12]}")
+    _create_mysql_database(url)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        kb.dispose_engines()
+        admin = _mysql_admin(url)
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{url.database}`")
+        admin.dispose()
+
+
+def _empty_mysql_tables(engine: Engine) -> None:
+    # TRUNCATE refuses a table other tables' foreign keys point at, unless told.
+    with engine.begin() as conn:
+        conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 0")
+        for table in KANBAN_TABLES:
+            conn.exec_driver_sql(f"TRUNCATE TABLE {table}")
+        conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 1")
 
 
 def _admin_url(url: str) -> sa.URL:
@@ -123,8 +186,42 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         sqlite3.connect(path).close()  # the file exists, as a PostgreSQL database would
         path.chmod(0o600)  # and is private, as one kanban_orm creates (else db check warns)
         yield f"sqlite:///{path}"
+    elif request.param == "mysql":
+        yield from fresh_mysql_database(mysql_url_or_skip())
     else:
         yield from fresh_postgres_database(postgres_url_or_skip())
+
+
+#: Migration tests whose bodies are written in SQLite's and PostgreSQL's SQL (quoted
+#: identifiers, per-revision fixtures, create_all comparisons) and are not yet ported to
+#: MariaDB/MySQL. Skipped there with this reason, never silently; kb0004 and the MariaDB
+#: schema check are covered by tests/test_backends.py and the mysql half of every other
+#: database test. Remove names from here as they are ported.
+MYSQL_NOT_YET_PORTED = frozenset(
+    {
+        "test_check_raises_when_a_column_was_dropped_by_hand",
+        "test_check_raises_when_an_index_was_dropped_by_hand",
+        "test_downgrade_to_base_removes_every_kanban_table_then_upgrade_again",
+        "test_each_revision_downgrades_one_step_and_upgrades_again",
+        "test_host_can_merge_the_library_history_via_version_locations",
+        "test_host_tables_and_alembic_history_are_untouched",
+        "test_init_db_from_8_processes_at_once_on_a_fresh_database",
+        "test_kb0002_keeps_a_duplicated_idempotency_key_on_the_oldest_live_task",
+        "test_migrated_schema_equals_create_all_of_the_models",
+        "test_upgrade_from_each_revision_with_data_in_place",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or getattr(item, "originalname", None) not in MYSQL_NOT_YET_PORTED:
+            continue
+        if "mysql" in (callspec.params.get("db_url"), callspec.params.get("empty_db_url")):
+            item.add_marker(
+                pytest.mark.skip(reason="migration test not yet ported to MariaDB/MySQL")
+            )
 
 
 @pytest.fixture(autouse=True)
@@ -141,7 +238,11 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         url = f"sqlite:///{tmp_path / 'kanban.db'}"
         kb.upgrade(kb.cached_engine(url))
         return url
-    engine: Engine = request.getfixturevalue("postgres_engine")
+    if request.param == "mysql":
+        engine: Engine = request.getfixturevalue("mysql_engine")
+        _empty_mysql_tables(engine)
+        return engine.url.render_as_string(hide_password=False)
+    engine = request.getfixturevalue("postgres_engine")
     with engine.begin() as conn:
         conn.exec_driver_sql(f"TRUNCATE {', '.join(KANBAN_TABLES)} RESTART IDENTITY CASCADE")
     return engine.url.render_as_string(hide_password=False)

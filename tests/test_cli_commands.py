@@ -522,11 +522,14 @@ def test_a_mistyped_sqlite_path_is_an_error_and_creates_nothing(
     assert upgraded.exit_code == 0 and path.exists()
 
 
+_SUPPORTED = "SQLite, PostgreSQL and MariaDB/MySQL"
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("bogus://x", "error: kanban_orm runs on SQLite and PostgreSQL, not 'bogus'"),
-        ("mysql://u@h/db", "error: kanban_orm runs on SQLite and PostgreSQL, not 'mysql'"),
+        ("bogus://x", f"error: kanban_orm runs on {_SUPPORTED}, not 'bogus'"),
+        ("mssql://u@h/db", f"error: kanban_orm runs on {_SUPPORTED}, not 'mssql'"),
         ("not a url", "error: not a database URL: 'not a url'"),
     ],
 )

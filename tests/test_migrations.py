@@ -29,8 +29,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import kanban_orm as kb
+from kanban_orm.backends.postgresql import MIGRATION_LOCK_KEY
 from kanban_orm.migrate import (
-    _PG_LOCK_KEY,
     BRANCH_LABEL,
     VERSION_TABLE,
     alembic_config,
@@ -442,6 +442,9 @@ SEEDS: dict[str, Callable[[Connection], Seeded]] = {
     "kb0002": seed_kb0002,
     # kb0003 adds only PostgreSQL's event log trigger: the same rows must survive it.
     "kb0003": seed_kb0002,
+    # kb0004 changes MySQL/MariaDB only (DATETIME(6), utf8mb4, generated-column unique
+    # indexes): the same rows must survive it, and nothing changes elsewhere.
+    "kb0004": seed_kb0002,
     # kb0005 adds an empty table and an index: the same rows must survive it.
     "kb0005": seed_kb0002,
     "kb0006": seed_kb0006,
@@ -802,7 +805,7 @@ def test_upgrade_that_waited_for_the_lock_sees_the_first_upgrade(
 
     try:
         with holder.connect() as lock:
-            lock.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _PG_LOCK_KEY})
+            lock.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             waiter = threading.Thread(target=waiting_upgrade)
             waiter.start()
             deadline = time.monotonic() + 60
@@ -817,7 +820,7 @@ def test_upgrade_that_waited_for_the_lock_sees_the_first_upgrade(
             assert waiting, "the second upgrade never queued for the migration lock"
             with plain.begin() as first:  # the first upgrader, committed under the lock
                 kb.upgrade(first)
-            lock.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_LOCK_KEY})
+            lock.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
             waiter.join(timeout=60)
         assert not waiter.is_alive()
         assert errors == []

@@ -16,6 +16,7 @@ from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 import kanban_orm as kb
+from kanban_orm import backends
 from kanban_orm.states import FINISHED, Status
 
 #: The board's columns, left to right; archived is drawn only behind its toggle.
@@ -148,10 +149,9 @@ def board(s: Session, filters: Filters, *, page_size: int = PAGE_SIZE) -> BoardV
     whose change the page already shows (harmless, the card is redrawn), never miss one.
     """
     with s.begin():
-        if s.get_bind().dialect.name == "postgresql":
-            # One snapshot for every column, as SQLite's read transaction has: at READ
-            # COMMITTED a task claimed between two statements would be drawn twice.
-            s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        # One snapshot for every column: at READ COMMITTED a task claimed between two
+        # statements would be drawn twice.
+        backends.of(s).snapshot_reads(s)
         after = last_event_id(s)
         counts: dict[str, int] = dict(
             s.execute(

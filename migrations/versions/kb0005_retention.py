@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import mysql, postgresql
 
 revision: str = "kb0005"
 down_revision: str | Sequence[str] | None = "kb0003"
@@ -27,6 +27,16 @@ depends_on: str | Sequence[str] | None = None
 
 BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 JSON_DOC = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+# MySQL and MariaDB keep whole seconds unless told a precision (see kb0004).
+TIMESTAMP = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+#: MySQL/MariaDB tables hold 4-byte characters and compare keys exactly (see kb0004).
+MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
+
+def _is_mysql() -> bool:
+    return op.get_bind().dialect.name in ("mysql", "mariadb")
+
+
 DONE_ORDER_SQL = "coalesce(completed_at, created_at)"
 
 
@@ -45,13 +55,16 @@ def upgrade() -> None:
         sa.Column("task_id", BIG_ID, nullable=True),
         sa.Column("payload", JSON_DOC, nullable=True),
         sa.Column("events_through", BIG_ID, nullable=True),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_kanban_board_events")),
+        **MYSQL_TABLE,
     )
     op.create_index(
         "ix_kanban_board_events_events_through", "kanban_board_events", ["events_through"]
     )
     op.create_index("ix_kanban_board_events_task_id", "kanban_board_events", ["task_id"])
+    if _is_mysql():
+        return  # MariaDB has no index on an expression: the done column sorts without one
     op.create_index(
         "ix_kanban_tasks_done_order",
         "kanban_tasks",
@@ -60,7 +73,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index("ix_kanban_tasks_done_order", table_name="kanban_tasks")
+    if not _is_mysql():
+        op.drop_index("ix_kanban_tasks_done_order", table_name="kanban_tasks")
     op.drop_index("ix_kanban_board_events_task_id", table_name="kanban_board_events")
     op.drop_index("ix_kanban_board_events_events_through", table_name="kanban_board_events")
     op.drop_table("kanban_board_events")

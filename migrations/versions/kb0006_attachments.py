@@ -24,6 +24,8 @@ depends_on: str | Sequence[str] | None = None
 
 BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 BLOB = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+# MySQL and MariaDB keep whole seconds unless told a precision (see kb0004).
+TIMESTAMP = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 def upgrade() -> None:
@@ -36,7 +38,7 @@ def upgrade() -> None:
         sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("data", BLOB, nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.CheckConstraint("size >= 0", name=op.f("ck_kanban_task_attachments_size_not_negative")),
         sa.ForeignKeyConstraint(
             ["task_id"],
@@ -45,6 +47,9 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_kanban_task_attachments")),
+        # 4-byte characters in names, exact comparison (see kb0004)
+        mysql_charset="utf8mb4",
+        mysql_collate="utf8mb4_bin",
     )
     op.create_index(
         "ix_kanban_task_attachments_task_id", "kanban_task_attachments", ["task_id", "id"]

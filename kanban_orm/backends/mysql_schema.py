@@ -1,0 +1,67 @@
+"""MySQL/MariaDB: how the migrated schema differs from the models on purpose (kb0004).
+
+The models declare partial unique indexes (``postgresql_where``/``sqlite_where``); on
+MySQL the migrations make each one a unique index on a stored generated column
+instead. Alembic's diff then reports those columns and indexes, and MariaDB's JSON
+columns as LONGTEXT (JSON is an alias there): expected, and left out here, while a
+generated column that is missing is reported.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import inspect
+
+from .sqlite import _sort_order_artifacts
+
+if TYPE_CHECKING:
+    from alembic.runtime.migration import MigrationContext
+
+#: The generated columns of kb0004, by table, and the unique indexes made on them.
+GENERATED_COLUMNS = {
+    "kanban_task_runs": {"open_task_id"},
+    "kanban_tasks": {"live_key_tenant", "live_key_no_tenant"},
+}
+GENERATED_INDEXES = frozenset(
+    {
+        "ux_kanban_task_runs_one_open",
+        "ux_kanban_tasks_idempotency_tenant",
+        "ux_kanban_tasks_idempotency_no_tenant",
+    }
+)
+
+
+#: Indexes on an expression, which MariaDB cannot build (kb0005 leaves them out there).
+EXPRESSION_INDEXES = frozenset({"ix_kanban_tasks_done_order"})
+
+
+def _expected(diff: Any) -> bool:
+    if isinstance(diff, list):
+        return all(_expected(one) for one in diff)
+    kind = diff[0]
+    if kind in ("add_index", "remove_index"):
+        return diff[1].name in GENERATED_INDEXES | EXPRESSION_INDEXES
+    if kind == "remove_column":
+        return diff[3].name in GENERATED_COLUMNS.get(diff[2], set())
+    if kind == "modify_type":
+        # MariaDB's JSON is LONGTEXT CHECK (json_valid(...)); it reflects as LONGTEXT.
+        existing, wanted = diff[5], diff[6]
+        return "JSON" in type(wanted).__name__.upper() and "TEXT" in type(existing).__name__.upper()
+    return False
+
+
+def differences(context: MigrationContext, found: list[Any]) -> list[Any]:
+    # MariaDB, as SQLite, reflects the claim-order index without its DESC column's order.
+    artifacts = _sort_order_artifacts(found)
+    kept = [diff for diff in found if id(diff) not in artifacts and not _expected(diff)]
+    bind = context.bind
+    if bind is None:
+        return kept
+    inspector = inspect(bind)
+    for table, columns in GENERATED_COLUMNS.items():
+        if not inspector.has_table(table):
+            continue
+        present = {column["name"] for column in inspector.get_columns(table)}
+        kept += [("missing_generated_column", table, c) for c in sorted(columns - present)]
+    return kept

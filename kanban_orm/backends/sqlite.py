@@ -1,0 +1,265 @@
+"""SQLite: one writer at a time, on a file shared by many processes.
+
+* WAL, so readers never block the writer and the writer never blocks readers;
+* ``busy_timeout``, so a writer waits for the lock inside SQLite instead of failing;
+* ``BEGIN IMMEDIATE`` for write transactions. A deferred transaction that reads and then
+  writes must upgrade its lock, and two such transactions can deadlock: SQLite then fails
+  one with SQLITE_BUSY at once, whatever the timeout. Taking the write lock up front
+  means a writer only ever waits. Plain reads keep a deferred BEGIN and take no lock.
+* ``synchronous=NORMAL`` by default: in WAL mode a process crash loses nothing, a power
+  cut may roll back the last commits. ``KANBAN_SQLITE_SYNCHRONOUS=FULL`` (or
+  ``configure_engine(engine, synchronous="FULL")``) makes every commit durable at the
+  cost of an fsync per commit.
+
+Because writers are serialised, a claim can number its runs itself and SQLite needs no
+locking clause (it renders none), no event-log guard and no link-graph lock.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from sqlalchemy import event, exc
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from .. import config, files
+from .. import queries as q
+from ..clock import new_claim_token, utcnow
+from ..errors import KanbanError
+from .base import WRITE_OPTION, PortableBackend, record_events
+
+if TYPE_CHECKING:
+    from alembic.runtime.migration import MigrationContext
+
+    from ..driver import Tx
+
+#: RETURNING (3.35) and UPDATE ... FROM (3.33) are used by every transition.
+MIN_SQLITE_VERSION = (3, 35, 0)
+
+_BUSY_MESSAGES = ("database is locked", "database table is locked", "database is busy")
+
+#: Indexes with a DESC column: SQLite reflects them without their sort order, so
+#: autogenerate always sees a difference that is not there.
+_SORT_ORDER_INDEXES = frozenset({"ix_kanban_tasks_claim_order"})
+#: Indexes on an expression: SQLite's reflection skips them (with a warning) and Alembic
+#: cannot compare them there, so they are looked up by name instead.
+_EXPRESSION_INDEXES = frozenset({"ix_kanban_tasks_done_order"})
+
+
+def is_busy_message(message: str) -> bool:
+    message = message.lower()
+    return any(fragment in message for fragment in _BUSY_MESSAGES)
+
+
+class SQLiteBackend(PortableBackend):
+    name: ClassVar[str] = "sqlite"
+    title: ClassVar[str] = "SQLite"
+    # A sqlite3 cursor is cheap, and one left holding a statement would hold its read
+    # snapshot too: closed after each transaction.
+    keeps_cursor: ClassVar[bool] = False
+    autocommits_one_statement: ClassVar[bool] = False
+
+    def configure_engine(
+        self, engine: Engine, *, synchronous: str | None, busy_timeout_ms: int | None
+    ) -> None:
+        """Take over transaction control from the pysqlite driver (so ``BEGIN`` and
+        ``BEGIN IMMEDIATE`` are ours to emit), as SQLAlchemy's documentation recommends
+        for correct SAVEPOINT and locking behaviour, and set the pragmas of every new
+        connection."""
+        synchronous = config.sqlite_synchronous(synchronous)
+        busy_timeout_ms = config.sqlite_busy_timeout_ms(busy_timeout_ms)
+        version = engine.dialect.dbapi.sqlite_version_info  # type: ignore[union-attr]
+        if tuple(version) < MIN_SQLITE_VERSION:
+            raise KanbanError(
+                f"kanban_orm needs SQLite >= {'.'.join(map(str, MIN_SQLITE_VERSION))}, "
+                f"this Python has {'.'.join(map(str, version))}"
+            )
+        # A "~" is expanded only by create_engine; SQLite would open such a path literally.
+        given = engine.url.database or ""
+        database = None if given.startswith("~") else files.sqlite_file(engine.url)
+
+        @event.listens_for(engine, "do_connect")
+        def _private_file(*_args: Any) -> None:
+            # Made 0600 before SQLite opens it, so the -wal and -shm that SQLite creates
+            # with the database's mode are private too; an existing file keeps its mode.
+            if database is not None and database.parent.is_dir():
+                files.create_private_file(database)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
+            cursor = dbapi_connection.cursor()
+            try:
+                # busy_timeout first: switching to WAL needs a lock that a concurrent
+                # first-time opener may hold.
+                cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+                if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    _retry_pragma(cursor, "PRAGMA journal_mode = WAL")
+                cursor.execute(f"PRAGMA synchronous = {synchronous}")
+                cursor.execute("PRAGMA foreign_keys = ON")
+            finally:
+                cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            immediate = conn.get_execution_options().get(WRITE_OPTION)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    def begin_write(self, tx: Tx) -> None:
+        tx.raw("BEGIN IMMEDIATE")
+
+    def commit_write(self, tx: Tx) -> None:
+        tx.raw("COMMIT")
+
+    def roll_back(self, dbapi_connection: Any) -> None:
+        if dbapi_connection.in_transaction:
+            dbapi_connection.execute("ROLLBACK")
+
+    def is_contention(self, error: exc.DBAPIError) -> bool:
+        return isinstance(error, exc.OperationalError) and is_busy_message(str(error.orig))
+
+    # The claim UPDATE numbers each task's run (queries.CLAIM_BY_ID_NUMBERED): no other
+    # writer can take those run ids before the INSERT that follows, under the write lock.
+
+    def claim_by_id(self, s: Tx, params: dict[str, Any], claimer: str) -> list[Any]:
+        return _open_numbered_runs(s, s.execute(q.CLAIM_BY_ID_NUMBERED, params).all(), claimer)
+
+    def claim_next(
+        self, s: Tx, by_assignee: bool, by_tenant: bool, params: dict[str, Any], claimer: str
+    ) -> list[Any]:
+        claim = q.claim_next_statement(by_assignee, by_tenant, numbered=True)
+        return _open_numbered_runs(s, s.execute(claim, params).all(), claimer)
+
+    def complete_pairs(
+        self,
+        s: Tx,
+        pairs: Sequence[tuple[int, str]],
+        task_result: str | None,
+        summary: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> list[Any]:
+        """The batch's UPDATE, its runs closed, its events: a statement each, the ids
+        bound as one JSON array (queries.COMPLETE_PAIRS), whatever the batch size."""
+        rows = s.execute(
+            q.COMPLETE_PAIRS, {"pairs": [list(pair) for pair in pairs], "task_result": task_result}
+        ).all()
+        if len(rows) < len(pairs):
+            return rows  # the caller explains the claim that no longer holds, and rolls back
+        ids = [task_id for task_id, _ in pairs]
+        closed = s.execute(
+            q.CLOSE_OPEN_RUNS,
+            {
+                "ids": ids,
+                "run_outcome": "completed",
+                "run_summary": summary,
+                "run_metadata": metadata,
+                "run_error": None,
+            },
+        )
+        run_of = {run.task_id: run.id for run in closed}
+        record_events(s, "completed", [(t, run_of.get(t), {"forced": False}) for t in ids])
+        return rows
+
+    def schema_differences(self, context: MigrationContext, found: list[Any]) -> list[Any]:
+        artifacts = _sort_order_artifacts(found)
+        kept = [d for d in found if id(d) not in artifacts]
+        return kept + _missing_sort_order_indexes(context)
+
+
+def _open_numbered_runs(s: Tx, claimed: list[Any], claimer: str) -> list[Any]:
+    """After a numbered claim: the run and ``claimed`` event of each claimed task; the
+    rows best first."""
+    rows = sorted(claimed, key=lambda t: (-t.priority, t.id))
+    if len(rows) == 1:
+        # Two INSERT ... VALUES cost about half of the INSERT ... SELECT pair for one id,
+        # while for a batch the INSERT ... SELECT costs less per row.
+        (one,) = rows
+        opened = {
+            "run_id": one.current_run_id,
+            "task_id": one.id,
+            "attempt": one.attempts,
+            "claimer": claimer,
+        }
+        s.execute(q.OPEN_RUN, {**opened, "token": one.claim_lock})
+        s.execute(q.LOG_CLAIM, opened)
+    elif rows:
+        numbered = {"ids": [t.id for t in rows], "claimer": claimer}
+        s.execute(q.OPEN_NUMBERED_RUNS, numbered)
+        s.execute(q.LOG_CLAIMS, numbered)
+    return rows
+
+
+def _retry_pragma(cursor: Any, sql: str, attempts: int = 50) -> None:
+    for attempt in range(attempts):
+        try:
+            cursor.execute(sql)
+            return
+        except Exception as error:  # sqlite3.OperationalError; the driver is not imported here
+            if not is_busy_message(str(error)) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01 + random.random() * 0.05)
+
+
+def _missing_sort_order_indexes(context: MigrationContext) -> list[Any]:
+    # Alembic skips these indexes on SQLite when they are absent, so look them up by name.
+    from sqlalchemy import inspect, text
+
+    from ..models import Base
+
+    inspector = inspect(context.bind)
+    missing = []
+    for table in Base.metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        # sqlite_master, not the inspector: its reflection skips expression indexes.
+        present = set(
+            context.bind.execute(  # type: ignore[union-attr]
+                text("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = :t"),
+                {"t": table.name},
+            ).scalars()
+        )
+        missing += [
+            ("add_index", ix)
+            for ix in table.indexes
+            if ix.name in _SORT_ORDER_INDEXES | _EXPRESSION_INDEXES and ix.name not in present
+        ]
+    return missing
+
+
+def _sort_order_artifacts(differences: list[Any]) -> set[int]:
+    """The remove_index + add_index pairs SQLite reports for an index that is there.
+
+    Only a pair is an artifact: an index that is really missing shows up as an
+    add_index alone, and is still reported.
+    """
+    by_name: dict[str, dict[str, Any]] = {}
+    for d in differences:
+        is_index_change = isinstance(d, tuple) and d[0] in ("add_index", "remove_index")
+        if is_index_change and d[1].name in _SORT_ORDER_INDEXES:
+            by_name.setdefault(d[1].name, {})[d[0]] = d
+    return {id(d) for pair in by_name.values() if len(pair) == 2 for d in pair.values()}
+
+
+# -- the database clock and the fencing token ------------------------------------------
+
+
+@compiles(utcnow, "sqlite")
+def _utcnow_sqlite(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
+    # '%f' is seconds with milliseconds; the '000' suffix gives the six fractional
+    # digits SQLAlchemy's SQLite DateTime type writes and parses, so values written by
+    # the database and by Python compare correctly as text. 'now' is the statement's
+    # time already, so utcnow_at_statement_start needs no form of its own.
+    clauses = list(element.clauses)
+    offset = compiler.process(clauses[0], **kw) if clauses else None
+    modifier = f", printf('%+.6f seconds', {offset})" if offset is not None else ""
+    return f"strftime('%Y-%m-%d %H:%M:%f000', 'now'{modifier})"
+
+
+@compiles(new_claim_token, "sqlite")
+def _token_sqlite(element: new_claim_token, compiler: SQLCompiler, **kw: Any) -> str:
+    return "lower(hex(randomblob(16)))"

@@ -1,0 +1,276 @@
+"""The backend seam: every backend against the same expectations, and the protocols a
+backend states (see kanban_orm.backends).
+
+These tests ask the backend what it can do (``uncontested_completion``, ...), never the
+dialect's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+import kanban_orm as kb
+from kanban_orm import backends
+from kanban_orm import queries as q
+from kanban_orm.backends.base import run_closing
+from kanban_orm.backends.postgresql import WAIT_MAKERS
+from kanban_orm.db import run_write
+from kanban_orm.driver import Tx
+from kanban_orm.states import Status, sources_of
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def test_no_dialect_checks_outside_the_backend_layer() -> None:
+    package = REPO_ROOT / "kanban_orm"
+    found = []
+    for path in package.rglob("*.py"):
+        if "backends" in path.relative_to(package).parts:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if any(word in line for word in ("dialect.name", "is_postgresql", "is_sqlite")):
+                found.append(f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}")
+    assert found == []
+
+
+def test_every_engine_has_a_backend(engine: Engine) -> None:
+    backend = backends.of(engine)
+    assert backend.name == engine.dialect.name
+    assert backends.named(backend.name) is backend
+
+
+def test_an_unknown_backend_is_refused() -> None:
+    with pytest.raises(backends.UnsupportedBackend):
+        backends.named("oracle")
+    with pytest.raises(kb.InvalidInput, match="runs on SQLite"):
+        kb.create_engine("oracle://scott@localhost/orcl")
+
+
+# -- the one-statement completion protocol ------------------------------------------------
+# Where a backend completes a claim in one statement without looking for waiting children
+# (Backend.uncontested_completion), every transition that can make a child wait on a
+# parent must rewrite the parent's row first (PostgreSQLBackend's docstring). Each
+# scenario below ends with `child` waiting on a running `parent`; the parent's physical
+# row (ctid) must have changed during the transition.
+
+
+def _running_parent(session: Session) -> int:
+    parent = kb.create_task(session, title="parent")
+    assert kb.claim_task(session, parent, claimer="w") is not None
+    return parent
+
+
+def _create_with_parent(session: Session, parent: int) -> Callable[[], int]:
+    return lambda: kb.create_task(session, title="child", parents=[parent])
+
+
+def _link(session: Session, parent: int) -> Callable[[], int]:
+    child = kb.create_task(session, title="child")
+    return lambda: kb.link_tasks(session, parent, child).id
+
+
+def _unblock(session: Session, parent: int) -> Callable[[], int]:
+    child = kb.create_task(session, title="child", parents=[parent])
+    kb.block_task(session, child, reason="hold")
+    return lambda: kb.unblock_task(session, child).id
+
+
+def _specify(session: Session, parent: int) -> Callable[[], int]:
+    child = kb.create_task(session, title="child", parents=[parent], triage=True)
+    return lambda: kb.specify_task(session, child).id
+
+
+def _request_changes(session: Session, parent: int) -> Callable[[], int]:
+    child = kb.create_task(session, title="child")
+    held = kb.claim_task(session, child, claimer="w2")
+    assert held is not None and held.claim_lock is not None
+    kb.submit_for_review(session, child, claim_lock=held.claim_lock)
+    kb.link_tasks(session, parent, child)  # a task in review does not wait
+    return lambda: kb.request_changes(session, child, reason="again").id
+
+
+def _reopen(session: Session, parent: int) -> Callable[[], int]:
+    child = kb.create_task(session, title="child")
+    held = kb.claim_task(session, child, claimer="w2")
+    assert held is not None
+    kb.complete_task(session, child, claim_lock=held.claim_lock)
+    kb.link_tasks(session, parent, child)  # a finished task does not wait
+    return lambda: kb.reopen_task(session, child).id
+
+
+#: Each wait-maker of WAIT_MAKERS, and the state the child waits from (None: created).
+SCENARIOS: dict[str, tuple[Status | None, Callable[[Session, int], Callable[[], int]]]] = {
+    "create_task(parents=...)": (None, _create_with_parent),
+    "link_tasks": (Status.READY, _link),
+    "unblock_task": (Status.BLOCKED, _unblock),
+    "specify_task": (Status.TRIAGE, _specify),
+    "request_changes": (Status.REVIEW, _request_changes),
+    "reopen_task": (Status.DONE, _reopen),
+}
+
+
+def test_every_way_into_todo_is_a_listed_wait_maker() -> None:
+    # A new move into todo in the transition table is a new wait-maker: it must be
+    # listed on the backend and covered here before this passes.
+    assert set(SCENARIOS) == set(WAIT_MAKERS)
+    covered = {source for source, _ in SCENARIOS.values() if source is not None}
+    assert set(sources_of(Status.TODO)) <= covered
+
+
+def _row_version(session: Session, task_id: int) -> str:
+    # PostgreSQL's physical row address: a rewrite of the row moves it.
+    return str(
+        session.execute(
+            sa.text("SELECT CAST(ctid AS TEXT) FROM kanban_tasks WHERE id = :id"), {"id": task_id}
+        ).scalar_one()
+    )
+
+
+@pytest.mark.parametrize("maker", sorted(SCENARIOS))
+def test_wait_makers_rewrite_the_parent_row(session: Session, maker: str) -> None:
+    if backends.of(session).uncontested_completion(one=True) is None:
+        pytest.skip("this backend completes in a transaction that looks for children")
+    parent = _running_parent(session)
+    _, scenario = SCENARIOS[maker]
+    transition = scenario(session, parent)
+    before = _row_version(session, parent)
+    session.commit()
+    child = transition()
+    assert kb.get_task(session, child).status == Status.TODO.value
+    assert _row_version(session, parent) != before, f"{maker} did not rewrite the parent row"
+    session.commit()
+
+
+# -- the conformance suite: the Backend protocol, the same expectations on every backend --
+# (River's riverdrivertest: one body, run against each driver.)
+
+
+def _write(session: Session, work: Callable[[Tx], T]) -> T:
+    return run_write(session, work)
+
+
+def _ready_tasks(session: Session, priorities: list[int]) -> list[int]:
+    return [kb.create_task(session, title=f"p{p}", priority=p) for p in priorities]
+
+
+def test_claim_next_claims_best_first_with_runs_and_events(session: Session) -> None:
+    ids = _ready_tasks(session, [1, 5, 3])
+    params = {"limit": 2, "ttl": 60.0}
+    rows = _write(session, lambda s: s.backend.claim_next(s, False, False, params, "conf"))
+    assert [row.id for row in rows] == [ids[1], ids[2]]
+    tokens = {row.claim_lock for row in rows}
+    assert len(tokens) == 2 and all(len(t) == 32 and int(t, 16) >= 0 for t in tokens)
+    for row in rows:
+        assert row.status == Status.RUNNING.value and row.attempts == 1
+        run = kb.latest_run(session, row.id)
+        assert run is not None and run.id == row.current_run_id
+        assert run.claim_lock == row.claim_lock and run.claimer == "conf"
+        claimed = [e for e in kb.list_events(session, task_id=row.id) if e.kind == "claimed"]
+        assert [e.run_id for e in claimed] == [run.id]
+        assert claimed[0].payload == {"claimer": "conf", "attempt": 1}
+
+
+def test_claim_by_id_of_an_unclaimable_task_claims_nothing(session: Session) -> None:
+    (task_id,) = _ready_tasks(session, [0])
+    params = {"task_id": task_id, "ttl": 60.0}
+    assert len(_write(session, lambda s: s.backend.claim_by_id(s, params, "a"))) == 1
+    assert _write(session, lambda s: s.backend.claim_by_id(s, params, "b")) == []
+    assert len(kb.list_runs(session, task_id)) == 1
+
+
+def test_claim_many_gives_each_claim_its_own_run_and_token(session: Session) -> None:
+    _ready_tasks(session, [0] * 12)
+    claimed = kb.claim_many(session, claimer="w", limit=10)
+    assert len(claimed) == 10
+    assert len({t.claim_lock for t in claimed}) == 10
+    assert len({t.current_run_id for t in claimed}) == 10
+
+
+def test_complete_pairs_leaves_out_a_claim_that_no_longer_holds(session: Session) -> None:
+    _ready_tasks(session, [2, 1])
+    first, second = kb.claim_many(session, claimer="w", limit=2)
+    pairs = [(first.id, first.claim_lock), (second.id, "0" * 32)]
+
+    def work(s: Tx) -> list[int]:
+        rows = s.backend.complete_pairs(s, pairs, None, None, None)
+        raise _Rollback([row.id for row in rows])
+
+    with pytest.raises(_Rollback) as got:
+        _write(session, work)
+    assert got.value.args[0] == [first.id]
+    assert kb.get_task(session, first.id).status == Status.RUNNING.value  # rolled back
+
+
+def test_finish_run_closes_the_run_and_sees_a_waiting_child(session: Session) -> None:
+    (parent,) = _ready_tasks(session, [0])
+    child = kb.create_task(session, title="child", parents=[parent])
+    held = kb.claim_task(session, parent, claimer="w")
+    assert held is not None
+    closing = run_closing(parent, "completed", "ok", {"k": [1, "é"]}, None)
+
+    def work(s: Tx) -> tuple[int | None, bool]:
+        done = {"task_id": parent, "token": held.claim_lock, "task_result": None}
+        s.execute(q.COMPLETE_HELD, done)
+        return s.backend.finish_run(s, closing, {"forced": False}, see_children=True)
+
+    run_id, waiting = _write(session, work)
+    assert run_id == held.current_run_id and waiting is True
+    run = kb.latest_run(session, parent)
+    assert run is not None and run.outcome == "completed" and run.metadata_ == {"k": [1, "é"]}
+    assert kb.get_task(session, child).status == Status.TODO.value  # promotion is the caller's
+
+
+def test_the_database_clock_is_utc_with_sub_second_precision(session: Session) -> None:
+    (task_id,) = _ready_tasks(session, [0])
+    claimed = kb.claim_task(session, task_id, claimer="w", ttl_seconds=1.5)
+    assert claimed is not None and claimed.claim_expires is not None
+    started = claimed.started_at
+    assert started is not None
+    now = datetime.now(UTC).replace(tzinfo=None)
+    assert abs((started - now).total_seconds()) < 300
+    lease = (claimed.claim_expires - started).total_seconds()
+    assert 1.4 < lease < 1.6 + 30  # a lease of 1.5 s, not rounded to whole seconds
+
+
+def test_four_byte_characters_survive(session: Session) -> None:
+    title = "deploy 🚀 𝄞 漢字 🦄"
+    task_id = kb.create_task(session, title=title, body="𝄞" * 100)
+    assert kb.get_task(session, task_id).title == title
+
+
+def test_a_unique_violation_is_not_contention(session: Session) -> None:
+    parent, child = _ready_tasks(session, [0, 0])
+
+    def work(s: Tx) -> None:
+        s.execute(q.INSERT_LINK, {"parent_id": parent, "child_id": child})
+        s.execute(q.INSERT_LINK, {"parent_id": parent, "child_id": child})
+
+    with pytest.raises(sa.exc.IntegrityError) as got:
+        _write(session, work)
+    assert not backends.of(session).is_contention(got.value)
+
+
+def test_a_bare_url_gets_the_backends_driver(db_url: str) -> None:
+    url = sa.make_url(db_url)
+    bare = url.set(drivername=url.get_backend_name())
+    chosen = backends.named(url.get_backend_name()).url(bare)
+    assert chosen.get_backend_name() == url.get_backend_name()
+    engine = kb.create_engine(chosen, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(1)).scalar() == 1
+    finally:
+        engine.dispose()
+
+
+class _Rollback(Exception):
+    """Raised inside a write to see what it did, then roll it back."""
