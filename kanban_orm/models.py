@@ -121,7 +121,10 @@ class Task(Base):
         Index("ix_kanban_tasks_tenant", "tenant"),
         # Serves the done column (newest first, scanned backwards) and prune's search for
         # tasks finished before a cutoff: without it both sort every finished task.
-        Index("ix_kanban_tasks_done_order", "status", text(DONE_ORDER_SQL), "id"),
+        # MariaDB cannot index an expression: there the column sorts without it (kb0005).
+        Index("ix_kanban_tasks_done_order", "status", text(DONE_ORDER_SQL), "id").ddl_if(
+            dialect=("sqlite", "postgresql")
+        ),
         # A key is unique among live tasks of a tenant; NULL tenants need their own index
         # because NULLs never collide in a unique index.
         Index(

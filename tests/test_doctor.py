@@ -125,14 +125,14 @@ def test_pruned_history_is_not_a_gap(session: Session) -> None:
 
 
 def test_schema_drift_is_an_error_with_its_fix(session: Session, engine: Engine) -> None:
-    index = next(ix for ix in kb.Task.__table__.indexes if ix.name == "ix_kanban_tasks_done_order")
+    index = next(ix for ix in kb.Task.__table__.indexes if ix.name == "ix_kanban_tasks_assignee")
     index.drop(engine)
     try:
         finding = by_check(doctor(session))["schema"]
     finally:
         index.create(engine)  # PostgreSQL's test database is shared by the session's tests
     assert finding.severity == "error"
-    assert "ix_kanban_tasks_done_order" in finding.message
+    assert "ix_kanban_tasks_assignee" in finding.message
     assert "db upgrade" in (finding.fix or "")
 
 
