@@ -17,6 +17,13 @@ from kanban_orm.driver import Tx
 from kanban_orm.models import TaskEvent, TaskRun
 
 
+def _autocommits(connection: Any) -> bool:
+    """psycopg's ``autocommit`` is a property; MySQLdb's is a method (always truthy)."""
+    if callable(connection.autocommit):
+        return bool(connection.get_autocommit())
+    return bool(connection.autocommit)
+
+
 @pytest.fixture
 def drop_after_next_commit(
     backend: str, monkeypatch: pytest.MonkeyPatch
@@ -53,7 +60,7 @@ def drop_after_next_commit(
 
     def execute(tx: Tx, *args: Any, **kw: Any) -> Any:
         connection: Any = tx._connection
-        if armed and backend != "sqlite" and connection.autocommit:
+        if armed and backend != "sqlite" and _autocommits(connection):
             armed.clear()
             real_execute(tx, *args, **kw)
             connection.close()

@@ -290,6 +290,7 @@ def test_keyboard_creates_navigates_and_opens_the_drawer(
     form.locator("input[name=title]").fill("typed with the keyboard")
     form.locator("input[name=priority]").fill("3")
     form.locator("button.primary").click()
+    form.wait_for(state="hidden")  # a closing dialog hands focus back: let it, first
     (created,) = [t.id for t in kb.list_tasks(session) if t.title == "typed with the keyboard"]
     card(page, "ready", created).wait_for()
     card(page, "triage", left).focus()

@@ -57,5 +57,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index("ix_kanban_task_attachments_task_id", table_name="kanban_task_attachments")
+    # The table's indexes go with it (MariaDB refuses to drop one a foreign key needs).
     op.drop_table("kanban_task_attachments")
