@@ -123,7 +123,8 @@ class Task(Base):
         # tasks finished before a cutoff: without it both sort every finished task.
         # MariaDB cannot index an expression: there the column sorts without it (kb0005).
         Index("ix_kanban_tasks_done_order", "status", text(DONE_ORDER_SQL), "id").ddl_if(
-            dialect=("sqlite", "postgresql")
+            # SQLAlchemy documents a tuple of names here; its stubs say a single str.
+            dialect=("sqlite", "postgresql")  # type: ignore[arg-type]
         ),
         # A key is unique among live tasks of a tenant; NULL tenants need their own index
         # because NULLs never collide in a unique index.
