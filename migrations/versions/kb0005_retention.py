@@ -21,7 +21,7 @@ from alembic import op
 from sqlalchemy.dialects import mysql, postgresql
 
 revision: str = "kb0005"
-down_revision: str | Sequence[str] | None = "kb0003"
+down_revision: str | Sequence[str] | None = "kb0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
