@@ -1,7 +1,8 @@
 """A follower polling list_events(after_id=...) never misses an event.
 
-On PostgreSQL concurrent transactions commit out of event-id order; the event log guard
-(models.EVENT_LOG_GUARD_DDL, revision kb0003) makes the tailing read wait for them.
+On PostgreSQL and MariaDB/MySQL concurrent transactions commit out of event-id order;
+the event log guard (models.EVENT_LOG_GUARD_DDL, revision kb0003; on MariaDB/MySQL a
+guard row and trigger, revision kb0007) makes the tailing read wait for them.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
-from kanban_orm import backends
-from kanban_orm.backends.mysql import MySQLBackend
+from kanban_orm.backends.mysql import EVENT_GUARD_TABLE, EVENT_GUARD_TRIGGER_DDL
 from kanban_orm.models import EVENT_LOG_GUARD_TRIGGER
 
 from . import workers
-from .conftest import fresh_postgres_database, postgres_url_or_skip
+from .conftest import _empty_mysql_tables, fresh_postgres_database, postgres_url_or_skip
 
 SPAWN = mp.get_context("spawn")
 
@@ -41,16 +41,7 @@ def follow(session: Session, until: threading.Event) -> list[list[int]]:
         time.sleep(0.005)
 
 
-def test_follower_sees_every_event_of_concurrent_writers(
-    db_url: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    if isinstance(backends.named(sa.make_url(db_url).get_backend_name()), MySQLBackend):
-        # Known gap (issue 16 follow-up): the locking read waits for uncommitted event
-        # rows, but not for an AUTO_INCREMENT id drawn and not yet inserted; a follower
-        # under load once saw 92 before 91. Writers need a shared guard, as on PostgreSQL.
-        request.applymarker(
-            pytest.mark.xfail(reason="MariaDB event tailing: id drawn before insert", strict=False)
-        )
+def test_follower_sees_every_event_of_concurrent_writers(db_url: str, tmp_path: Path) -> None:
     writers, per_writer = 4, 25
     barrier = SPAWN.Barrier(writers)
     procs = [
@@ -123,3 +114,56 @@ def test_without_the_guard_a_follower_skips_the_late_commit_on_postgresql(pg_url
     finally:
         for s in (slow, fast, follower):
             s.close()
+
+
+@pytest.fixture
+def mysql_db_url(mysql_engine: sa.Engine) -> str:
+    _empty_mysql_tables(mysql_engine)
+    return mysql_engine.url.render_as_string(hide_password=False)
+
+
+def test_tailing_read_waits_for_a_writer_holding_the_guard_on_mysql(mysql_db_url: str) -> None:
+    # The state the row locks of the old tailing read missed: a writer past the
+    # trigger's shared lock, its AUTO_INCREMENT id drawn, its row not yet inserted.
+    engine = kb.cached_engine(mysql_db_url)
+    with engine.connect() as writer:
+        writer.execute(
+            sa.text(f"SELECT id FROM {EVENT_GUARD_TABLE} WHERE id = 1 LOCK IN SHARE MODE")
+        )
+        committer = threading.Timer(0.5, writer.commit)
+        committer.start()
+        follower = kb.connect(mysql_db_url)
+        try:
+            started = time.monotonic()
+            kb.list_events(follower)
+            waited = time.monotonic() - started
+        finally:
+            follower.close()
+            committer.join()
+    assert waited >= 0.4, "the tailing read must wait for every holder of the guard"
+
+
+def test_an_event_insert_takes_the_guard_and_check_wants_the_trigger_on_mysql(
+    mysql_db_url: str,
+) -> None:
+    engine = kb.cached_engine(mysql_db_url)
+    writer = kb.session_factory(engine)()
+    try:
+        writer.begin()
+        kb.create_task(writer, title="holds the guard until it commits")
+        with engine.connect() as reader, pytest.raises(sa.exc.OperationalError, match="1205"):
+            reader.execute(
+                sa.text(f"SELECT id FROM {EVENT_GUARD_TABLE} WHERE id = 1 FOR UPDATE NOWAIT")
+            )
+        writer.rollback()
+    finally:
+        writer.close()
+    kb.check(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TRIGGER {EVENT_LOG_GUARD_TRIGGER}"))
+    try:
+        with pytest.raises(kb.SchemaOutOfDate, match=EVENT_LOG_GUARD_TRIGGER):
+            kb.check(engine)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(EVENT_GUARD_TRIGGER_DDL))

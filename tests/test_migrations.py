@@ -448,6 +448,9 @@ SEEDS: dict[str, Callable[[Connection], Seeded]] = {
     # kb0005 adds an empty table and an index: the same rows must survive it.
     "kb0005": seed_kb0002,
     "kb0006": seed_kb0006,
+    # kb0007 adds MySQL/MariaDB's event log guard (a one-row table and a trigger):
+    # the same rows must survive it, and nothing changes elsewhere.
+    "kb0007": seed_kb0006,
 }
 
 

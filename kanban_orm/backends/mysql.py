@@ -29,9 +29,15 @@ has ``RANDOM_BYTES`` since 10.10; ``FOR UPDATE OF`` is MySQL's only (SQLAlchemy 
 it out on MariaDB). Only MariaDB 10.11 is tested here.
 
 Gap-free event tailing: an event id is drawn when the row is inserted, and transactions
-commit in any order. A tailing read first takes shared locks on ``id > after_id``
-(:data:`LOCK_EVENTS_AFTER`): a locking read waits for every uncommitted insert in that
-range, so the plain read that follows cannot miss a lower id committed later.
+commit in any order, so a follower reading ``id > after_id`` could see id 92 committed
+while 91's transaction is still open, move past 91 and never see it. Locking the rows
+past the cursor is not enough: it waits for uncommitted rows, not for an id drawn and
+not yet inserted. The guard is PostgreSQL's, on a row (revision kb0007): a ``BEFORE
+INSERT`` trigger on the event log reads the one row of :data:`EVENT_GUARD_TABLE` ``LOCK
+IN SHARE MODE`` before the row's id is drawn, held to the end of the transaction, and a
+tailing read first takes that row ``FOR UPDATE`` (:func:`wait_for_event_writers
+<MySQLBackend.wait_for_event_writers>`): once it holds it, every transaction that drew
+an event id has ended, and none can draw one until the read's transaction ends.
 """
 
 from __future__ import annotations
@@ -39,7 +45,20 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import Integer, bindparam, event, exc, func, insert, literal, select, update
+from sqlalchemy import (
+    Integer,
+    bindparam,
+    column,
+    event,
+    exc,
+    func,
+    insert,
+    literal,
+    select,
+    table,
+    text,
+    update,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
@@ -49,6 +68,7 @@ from sqlalchemy.sql.dml import Delete, Insert, Update, UpdateBase
 
 from .. import queries as q
 from ..clock import new_claim_token, utcnow
+from ..models import EVENT_LOG_GUARD_TRIGGER
 from ..states import Status
 from .base import PortableBackend
 
@@ -151,10 +171,30 @@ _LOCK_IN_ID_ORDER = {
     .with_for_update(),
 }
 
-#: A tailing read's guard (see the module docstring).
-LOCK_EVENTS_AFTER = (
-    select(events.c.id).where(events.c.id > bindparam("after_id")).with_for_update(read=True)
+#: The event log's commit-order guard (see the module docstring; revision kb0007 makes
+#: the table, its one row and the trigger, which takes the row's name from PostgreSQL's).
+EVENT_GUARD_TABLE = "kanban_event_guard"
+EVENT_GUARD_TRIGGER = EVENT_LOG_GUARD_TRIGGER
+_guard = table(EVENT_GUARD_TABLE, column("id"))
+#: The trigger as kb0007 creates it: BEFORE triggers run before the row's id is drawn.
+EVENT_GUARD_TRIGGER_DDL = (
+    f"CREATE TRIGGER {EVENT_GUARD_TRIGGER} BEFORE INSERT ON {events.name} FOR EACH ROW "
+    "BEGIN DECLARE guard SMALLINT; "
+    f"SELECT id INTO guard FROM {EVENT_GUARD_TABLE} WHERE id = 1 LOCK IN SHARE MODE; END"
 )
+#: The tailing reader's side: the guard row, exclusively, held to the end of the read's
+#: transaction. Writers queue behind a waiting reader, so MariaDB bounds the wait at a
+#: second (``WAIT`` takes whole seconds); a timeout is contention, and the read retries.
+LOCK_EVENT_GUARD = select(_guard.c.id).where(_guard.c.id == 1).with_for_update()
+LOCK_EVENT_GUARD_MARIADB = text(
+    f"SELECT id FROM {EVENT_GUARD_TABLE} WHERE id = 1 FOR UPDATE WAIT 1"
+).columns(column("id", Integer))
+#: The guard's parts, for the schema check.
+EVENT_GUARD_ROW = select(_guard.c.id).where(_guard.c.id == 1)
+EVENT_GUARD_TRIGGER_PRESENT = text(
+    "SELECT 1 FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() "
+    "AND TRIGGER_NAME = :name AND EVENT_OBJECT_TABLE = :table"
+).bindparams(name=EVENT_GUARD_TRIGGER, table=events.name)
 
 #: Concurrent migrators queue on a named lock, released at the end (GET_LOCK is
 #: session-scoped on MySQL: the transaction's end does not release it).
@@ -200,7 +240,8 @@ class MySQLBackend(PortableBackend):
         return _claim(s, ids, params, claimer)
 
     def wait_for_event_writers(self, session: Session, after_id: int) -> None:
-        session.execute(LOCK_EVENTS_AFTER, {"after_id": after_id}).all()
+        mariadb = getattr(session.get_bind().dialect, "is_mariadb", False)
+        session.execute(LOCK_EVENT_GUARD_MARIADB if mariadb else LOCK_EVENT_GUARD).all()
 
     def snapshot_reads(self, session: Session) -> None:
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})

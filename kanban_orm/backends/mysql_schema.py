@@ -4,7 +4,9 @@ The models declare partial unique indexes (``postgresql_where``/``sqlite_where``
 MySQL the migrations make each one a unique index on a stored generated column
 instead. Alembic's diff then reports those columns and indexes, and MariaDB's JSON
 columns as LONGTEXT (JSON is an alias there): expected, and left out here, while a
-generated column that is missing is reported.
+generated column that is missing is reported. So is the event log's guard (kb0007): a
+table the models do not declare, expected, while a missing table, row or trigger is
+reported.
 """
 
 from __future__ import annotations
@@ -13,6 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import inspect
 
+from .mysql import (
+    EVENT_GUARD_ROW,
+    EVENT_GUARD_TABLE,
+    EVENT_GUARD_TRIGGER,
+    EVENT_GUARD_TRIGGER_PRESENT,
+    events,
+)
 from .sqlite import _sort_order_artifacts
 
 if TYPE_CHECKING:
@@ -40,6 +49,8 @@ def _expected(diff: Any) -> bool:
     if isinstance(diff, list):
         return all(_expected(one) for one in diff)
     kind = diff[0]
+    if kind == "remove_table":
+        return bool(diff[1].name == EVENT_GUARD_TABLE)
     if kind in ("add_index", "remove_index"):
         return diff[1].name in GENERATED_INDEXES | EXPRESSION_INDEXES
     if kind == "remove_column":
@@ -64,4 +75,12 @@ def differences(context: MigrationContext, found: list[Any]) -> list[Any]:
             continue
         present = {column["name"] for column in inspector.get_columns(table)}
         kept += [("missing_generated_column", table, c) for c in sorted(columns - present)]
+    if inspector.has_table(events.name):
+        if (
+            not inspector.has_table(EVENT_GUARD_TABLE)
+            or bind.execute(EVENT_GUARD_ROW).first() is None
+        ):
+            kept.append(("missing_event_guard_row", EVENT_GUARD_TABLE))
+        if bind.execute(EVENT_GUARD_TRIGGER_PRESENT).first() is None:
+            kept.append(("missing_trigger", EVENT_GUARD_TRIGGER))
     return kept
