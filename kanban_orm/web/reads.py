@@ -257,6 +257,16 @@ def decorate(s: Session, tasks: Sequence[kb.Task]) -> list[Card]:
     ]
 
 
+@dataclass(frozen=True)
+class DrawerAttachment:
+    """The newest attachment of one name (the one its download serves), the attempt of
+    the run that made it, and how many older ones of that name it hides."""
+
+    info: kb.Attachment
+    attempt: int | None = None
+    older: int = 0
+
+
 @dataclass
 class Drawer:
     task: kb.Task
@@ -266,6 +276,23 @@ class Drawer:
     parents: list[kb.Task]
     children: list[kb.Task]
     now: datetime
+    attachments: list[DrawerAttachment] = field(default_factory=list)
+
+
+def newest_by_name(
+    attachments: Sequence[kb.Attachment], runs: Sequence[kb.TaskRun] = ()
+) -> list[DrawerAttachment]:
+    """One entry per name, the newest (what ``read_attachment`` returns), oldest first."""
+    attempts = {r.id: r.attempt for r in runs}
+    newest: dict[str, kb.Attachment] = {}
+    count: dict[str, int] = {}
+    for a in attachments:  # oldest first: the last of each name wins
+        newest[a.name] = a
+        count[a.name] = count.get(a.name, 0) + 1
+    return [
+        DrawerAttachment(a, attempts.get(a.run_id or 0), count[a.name] - 1)
+        for a in sorted(newest.values(), key=lambda a: a.id)
+    ]
 
 
 def drawer(s: Session, task_id: int) -> Drawer:
@@ -274,6 +301,7 @@ def drawer(s: Session, task_id: int) -> Drawer:
     runs = kb.list_runs(s, task_id=task_id)
     comments = kb.list_comments(s, task_id=task_id)
     links = kb.list_links(s, task_id=task_id)
+    attachments = kb.list_attachments(s, task_id)
     with s.begin():
         events = list(
             s.scalars(
@@ -298,6 +326,7 @@ def drawer(s: Session, task_id: int) -> Drawer:
         [related[i] for i in links.parents if i in related],
         [related[i] for i in links.children if i in related],
         utcnow(),
+        newest_by_name(attachments, runs),
     )
 
 

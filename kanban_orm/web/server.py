@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,6 +28,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 import kanban_orm as kb
+from kanban_orm.attachments import sanitize_name
 from kanban_orm.states import Status
 
 from . import TOKEN_ENV, actions, reads
@@ -43,6 +45,7 @@ KEEPALIVE_SECONDS = 15.0
 #: HTTP status for each kernel error a write can end in.
 _STATUS_OF: tuple[tuple[type[kb.KanbanError], int], ...] = (
     (kb.TaskNotFound, 404),
+    (kb.AttachmentNotFound, 404),
     (kb.InvalidTransition, 409),
     (kb.ClaimLost, 409),
     (kb.InvalidInput, 422),
@@ -69,6 +72,20 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 86400:.1f}d"
 
 
+def _path_segment(text: str) -> str:
+    """``text`` percent-encoded as one URL path segment (``/`` included)."""
+    return quote(text, safe="")
+
+
+def content_disposition(name: str) -> str:
+    """``attachment`` with ``name``: an ASCII ``filename`` (quotes, backslashes, ``%``,
+    control and non-ASCII characters replaced by ``_``) and the exact name as RFC 5987's
+    ``filename*``, so no name can break out of the header or its quoted string."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\%' else "_" for c in name)
+    exact = _path_segment(name)
+    return f"attachment; filename=\"{fallback or 'attachment'}\"; filename*=UTF-8''{exact}"
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -77,6 +94,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["age"] = _age
     env.filters["duration"] = _duration
+    env.filters["segment"] = _path_segment
     env.filters["tail"] = lambda text, n=400: text if len(text) <= n else "…" + text[-n:]
     return env
 
@@ -155,6 +173,26 @@ class Board:
             found = reads.drawer(s, task_id)
         return self.render(
             request, "drawer.html", d=found, moves=actions.available(found.task.status)
+        )
+
+    def attachment(self, request: Request) -> Response:
+        """The newest attachment of that name, as a download: never drawn inline, never
+        sniffed into HTML by the browser."""
+        task_id = _int(request.path_params["task_id"], "task id")
+        name = request.path_params["name"]
+        with self.sessions() as s:
+            try:
+                data = kb.read_attachment(s, task_id, name)
+            except kb.InvalidInput:  # no file name in it (".", "..", blank): none such
+                raise kb.AttachmentNotFound(task_id, name) from None
+        return Response(
+            data,
+            media_type="application/octet-stream",
+            headers={
+                "content-disposition": content_disposition(sanitize_name(name)),
+                "x-content-type-options": "nosniff",
+                "cache-control": "private, no-store",
+            },
         )
 
     def throughput(self, request: Request) -> Response:
@@ -360,6 +398,7 @@ def build(engine: Engine, *, token: str | None, read_only: bool, poll_interval: 
         Route("/api/cards", board.cards),
         Route("/api/throughput", board.throughput),
         Route("/tasks/{task_id}", board.drawer),
+        Route("/tasks/{task_id}/attachments/{name}", board.attachment),
         Route("/stream", board.stream),
         Route("/metrics", board.metrics_text),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
