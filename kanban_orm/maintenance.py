@@ -689,7 +689,9 @@ class Housekeeper:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        # The first pass runs even when a stop came before the thread was scheduled: a
+        # short-lived worker (a drain) still prunes once.
+        while True:
             try:
                 self.last_result = self.run_once()
                 self.last_error = None
@@ -699,4 +701,5 @@ class Housekeeper:
                 self.last_error = error
                 log.warning("housekeeping prune failed (retried next interval): %s", error)
             self.runs += 1
-            self._stop.wait(self.settings.interval_seconds)
+            if self._stop.wait(self.settings.interval_seconds):
+                return
