@@ -5,10 +5,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from pathlib import Path
 
 import click
-from sqlalchemy import make_url
 
 from kanban_orm.errors import ConfigError
 
@@ -27,16 +25,6 @@ def is_loopback(host: str) -> bool:
     except OSError:
         return False
     return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
-
-
-def _missing_sqlite_file(url: str) -> str | None:
-    """The SQLite file ``url`` names when it does not exist: serving it would create an
-    empty database, and a mistyped path deserves an error instead."""
-    parsed = make_url(url)
-    name = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not name or name == ":memory:":
-        return None
-    return None if Path(name).exists() or name.startswith("file:") else name
 
 
 @click.command("serve")
@@ -68,7 +56,8 @@ def serve(ctx: click.Context, url: str | None, host: str, port: int, read_only: 
             f"set {web.TOKEN_ENV} to a long random secret to serve the board to a network"
         )
     chosen = url or ctx.find_root().params.get("db") or kb.default_url()
-    missing = _missing_sqlite_file(chosen)
+    # Serving a missing file would create an empty database: a mistyped path is an error.
+    missing = kb.db.missing_sqlite_file(chosen)
     if missing is not None:
         raise ConfigError(f"no database at {missing} (run `kanban-orm db upgrade` to create one)")
     engine = kb.cached_engine(chosen)
