@@ -64,6 +64,10 @@ _KEY_WITHOUT_TENANT = "idempotency_key IS NOT NULL AND tenant IS NULL AND status
 #: stands in for a done task without completed_at (one written by a host's own ORM).
 DONE_ORDER_SQL = "coalesce(completed_at, created_at)"
 _STATUS_VALUES = ", ".join(f"'{s.value}'" for s in Status)
+#: The databases that build the partial unique indexes below as declared. MySQL and
+#: MariaDB have no partial index: there each is a unique index on a stored generated
+#: column that is NULL wherever the WHERE clause is false (see MYSQL_GENERATED_UNIQUE).
+PARTIAL_INDEX_DIALECTS = ("sqlite", "postgresql")
 
 
 class Base(DeclarativeBase):
@@ -135,14 +139,14 @@ class Task(Base):
             unique=True,
             sqlite_where=text(_KEY_WITH_TENANT),
             postgresql_where=text(_KEY_WITH_TENANT),
-        ),
+        ).ddl_if(dialect=PARTIAL_INDEX_DIALECTS),  # type: ignore[arg-type]
         Index(
             "ux_kanban_tasks_idempotency_no_tenant",
             "idempotency_key",
             unique=True,
             sqlite_where=text(_KEY_WITHOUT_TENANT),
             postgresql_where=text(_KEY_WITHOUT_TENANT),
-        ),
+        ).ddl_if(dialect=PARTIAL_INDEX_DIALECTS),  # type: ignore[arg-type]
     )
 
     def __repr__(self) -> str:
@@ -178,7 +182,7 @@ class TaskRun(Base):
             unique=True,
             sqlite_where=text("ended_at IS NULL"),
             postgresql_where=text("ended_at IS NULL"),
-        ),
+        ).ddl_if(dialect=PARTIAL_INDEX_DIALECTS),  # type: ignore[arg-type]
     )
 
     def __repr__(self) -> str:
@@ -325,6 +329,66 @@ class BoardEvent(Base):
 
 KANBAN_TABLES = frozenset(Base.metadata.tables)
 
+#: MySQL/MariaDB only: table -> (generated column, its type, expression, unique index,
+#: indexed columns), the partial unique indexes' form there. Revision kb0004 builds the
+#: same (its own frozen copy); create_all() builds it with the DDL below.
+MYSQL_GENERATED_UNIQUE = {
+    "kanban_tasks": (
+        (
+            "live_key_tenant",
+            "VARCHAR(200)",
+            f"IF({_KEY_WITH_TENANT}, tenant, NULL)",
+            "ux_kanban_tasks_idempotency_tenant",
+            "live_key_tenant, idempotency_key",
+        ),
+        (
+            "live_key_no_tenant",
+            "VARCHAR(200)",
+            f"IF({_KEY_WITHOUT_TENANT}, idempotency_key, NULL)",
+            "ux_kanban_tasks_idempotency_no_tenant",
+            "live_key_no_tenant",
+        ),
+    ),
+    "kanban_task_runs": (
+        (
+            "open_task_id",
+            "BIGINT",
+            "IF(ended_at IS NULL, task_id, NULL)",
+            "ux_kanban_task_runs_one_open",
+            "open_task_id",
+        ),
+    ),
+}
+#: MySQL/MariaDB only: the event log's commit-order guard, PostgreSQL's advisory lock
+#: on a row (revision kb0007; see kanban_orm.backends.mysql). BEFORE triggers run
+#: before the row's id is drawn.
+MYSQL_EVENT_GUARD_TABLE = "kanban_event_guard"
+MYSQL_EVENT_GUARD_TRIGGER_DDL = (
+    f"CREATE TRIGGER {EVENT_LOG_GUARD_TRIGGER} BEFORE INSERT ON kanban_task_events "
+    "FOR EACH ROW BEGIN DECLARE guard SMALLINT; "
+    f"SELECT id INTO guard FROM {MYSQL_EVENT_GUARD_TABLE} WHERE id = 1 LOCK IN SHARE MODE; END"
+)
+MYSQL_EVENT_GUARD_DDL = (
+    f"CREATE TABLE {MYSQL_EVENT_GUARD_TABLE} (id SMALLINT NOT NULL, "
+    "CONSTRAINT pk_kanban_event_guard PRIMARY KEY (id), "
+    "CONSTRAINT ck_kanban_event_guard_one_row CHECK (id = 1)) ENGINE=InnoDB",
+    f"INSERT INTO {MYSQL_EVENT_GUARD_TABLE} (id) VALUES (1)",
+    MYSQL_EVENT_GUARD_TRIGGER_DDL,
+)
+_MYSQL = ("mysql", "mariadb")
+
+
+def _mysql_generated_unique_ddl(table: str) -> list[str]:
+    return [
+        statement
+        for column, type_, expression, index, columns in MYSQL_GENERATED_UNIQUE[table]
+        for statement in (
+            f"ALTER TABLE {table} ADD COLUMN {column} {type_} "
+            f"GENERATED ALWAYS AS ({expression}) STORED",
+            f"CREATE UNIQUE INDEX {index} ON {table} ({columns})",
+        )
+    ]
+
 
 # create_all() installs the guard too, so models-only users get the same tailing
 # guarantee as migrated databases (the trigger goes with its table on DROP TABLE).
@@ -339,5 +403,27 @@ event.listen(
     "after_drop",
     DDL(f"DROP FUNCTION IF EXISTS {EVENT_LOG_GUARD_FUNCTION}()").execute_if(  # type: ignore[no-untyped-call]
         dialect="postgresql"
+    ),
+)
+# create_all() on MySQL/MariaDB builds what the migrations build there: the generated
+# columns of the partial unique indexes, and the event log's guard row and trigger.
+for _table in MYSQL_GENERATED_UNIQUE:
+    for _statement in _mysql_generated_unique_ddl(_table):
+        event.listen(
+            Base.metadata.tables[_table],
+            "after_create",
+            DDL(_statement).execute_if(dialect=_MYSQL),  # type: ignore[no-untyped-call,arg-type]
+        )
+for _statement in MYSQL_EVENT_GUARD_DDL:
+    event.listen(
+        TaskEvent.__table__,
+        "after_create",
+        DDL(_statement).execute_if(dialect=_MYSQL),  # type: ignore[no-untyped-call,arg-type]
+    )
+event.listen(
+    TaskEvent.__table__,
+    "after_drop",
+    DDL(f"DROP TABLE IF EXISTS {MYSQL_EVENT_GUARD_TABLE}").execute_if(  # type: ignore[no-untyped-call]
+        dialect=_MYSQL  # type: ignore[arg-type]
     ),
 )

@@ -192,38 +192,6 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield from fresh_postgres_database(postgres_url_or_skip())
 
 
-#: Migration tests whose bodies are written in SQLite's and PostgreSQL's SQL (quoted
-#: identifiers, per-revision fixtures, create_all comparisons) and are not yet ported to
-#: MariaDB/MySQL. Skipped there with this reason, never silently; kb0004 and the MariaDB
-#: schema check are covered by tests/test_backends.py and the mysql half of every other
-#: database test. Remove names from here as they are ported.
-MYSQL_NOT_YET_PORTED = frozenset(
-    {
-        "test_check_raises_when_a_column_was_dropped_by_hand",
-        "test_check_raises_when_an_index_was_dropped_by_hand",
-        "test_downgrade_to_base_removes_every_kanban_table_then_upgrade_again",
-        "test_each_revision_downgrades_one_step_and_upgrades_again",
-        "test_host_can_merge_the_library_history_via_version_locations",
-        "test_host_tables_and_alembic_history_are_untouched",
-        "test_init_db_from_8_processes_at_once_on_a_fresh_database",
-        "test_kb0002_keeps_a_duplicated_idempotency_key_on_the_oldest_live_task",
-        "test_migrated_schema_equals_create_all_of_the_models",
-        "test_upgrade_from_each_revision_with_data_in_place",
-    }
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        if callspec is None or getattr(item, "originalname", None) not in MYSQL_NOT_YET_PORTED:
-            continue
-        if "mysql" in (callspec.params.get("db_url"), callspec.params.get("empty_db_url")):
-            item.add_marker(
-                pytest.mark.skip(reason="migration test not yet ported to MariaDB/MySQL")
-            )
-
-
 @pytest.fixture(autouse=True)
 def _close_cached_engines() -> Iterator[None]:
     # Each test has its own SQLite file; without this every one would keep a pool open.

@@ -43,7 +43,9 @@ from kanban_orm.models import Base
 from .conftest import (
     KANBAN_TABLES,
     REPO_ROOT,
+    fresh_mysql_database,
     fresh_postgres_database,
+    mysql_url_or_skip,
     postgres_url_or_skip,
 )
 
@@ -93,7 +95,13 @@ def schema_snapshot(engine: Engine, tables: set[str] | None = None) -> dict[str,
         {
             name: {
                 "columns": [
-                    (c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
+                    # compiled, so a type's arguments count (MySQL's DATETIME(6) vs DATETIME)
+                    (
+                        c["name"],
+                        c["type"].compile(dialect=engine.dialect),
+                        c["nullable"],
+                        str(c.get("default")),
+                    )
                     for c in inspector.get_columns(name)
                 ],
                 "pk": inspector.get_pk_constraint(name),
@@ -128,8 +136,11 @@ def empty_engine(empty_db_url: str) -> Engine:
 @pytest.fixture
 def other_empty_db_url(empty_db_url: str, tmp_path: Path) -> Iterator[str]:
     """A second empty database on the same backend as ``empty_db_url``."""
-    if backend_of(empty_db_url) == "sqlite":
+    backend = backend_of(empty_db_url)
+    if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'other.db'}"
+    elif backend == "mysql":
+        yield from fresh_mysql_database(mysql_url_or_skip())
     else:
         yield from fresh_postgres_database(postgres_url_or_skip())
 
@@ -252,7 +263,8 @@ class Seeded:
 
 
 def insert(conn: Connection, table: str, row: dict[str, Any], returning: str | None) -> Any:
-    """``INSERT INTO table (...) VALUES (...) [RETURNING col]`` as plain SQL."""
+    """``INSERT INTO table (...) VALUES (...) [RETURNING col]`` as plain SQL (MySQL 8
+    has no INSERT ... RETURNING: there the new id is the cursor's lastrowid)."""
     binds = []
     for name, value in row.items():
         if isinstance(value, datetime):
@@ -261,13 +273,19 @@ def insert(conn: Connection, table: str, row: dict[str, Any], returning: str | N
             binds.append(sa.bindparam(name, value, type_=_JSON_BIND))
         else:
             binds.append(sa.bindparam(name, value))
-    columns = ", ".join(f'"{name}"' for name in row)
+    quote = conn.dialect.identifier_preparer.quote
+    columns = ", ".join(quote(name) for name in row)
     values = ", ".join(f":{name}" for name in row)
     sql = f"INSERT INTO {table} ({columns}) VALUES ({values})"
-    if returning:
+    if returning and conn.dialect.insert_returning:
         sql += f" RETURNING {returning}"
     result = conn.execute(sa.text(sql).bindparams(*binds))
-    return result.scalar_one() if returning else None
+    if not returning:
+        return None
+    if conn.dialect.insert_returning:
+        return result.scalar_one()
+    assert returning == "id", "lastrowid gives the auto-increment id only"
+    return result.lastrowid
 
 
 def seed_kb0001(conn: Connection) -> Seeded:
@@ -451,6 +469,8 @@ SEEDS: dict[str, Callable[[Connection], Seeded]] = {
     # kb0007 adds MySQL/MariaDB's event log guard (a one-row table and a trigger):
     # the same rows must survive it, and nothing changes elsewhere.
     "kb0007": seed_kb0006,
+    # kb0008 gives MySQL/MariaDB's link timestamp microseconds: the same rows survive.
+    "kb0008": seed_kb0006,
 }
 
 
@@ -461,24 +481,29 @@ def test_kb0002_keeps_a_duplicated_idempotency_key_on_the_oldest_live_task(
     kb.upgrade(empty_engine, "kb0001")
     base = {"status": "ready", "priority": 0, "version": 1, "attempts": 0}
     stamps = {"created_at": T0, "updated_at": T0}
+    tasks = [
+        ({"idempotency_key": "k", "tenant": "a"}, "k"),
+        ({"idempotency_key": "k", "tenant": "a"}, None),
+        # Another key without a tenant: MySQL's kb0002 index on the key alone (no WHERE)
+        # would refuse "k" again, with or without a tenant.
+        ({"idempotency_key": "j"}, "j"),
+        ({"idempotency_key": "j"}, None),
+    ]
+    if empty_engine.dialect.name not in ("mysql", "mariadb"):
+        # An archived task keeps its key beside a live one. Not on MySQL below kb0004:
+        # kb0002's unique indexes have no WHERE there (kb0004 gives them one), so such a
+        # database cannot be at kb0002 or kb0003 (docs/backends.md, downgrades).
+        tasks.append(({"idempotency_key": "k", "tenant": "a", "status": "archived"}, "k"))
     with empty_engine.begin() as conn:
         ids = [
             insert(conn, "kanban_tasks", {**base, **stamps, "title": f"t{i}", **extra}, "id")
-            for i, extra in enumerate(
-                [
-                    {"idempotency_key": "k", "tenant": "a"},
-                    {"idempotency_key": "k", "tenant": "a"},
-                    {"idempotency_key": "k"},
-                    {"idempotency_key": "k"},
-                    {"idempotency_key": "k", "tenant": "a", "status": "archived"},
-                ]
-            )
+            for i, (extra, _) in enumerate(tasks)
         ]
     kb.upgrade(empty_engine)
     with empty_engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT id, idempotency_key FROM kanban_tasks"))
         keys = {task_id: key for task_id, key in rows}
-    assert [keys[i] for i in ids] == ["k", None, "k", None, "k"]
+    assert [keys[i] for i in ids] == [kept for _, kept in tasks]
 
 
 def test_every_revision_has_a_seed_function() -> None:
@@ -505,12 +530,30 @@ def read_back(conn: Connection, table_name: str, row: dict[str, Any]) -> dict[st
     return dict(found[0])
 
 
+def without_fraction(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: value.replace(microsecond=0) if isinstance(value, datetime) else value
+        for name, value in row.items()
+    }
+
+
 @pytest.mark.parametrize("revision", REVISIONS)
 def test_upgrade_from_each_revision_with_data_in_place(empty_engine: Engine, revision: str) -> None:
     kb.upgrade(empty_engine, revision)
     assert kb.current(empty_engine) == revision
     with empty_engine.begin() as conn:
         seeded = SEEDS[revision](conn)
+    # What the database holds at the seed revision: the seeded rows, except that MySQL
+    # before kb0004 keeps timestamps in whole seconds (DATETIME without a fraction).
+    with empty_engine.connect() as conn:
+        held = {
+            table_name: [read_back(conn, table_name, row) for row in rows]
+            for table_name, rows in seeded.rows.items()
+        }
+    for table_name, rows in seeded.rows.items():
+        assert [without_fraction(r) for r in held[table_name]] == [
+            without_fraction(r) for r in rows
+        ]
 
     kb.upgrade(empty_engine)
 
@@ -518,8 +561,11 @@ def test_upgrade_from_each_revision_with_data_in_place(empty_engine: Engine, rev
     kb.check(empty_engine)
     with empty_engine.connect() as conn:
         for table_name, rows in seeded.rows.items():
-            for row in rows:
-                assert read_back(conn, table_name, row) == row
+            assert [read_back(conn, table_name, row) for row in rows] == held[table_name]
+    if REVISIONS.index(revision) >= REVISIONS.index("kb0008"):
+        # Every timestamp keeps its microseconds on every backend (on MySQL: kb0004,
+        # and kb0008 for the link's).
+        assert held == seeded.rows
     session = kb.session_factory(empty_engine)()
     try:
         if seeded.exercise is not None:
@@ -581,20 +627,27 @@ def test_check_raises_on_an_extra_kanban_table(empty_engine: Engine) -> None:
 
 
 @pytest.mark.parametrize(
-    "index",
+    ("table", "index"),
     [
-        "ix_kanban_tasks_assignee",
-        "ix_kanban_task_links_child_id",
-        "ux_kanban_task_runs_one_open",
-        "ix_kanban_tasks_claim_order",
+        ("kanban_tasks", "ix_kanban_tasks_assignee"),
+        ("kanban_task_links", "ix_kanban_task_links_child_id"),
+        ("kanban_task_runs", "ux_kanban_task_runs_one_open"),
+        ("kanban_tasks", "ix_kanban_tasks_claim_order"),
     ],
 )
-def test_check_raises_when_an_index_was_dropped_by_hand(empty_engine: Engine, index: str) -> None:
+def test_check_raises_when_an_index_was_dropped_by_hand(
+    empty_engine: Engine, table: str, index: str
+) -> None:
     # ix_kanban_tasks_claim_order has a DESC column, which SQLite reflects without its
     # sort order: check() must still notice it missing there (a regression test).
     kb.upgrade(empty_engine)
     with empty_engine.begin() as conn:
-        conn.execute(sa.text(f"DROP INDEX {index}"))
+        if conn.dialect.name in ("mysql", "mariadb"):
+            # Else MySQL refuses to drop an index a foreign key uses (error 1553).
+            conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 0")
+        # DropIndex names the table where the database needs it (MySQL's DROP INDEX ... ON).
+        (declared,) = [i for i in Base.metadata.tables[table].indexes if i.name == index]
+        conn.execute(sa.schema.DropIndex(declared))
     with pytest.raises(kb.SchemaOutOfDate, match=index):
         kb.check(empty_engine)
 

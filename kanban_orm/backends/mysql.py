@@ -68,7 +68,11 @@ from sqlalchemy.sql.dml import Delete, Insert, Update, UpdateBase
 
 from .. import queries as q
 from ..clock import new_claim_token, utcnow
-from ..models import EVENT_LOG_GUARD_TRIGGER
+from ..models import (
+    EVENT_LOG_GUARD_TRIGGER,
+    MYSQL_EVENT_GUARD_TABLE,
+    MYSQL_EVENT_GUARD_TRIGGER_DDL,
+)
 from ..states import Status
 from .base import PortableBackend
 
@@ -173,15 +177,10 @@ _LOCK_IN_ID_ORDER = {
 
 #: The event log's commit-order guard (see the module docstring; revision kb0007 makes
 #: the table, its one row and the trigger, which takes the row's name from PostgreSQL's).
-EVENT_GUARD_TABLE = "kanban_event_guard"
+EVENT_GUARD_TABLE = MYSQL_EVENT_GUARD_TABLE
 EVENT_GUARD_TRIGGER = EVENT_LOG_GUARD_TRIGGER
 _guard = table(EVENT_GUARD_TABLE, column("id"))
-#: The trigger as kb0007 creates it: BEFORE triggers run before the row's id is drawn.
-EVENT_GUARD_TRIGGER_DDL = (
-    f"CREATE TRIGGER {EVENT_GUARD_TRIGGER} BEFORE INSERT ON {events.name} FOR EACH ROW "
-    "BEGIN DECLARE guard SMALLINT; "
-    f"SELECT id INTO guard FROM {EVENT_GUARD_TABLE} WHERE id = 1 LOCK IN SHARE MODE; END"
-)
+EVENT_GUARD_TRIGGER_DDL = MYSQL_EVENT_GUARD_TRIGGER_DDL
 #: The tailing reader's side: the guard row, exclusively, held to the end of the read's
 #: transaction. Writers queue behind a waiting reader, so MariaDB bounds the wait at a
 #: second (``WAIT`` takes whole seconds); a timeout is contention, and the read retries.

@@ -4,7 +4,7 @@ The models declare partial unique indexes (``postgresql_where``/``sqlite_where``
 MySQL the migrations make each one a unique index on a stored generated column
 instead. Alembic's diff then reports those columns and indexes, and MariaDB's JSON
 columns as LONGTEXT (JSON is an alias there): expected, and left out here, while a
-generated column that is missing is reported. So is the event log's guard (kb0007): a
+generated column or index that is missing is reported. So is the event log's guard (kb0007): a
 table the models do not declare, expected, while a missing table, row or trigger is
 reported.
 """
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import inspect
 
+from ..models import MYSQL_GENERATED_UNIQUE
 from .mysql import (
     EVENT_GUARD_ROW,
     EVENT_GUARD_TABLE,
@@ -29,16 +30,12 @@ if TYPE_CHECKING:
 
 #: The generated columns of kb0004, by table, and the unique indexes made on them.
 GENERATED_COLUMNS = {
-    "kanban_task_runs": {"open_task_id"},
-    "kanban_tasks": {"live_key_tenant", "live_key_no_tenant"},
+    table: {entry[0] for entry in entries} for table, entries in MYSQL_GENERATED_UNIQUE.items()
 }
-GENERATED_INDEXES = frozenset(
-    {
-        "ux_kanban_task_runs_one_open",
-        "ux_kanban_tasks_idempotency_tenant",
-        "ux_kanban_tasks_idempotency_no_tenant",
-    }
-)
+GENERATED_INDEXES_BY_TABLE = {
+    table: {entry[3] for entry in entries} for table, entries in MYSQL_GENERATED_UNIQUE.items()
+}
+GENERATED_INDEXES = frozenset().union(*GENERATED_INDEXES_BY_TABLE.values())
 
 
 #: Indexes on an expression, which MariaDB cannot build (kb0005 leaves them out there).
@@ -75,6 +72,11 @@ def differences(context: MigrationContext, found: list[Any]) -> list[Any]:
             continue
         present = {column["name"] for column in inspector.get_columns(table)}
         kept += [("missing_generated_column", table, c) for c in sorted(columns - present)]
+        # Alembic's own diff of these indexes is left out above (the models declare the
+        # partial form), so a dropped one is looked for here.
+        indexes = {index["name"] for index in inspector.get_indexes(table)}
+        missing = GENERATED_INDEXES_BY_TABLE[table] - indexes
+        kept += [("missing_generated_index", table, name) for name in sorted(missing)]
     if inspector.has_table(events.name):
         if (
             not inspector.has_table(EVENT_GUARD_TABLE)
