@@ -12,38 +12,50 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Executable
 
 import kanban_orm as kb
-from kanban_orm import backends, driver
+from kanban_orm import driver
 from kanban_orm import queries as q
-from kanban_orm.backends.mysql import MySQLBackend
-
-
-def _skip_on_mysql(bind: Engine | Connection) -> None:
-    # The plans below are read from SQLite's and PostgreSQL's EXPLAIN output, and the
-    # claim UPDATE is theirs (MariaDB picks with a SELECT, then claims).
-    if isinstance(backends.of(bind), MySQLBackend):
-        pytest.skip("plan checks are written for SQLite's and PostgreSQL's EXPLAIN")
+from kanban_orm.backends import mysql
 
 
 def explain(conn: Connection, statement: Executable, params: dict[str, Any]) -> str:
     """The database's plan for ``statement`` as the write path runs it (compiled by
-    kanban_orm.driver, constants written into the SQL), which is not executed."""
-    _skip_on_mysql(conn)
+    kanban_orm.driver, constants written into the SQL), which is not executed. MariaDB's
+    rows name the table, access type, index (``key``) and Extra, space-separated."""
     prefix = "EXPLAIN QUERY PLAN " if conn.dialect.name == "sqlite" else "EXPLAIN "
     sql, values = driver.prepared(statement, conn.dialect, tuple(params)).bind(params)
     rows = conn.exec_driver_sql(prefix + sql, values).all()
     return "\n".join(" ".join(str(col) for col in row) for row in rows)
 
 
+def analyze(conn: Connection) -> None:
+    """Fresh statistics for kanban_tasks, in each database's words."""
+    statement = {"sqlite": "ANALYZE", "postgresql": "ANALYZE kanban_tasks"}
+    conn.exec_driver_sql(statement.get(conn.dialect.name, "ANALYZE TABLE kanban_tasks"))
+
+
+def mysql_access(plan: str, table: str) -> tuple[str, str, str]:
+    """(access type, index, Extra) of ``table``'s row in a MariaDB/MySQL plan."""
+    for line in plan.splitlines():
+        columns = line.split(" ")
+        if columns[2] == table:
+            return columns[3], columns[5], " ".join(columns[9:])
+    raise AssertionError(f"{table} not in the plan:\n{plan}")
+
+
 def test_claim_next_walks_the_claim_order_index(engine: Engine) -> None:
-    _skip_on_mysql(engine)
     backlog = [
         {"title": f"t{i}", "status": "done" if i % 3 else "ready", "priority": i % 7}
         for i in range(6000)
     ]
     with engine.begin() as conn:
         conn.execute(insert(q.tasks), backlog)
-        conn.exec_driver_sql("ANALYZE" if conn.dialect.name == "sqlite" else "ANALYZE kanban_tasks")
-    claim = q.claim_next_statement(False, False, numbered=engine.dialect.name == "sqlite")
+        analyze(conn)
+    claim: Executable = q.claim_next_statement(
+        False, False, numbered=engine.dialect.name == "sqlite"
+    )
+    idx = "ix_kanban_tasks_claim_order"
+    if engine.dialect.name == "mysql":
+        claim = mysql.PICKS[False, False]  # MariaDB picks with a SELECT, then claims
     with engine.connect() as conn:
         plan = explain(conn, claim, {"limit": 1, "ttl": 60})
         conn.rollback()
@@ -51,6 +63,10 @@ def test_claim_next_walks_the_claim_order_index(engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
         assert "SEARCH candidate USING INDEX ix_kanban_tasks_claim_order (status=?)" in plan
         assert "TEMP B-TREE" not in plan  # no sort: the index gives claim order
+    elif engine.dialect.name == "mysql":
+        access, index, extra = mysql_access(plan, "kanban_tasks")
+        assert (access, index) in {("ref", idx), ("range", idx)}, plan
+        assert "filesort" not in extra, plan  # no sort: the index gives claim order
     else:
         assert "Index Scan using ix_kanban_tasks_claim_order on kanban_tasks candidate" in plan
         assert "Seq Scan on kanban_tasks" not in plan
@@ -62,7 +78,6 @@ def test_the_claim_update_finds_the_picked_row_by_primary_key(empty_db_url: str)
     default statistics of a table autovacuum has not analysed yet) drove it from the
     ready index, visiting every ready task to find the one picked id."""
     engine = kb.init_db(empty_db_url)  # a new database: no statistics yet
-    _skip_on_mysql(engine)
     backlog = [{"title": f"t{i}", "status": "ready"} for i in range(3000)]
     with engine.begin() as conn:
         conn.execute(insert(q.tasks), backlog)
@@ -70,12 +85,17 @@ def test_the_claim_update_finds_the_picked_row_by_primary_key(empty_db_url: str)
     params: dict[str, Any] = {"limit": 1, "ttl": 60}
     if engine.dialect.name == "postgresql":
         claim, params = q.opening_runs(claim), {**params, "claimer": "w"}  # type: ignore[assignment]
+    if engine.dialect.name == "mysql":
+        claim, params = mysql.CLAIM_PICKED, {"ids": [1500], "ttl": 60}  # type: ignore[assignment]
     with engine.connect() as conn:
         plan = explain(conn, claim, params)
         conn.rollback()
 
     if engine.dialect.name == "sqlite":
         assert "SEARCH kanban_tasks USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
+    elif engine.dialect.name == "mysql":
+        access, index, _ = mysql_access(plan, "kanban_tasks")
+        assert (access, index) == ("range", "PRIMARY"), plan
     else:
         update = plan[plan.index("Update on kanban_tasks") :]
         # The target table itself (no alias), as opposed to the subqueries' aliases.
@@ -86,20 +106,22 @@ def test_the_claim_update_finds_the_picked_row_by_primary_key(empty_db_url: str)
 def test_the_expired_claims_scan_is_bounded_by_the_expiry_index(engine: Engine) -> None:
     """Regression: with a volatile clock in the condition PostgreSQL read the whole
     expiry index and filtered row by row, on every claim's reclaim check."""
-    _skip_on_mysql(engine)
     later = datetime.now(UTC) + timedelta(hours=1)
     running = {"status": "running", "claim_lock": "k", "claim_expires": later}
     done = {"status": "done", "claim_lock": None, "claim_expires": None}
     backlog = [{"title": f"t{i}", **(running if i % 2 else done)} for i in range(6000)]
     with engine.begin() as conn:
         conn.execute(insert(q.tasks), backlog)
-        conn.exec_driver_sql("ANALYZE" if conn.dialect.name == "sqlite" else "ANALYZE kanban_tasks")
+        analyze(conn)
     with engine.connect() as conn:
         plan = explain(conn, q.expired_claims_statement(False, False), {"limit": 10})
         conn.rollback()
 
     if engine.dialect.name == "sqlite":
         assert "USING INDEX ix_kanban_tasks_claim_expires (claim_expires<?)" in plan, plan
+    elif engine.dialect.name == "mysql":
+        access, index, _ = mysql_access(plan, "kanban_tasks")
+        assert (access, index) == ("range", "ix_kanban_tasks_claim_expires"), plan
     else:
         assert "ix_kanban_tasks_claim_expires" in plan, plan
         assert re.search(r"Index Cond: \(claim_expires < timezone", plan), plan
@@ -113,7 +135,9 @@ def test_hot_statements_settle_on_one_plan_for_all_calls(engine: Engine) -> None
     whose generic plan assumes a size; they may be planned per call, once per batch.)
     SQLite has no such planner."""
     if engine.dialect.name != "postgresql":
-        pytest.skip("a PostgreSQL planner decision; SQLite prepares once by design")
+        pytest.skip(
+            "a PostgreSQL planner decision (SQLite prepares once; mysqlclient never prepares)"
+        )
     history = [{"title": f"old {i}", "status": "done"} for i in range(5000)]
     with engine.begin() as conn:
         conn.execute(insert(q.tasks), history)  # what a board in use looks like
@@ -146,16 +170,27 @@ def test_a_held_claim_is_found_by_primary_key(engine: Engine) -> None:
     PostgreSQL, whose statistics said almost nothing runs, found the task through the
     claim-order index, walking every 'running' entry, the dead ones of finished claims
     included (0.3 ms per completion on a busy board instead of a key lookup)."""
-    _skip_on_mysql(engine)
     with engine.begin() as conn:
         conn.execute(insert(q.tasks), [{"title": f"t{i}", "status": "ready"} for i in range(6000)])
-        conn.exec_driver_sql("ANALYZE" if conn.dialect.name == "sqlite" else "ANALYZE kanban_tasks")
+        # The held claim exists (else MariaDB answers "Impossible WHERE" from the key alone).
+        conn.execute(
+            q.tasks.update()
+            .where(q.tasks.c.id == 17)
+            .values(status="running", claim_lock="k", claim_expires=datetime.now(UTC))
+        )
+        analyze(conn)
+    held: Executable = q.COMPLETE_HELD
+    if engine.dialect.name == "mysql":
+        held = mysql.emulation(q.COMPLETE_HELD).lock  # no RETURNING: locked first, by key
     with engine.connect() as conn:
-        found = explain(conn, q.COMPLETE_HELD, {"task_id": 17, "token": "k", "task_result": None})
+        found = explain(conn, held, {"task_id": 17, "token": "k", "task_result": None})
         conn.rollback()
 
     if engine.dialect.name == "sqlite":
         assert "USING INTEGER PRIMARY KEY (rowid=?)" in found, found
+    elif engine.dialect.name == "mysql":
+        access, index, _ = mysql_access(found, "kanban_tasks")
+        assert (access, index) == ("const", "PRIMARY"), found
     else:
         assert "pk_kanban_tasks" in found, found
         assert "ix_kanban_tasks_claim_order" not in found, found
@@ -165,7 +200,7 @@ def test_sqlite_batch_steps_look_tasks_and_runs_up_by_key(engine: Engine) -> Non
     """SQLite runs a batch as one statement per step, its ids bound as a JSON list; each
     must look its rows up by key, not scan the board."""
     if engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's batch statements; PostgreSQL's batch is one statement")
+        pytest.skip("SQLite's batch statements (PostgreSQL: one statement; MariaDB: its own)")
     with engine.begin() as conn:
         conn.execute(insert(q.tasks), [{"title": f"t{i}", "status": "ready"} for i in range(6000)])
         conn.exec_driver_sql("ANALYZE")

@@ -101,7 +101,8 @@ def _claim_pick(by_assignee: bool, by_tenant: bool) -> Any:
     )
 
 
-_PICKS = {(a, t): _claim_pick(a, t) for a in (False, True) for t in (False, True)}
+#: The pick of claim_next, by (by_assignee, by_tenant).
+PICKS = {(a, t): _claim_pick(a, t) for a in (False, True) for t in (False, True)}
 #: One task by id, if claimable, locked (a claimer holding it already is skipped).
 PICK_BY_ID = (
     select(tasks.c.id)
@@ -235,7 +236,7 @@ class MySQLBackend(PortableBackend):
     def claim_next(
         self, s: Tx, by_assignee: bool, by_tenant: bool, params: dict[str, Any], claimer: str
     ) -> list[Any]:
-        ids = list(s.scalars(_PICKS[by_assignee, by_tenant], params))
+        ids = list(s.scalars(PICKS[by_assignee, by_tenant], params))
         return _claim(s, ids, params, claimer)
 
     def wait_for_event_writers(self, session: Session, after_id: int) -> None:
@@ -312,7 +313,7 @@ _emulated: dict[int, _Emulated] = {}
 _emulated_lock = threading.Lock()
 
 
-def _emulation(statement: UpdateBase) -> _Emulated:
+def emulation(statement: UpdateBase) -> _Emulated:
     found = _emulated.get(id(statement))
     if found is None or found.original is not statement:
         found = _Emulated(statement)
@@ -329,7 +330,7 @@ def run_returning(s: Tx, statement: ClauseElement, params: dict[str, Any]) -> li
         return s.execute(instead, params).all()
     if not isinstance(statement, UpdateBase) or not statement._returning:
         return None
-    plan = _emulation(statement)
+    plan = emulation(statement)
     if isinstance(statement, Insert):
         cursor = s.run_for_cursor(plan.bare, params)
         return s.execute(plan.reread, {**params, "_kanban_id": cursor.lastrowid}).all()
