@@ -366,42 +366,20 @@ def _is_idle(dbapi_connection: Any) -> bool:
 #: once the server is back (UNAVAILABLE), or no retry at all (READ_ONLY; None: any other).
 BUSY, UNAVAILABLE, READ_ONLY = "busy", "unavailable", "read-only"
 
-# PostgreSQL: admin_shutdown (a terminated backend, a fast shutdown), crash_shutdown,
-# cannot_connect_now (starting up, shutting down).
-_PG_UNAVAILABLE = frozenset({"57P01", "57P02", "57P03"})
-_PG_READ_ONLY = "25006"  # read_only_sql_transaction: a hot standby, a read-only role
-_SQLITE_READONLY = 8  # SQLITE_READONLY; its extended codes share the low byte
-# psycopg reports every failed connect without a SQLSTATE; these ones waiting won't mend.
-_CONNECT_REFUSALS = ("does not exist", "authentication failed", "pg_hba.conf", "permission denied")
-
 
 def failure_kind(error: BaseException) -> str | None:
     """:data:`BUSY`, :data:`UNAVAILABLE`, :data:`READ_ONLY` or None for a database error."""
     if not isinstance(error, exc.DBAPIError):
         return None
-    orig = error.orig
-    sqlstate = getattr(orig, "sqlstate", None)
-    message = str(orig).lower()
-    # Which driver errors mean contention is each backend's to say; the error does not
-    # name its dialect, and no backend claims another driver's errors.
-    if any(backend.is_contention(error) for backend in backends.BACKENDS.values()):
+    # Which driver errors mean what is each backend's to say; the error does not name
+    # its dialect, and no backend claims another driver's errors.
+    every = backends.BACKENDS.values()
+    if any(backend.is_contention(error) for backend in every):
         return BUSY
-    sqlite_code = getattr(orig, "sqlite_errorcode", None)
-    if sqlstate == _PG_READ_ONLY or (
-        sqlite_code is not None and sqlite_code & 0xFF == _SQLITE_READONLY
-    ):
+    if any(backend.is_read_only(error) for backend in every):
         return READ_ONLY
-    if error.connection_invalidated or sqlstate in _PG_UNAVAILABLE:
+    if error.connection_invalidated or any(backend.is_unavailable(error) for backend in every):
         return UNAVAILABLE
-    if sqlstate is not None and sqlstate.startswith("08"):  # connection_exception
-        return UNAVAILABLE
-    if (
-        isinstance(error, exc.OperationalError)
-        and hasattr(orig, "sqlstate")  # psycopg, not sqlite3
-        and sqlstate is None
-        and not any(refusal in message for refusal in _CONNECT_REFUSALS)
-    ):
-        return UNAVAILABLE  # refused, timed out, closed mid-read: no SQLSTATE to go by
     return None
 
 

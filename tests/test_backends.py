@@ -7,6 +7,7 @@ dialect's name.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
-from kanban_orm import backends
+from kanban_orm import backends, db
 from kanban_orm import queries as q
 from kanban_orm.backends.base import run_closing
 from kanban_orm.backends.postgresql import WAIT_MAKERS
@@ -259,6 +260,107 @@ def test_a_unique_violation_is_not_contention(session: Session) -> None:
     cause = got.value.__cause__
     assert isinstance(cause, sa.exc.IntegrityError)
     assert not backends.of(session).is_contention(cause)
+
+
+# -- failure classification: each backend recognises its own driver's errors ------------
+
+#: How to make a write the database refuses as read-only, per backend: a statement run
+#: first on a connection of its own (SQLite's is a connection setting; the servers', the
+#: transaction's access mode).
+_READ_ONLY_FIRST = {
+    "sqlite": "PRAGMA query_only = ON",
+    "postgresql": "SET TRANSACTION READ ONLY",
+    "mysql": "START TRANSACTION READ ONLY",
+}
+
+
+def _claimed_by(error: sa.exc.DBAPIError, question: str) -> list[str]:
+    """The backends answering yes to ``is_contention``/``is_unavailable``/``is_read_only``."""
+    return sorted({b.name for b in backends.BACKENDS.values() if getattr(b, question)(error)})
+
+
+def _driver_error(url: sa.URL, *statements: str) -> sa.exc.DBAPIError:
+    """The error a fresh connection to ``url`` raises (connecting, or running
+    ``statements``), as SQLAlchemy wraps it."""
+    plain = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with plain.connect() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+    except sa.exc.DBAPIError as error:
+        return error
+    finally:
+        plain.dispose()
+    raise AssertionError(f"no error from {statements or 'connecting'}")
+
+
+def test_a_write_refused_as_read_only_is_read_only_and_nothing_else(db_url: str) -> None:
+    url = sa.make_url(db_url)
+    backend = backends.named(url.get_backend_name())
+    error = _driver_error(
+        backend.url(url),
+        _READ_ONLY_FIRST[backend.name],
+        "INSERT INTO kanban_tasks (title, status, priority, version, attempts, created_at,"
+        " updated_at) VALUES ('x', 'ready', 0, 1, 0, '2026-01-01', '2026-01-01')",
+    )
+    assert _claimed_by(error, "is_read_only") == [backend.name], error
+    assert _claimed_by(error, "is_unavailable") == []
+    assert _claimed_by(error, "is_contention") == []
+    assert db.failure_kind(error) == db.READ_ONLY
+    assert isinstance(db.typed_error(error), kb.DatabaseReadOnly)
+
+
+def test_a_server_that_refuses_connections_is_unavailable(db_url: str) -> None:
+    url = sa.make_url(db_url)
+    backend = backends.named(url.get_backend_name())
+    if url.host is None:
+        pytest.skip(f"{backend.title} has no server to lose")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    error = _driver_error(backend.url(url).set(host="127.0.0.1", port=port))
+    assert _claimed_by(error, "is_unavailable") == [backend.name], error
+    assert _claimed_by(error, "is_read_only") == []
+    assert db.failure_kind(error) == db.UNAVAILABLE
+    assert isinstance(db.typed_error(error), kb.DatabaseUnavailable)
+
+
+def test_an_unknown_database_is_not_unavailable(db_url: str) -> None:
+    """Waiting won't mend it: the caller hears at once."""
+    url = sa.make_url(db_url)
+    backend = backends.named(url.get_backend_name())
+    if url.host is None:
+        pytest.skip(f"{backend.title} creates a missing database file")
+    error = _driver_error(backend.url(url).set(database="kanban_seam_no_such_database"))
+    assert _claimed_by(error, "is_unavailable") == []
+    assert db.failure_kind(error) is None
+    assert type(db.typed_error(error)) is kb.DatabaseError
+
+
+def test_mysql_error_numbers_by_kind() -> None:
+    """The MySQL/MariaDB error numbers the real-server tests above do not reach."""
+    mysqldb = pytest.importorskip("MySQLdb")
+
+    def wrapped(code: int) -> sa.exc.DBAPIError:
+        orig = mysqldb.OperationalError(code, "message")
+        return sa.exc.DBAPIError.instance("SELECT 1", None, orig, mysqldb.Error)
+
+    kinds = {
+        2002: db.UNAVAILABLE,  # can't connect through the socket
+        2006: db.UNAVAILABLE,  # server has gone away
+        2013: db.UNAVAILABLE,  # lost connection during a query
+        1927: db.UNAVAILABLE,  # connection killed (MariaDB)
+        1053: db.UNAVAILABLE,  # server shutdown in progress
+        1290: db.READ_ONLY,  # the server runs --read-only
+        1836: db.READ_ONLY,  # read-only mode (MariaDB)
+        1213: db.BUSY,  # deadlock
+        1205: db.BUSY,  # lock wait timeout
+        1045: None,  # access denied
+        1049: None,  # unknown database
+        1062: None,  # duplicate entry
+    }
+    found = {code: db.failure_kind(wrapped(code)) for code in kinds}
+    assert found == kinds
 
 
 def test_a_bare_url_gets_the_backends_driver(db_url: str) -> None:

@@ -46,7 +46,8 @@ class Backend(Protocol):
     :mod:`kanban_orm.queries`.
 
     Transaction control (``begin_write``, ``commit_write``, ``roll_back``), error
-    classification (``is_contention``), the claim, the end of a run, the batch
+    classification (``is_contention``, ``is_unavailable``, ``is_read_only``: each
+    backend recognises its own driver's errors only), the claim, the end of a run, the batch
     completion, event-log ordering (``wait_for_event_writers``), locks
     (``lock_link_graph``, ``lock_migrations``) and the schema checks that differ.
     Methods that take a :class:`~kanban_orm.driver.Tx` run inside the caller's write
@@ -89,6 +90,19 @@ class Backend(Protocol):
     def is_contention(self, error: exc.DBAPIError) -> bool:
         """True for a lock, busy, deadlock or serialization error of this backend's
         driver: the whole transaction may simply run again."""
+        ...
+
+    def is_unavailable(self, error: exc.DBAPIError) -> bool:
+        """True for an error of this backend's driver saying the server cannot be
+        reached or is going away (refused, shutting down, connection lost): worth
+        retrying once the server is back. Never a refusal waiting won't mend (an
+        unknown database, bad credentials)."""
+        ...
+
+    def is_read_only(self, error: exc.DBAPIError) -> bool:
+        """True for an error of this backend's driver refusing a write because the
+        database, the server or the transaction is read-only: nothing was written,
+        and a retry would be refused the same way."""
         ...
 
     # -- claims and runs ------------------------------------------------------------
@@ -195,6 +209,12 @@ class PortableBackend:
         dbapi_connection.rollback()
 
     def is_contention(self, error: exc.DBAPIError) -> bool:
+        return False
+
+    def is_unavailable(self, error: exc.DBAPIError) -> bool:
+        return False
+
+    def is_read_only(self, error: exc.DBAPIError) -> bool:
         return False
 
     def claim_by_id(self, s: Tx, params: dict[str, Any], claimer: str) -> list[Any]:

@@ -83,6 +83,16 @@ if TYPE_CHECKING:
 
 #: Deadlock found, lock wait timeout: the whole transaction may run again.
 _CONTENTION_CODES = frozenset({1213, 1205})
+#: The server cannot be reached or is going away: can't connect by socket (2002) or TCP
+#: (2003), server has gone away (2006), lost connection during a query (2013) or at
+#: on a system error (2055), connection killed (MariaDB 1927), server shutdown
+#: in progress (1053), too many connections (1040), disconnected for inactivity (MySQL
+#: 8's 4031). Not: unknown database (1049), access denied (1044, 1045).
+_UNAVAILABLE_CODES = frozenset({2002, 2003, 2006, 2013, 2055, 1927, 1053, 1040, 4031})
+#: A write refused as read-only: the server runs ``--read-only`` (1290, "option
+#: prevents statement"), a read-only transaction (1792), MariaDB's read-only mode
+#: (1836, a replica or ``read_only`` with super), a read-only table or engine (1036).
+_READ_ONLY_CODES = frozenset({1290, 1792, 1836, 1036})
 
 tasks, runs, events = q.tasks, q.runs, q.events
 _ids: Any = bindparam("ids", expanding=True)
@@ -226,8 +236,13 @@ class MySQLBackend(PortableBackend):
                 cursor.close()
 
     def is_contention(self, error: exc.DBAPIError) -> bool:
-        args: tuple[Any, ...] = tuple(getattr(error.orig, "args", ()))
-        return len(args) > 0 and args[0] in _CONTENTION_CODES
+        return _error_code(error) in _CONTENTION_CODES
+
+    def is_unavailable(self, error: exc.DBAPIError) -> bool:
+        return _error_code(error) in _UNAVAILABLE_CODES
+
+    def is_read_only(self, error: exc.DBAPIError) -> bool:
+        return _error_code(error) in _READ_ONLY_CODES
 
     def claim_by_id(self, s: Tx, params: dict[str, Any], claimer: str) -> list[Any]:
         ids = list(s.scalars(PICK_BY_ID, params))
@@ -262,6 +277,14 @@ class MySQLBackend(PortableBackend):
         from . import mysql_schema
 
         return mysql_schema.differences(context, found)
+
+
+def _error_code(error: exc.DBAPIError) -> int | None:
+    """The MySQL error number of a mysqlclient or PyMySQL error (their first argument;
+    sqlite3's and psycopg's errors have a message there instead)."""
+    args: tuple[Any, ...] = tuple(getattr(error.orig, "args", ()))
+    code = args[0] if args else None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
 def _claim(s: Tx, ids: list[int], params: dict[str, Any], claimer: str) -> list[Any]:

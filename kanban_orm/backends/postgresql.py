@@ -53,6 +53,13 @@ if TYPE_CHECKING:
 #: SQLSTATEs after which the whole transaction can simply run again: serialization
 #: failure, deadlock, lock not available.
 _RETRYABLE = frozenset({"40001", "40P01", "55P03"})
+# admin_shutdown (a terminated backend, a fast shutdown), crash_shutdown,
+# cannot_connect_now (starting up, shutting down); and class 08, connection_exception.
+_UNAVAILABLE = frozenset({"57P01", "57P02", "57P03"})
+#: read_only_sql_transaction: a hot standby, a read-only role or transaction.
+_READ_ONLY = "25006"
+#: Failed connects psycopg reports without a SQLSTATE that waiting won't mend.
+_CONNECT_REFUSALS = ("does not exist", "authentication failed", "pg_hba.conf", "permission denied")
 
 #: pg_advisory_xact_lock key of concurrent migrations: the first eight bytes of
 #: sha1("kanban_orm.migrate").
@@ -86,6 +93,25 @@ class PostgreSQLBackend(PortableBackend):
 
     def is_contention(self, error: exc.DBAPIError) -> bool:
         return getattr(error.orig, "sqlstate", None) in _RETRYABLE
+
+    def is_unavailable(self, error: exc.DBAPIError) -> bool:
+        orig = error.orig
+        if not hasattr(orig, "sqlstate"):
+            return False  # not psycopg's
+        sqlstate: str | None = getattr(orig, "sqlstate", None)
+        if sqlstate in _UNAVAILABLE or (sqlstate is not None and sqlstate.startswith("08")):
+            return True
+        # psycopg reports every failed connect without a SQLSTATE (refused, timed out,
+        # closed mid-read); a few of them waiting won't mend.
+        message = str(orig).lower()
+        return (
+            isinstance(error, exc.OperationalError)
+            and sqlstate is None
+            and not any(refusal in message for refusal in _CONNECT_REFUSALS)
+        )
+
+    def is_read_only(self, error: exc.DBAPIError) -> bool:
+        return getattr(error.orig, "sqlstate", None) == _READ_ONLY
 
     def claim_by_id(self, s: Tx, params: dict[str, Any], claimer: str) -> list[Any]:
         return s.execute(q.opening_runs(q.CLAIM_BY_ID), {**params, "claimer": claimer}).all()

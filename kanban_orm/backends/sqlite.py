@@ -51,6 +51,11 @@ _SORT_ORDER_INDEXES = frozenset({"ix_kanban_tasks_claim_order"})
 _EXPRESSION_INDEXES = frozenset({"ix_kanban_tasks_done_order"})
 
 
+#: SQLITE_READONLY; its extended codes (a read-only file, directory, connection) share
+#: the low byte.
+_SQLITE_READONLY = 8
+
+
 def is_busy_message(message: str) -> bool:
     message = message.lower()
     return any(fragment in message for fragment in _BUSY_MESSAGES)
@@ -122,6 +127,12 @@ class SQLiteBackend(PortableBackend):
 
     def is_contention(self, error: exc.DBAPIError) -> bool:
         return isinstance(error, exc.OperationalError) and is_busy_message(str(error.orig))
+
+    def is_read_only(self, error: exc.DBAPIError) -> bool:
+        code = getattr(error.orig, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF == _SQLITE_READONLY
+
+    # is_unavailable: never; there is no server to lose.
 
     # The claim UPDATE numbers each task's run (queries.CLAIM_BY_ID_NUMBERED): no other
     # writer can take those run ids before the INSERT that follows, under the write lock.
