@@ -16,7 +16,17 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .core import BACKENDS, POSTGRES, Result, System, measure, postgres_database
+from .core import (
+    ALL_BACKENDS,
+    BACKENDS,
+    MYSQL,
+    POSTGRES,
+    Result,
+    System,
+    measure,
+    postgres_database,
+)
+from .mariadb import DEFAULT_MYSQL_URL, MYSQL_URL_ENV, mysql_database
 from .report import chart, render, targets
 from .systems import ALL_KEYS, RAW, system, systems
 
@@ -41,6 +51,7 @@ class Plan:
     timeout: float
     pg_url: str
     repeat: int = 1
+    mysql_url: str = DEFAULT_MYSQL_URL
 
 
 def _positive(text: str) -> int:
@@ -120,10 +131,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backends",
-        type=_choices(BACKENDS),
+        type=_choices(ALL_BACKENDS),
         default=BACKENDS,
         metavar="LIST",
-        help="comma-separated, default sqlite,postgres",
+        help="comma-separated from sqlite,postgres,mysql (MariaDB/MySQL); default sqlite,postgres",
     )
     p.add_argument(
         "--scaling",
@@ -172,6 +183,12 @@ def parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=900.0, metavar="SECONDS", help="per run (default 900)"
     )
     p.add_argument("--pg-url", metavar="URL", help="PostgreSQL server and database name prefix")
+    p.add_argument(
+        "--mysql-url",
+        metavar="URL",
+        help=f"MariaDB/MySQL server and database name prefix (default {DEFAULT_MYSQL_URL}, "
+        f"or ${MYSQL_URL_ENV}; the database used is NAME_PID, as for --pg-url)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write every row as JSON")
     p.add_argument("--chart", metavar="PNG", help="also draw the main table (needs matplotlib)")
     return p
@@ -198,6 +215,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         timeout=args.timeout,
         pg_url=args.pg_url or os.environ.get(PG_URL_ENV) or DEFAULT_PG_URL,
         repeat=args.repeat,
+        mysql_url=args.mysql_url or os.environ.get(MYSQL_URL_ENV) or DEFAULT_MYSQL_URL,
     )
 
 
@@ -219,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                     reason = f"PostgreSQL unreachable at {_shown(plan.pg_url)}: {_line(error)}"
                     _say(f"skipped postgres: {reason}")
                     skipped.append({"system": "*", "backend": POSTGRES, "reason": reason})
+            elif backend == MYSQL:
+                results += run_mysql(plan, Path(workdir), skipped)
             else:
                 results += run_backend(plan, backend, Path(workdir), skipped, None)
     add_ratios(results)
@@ -231,6 +251,18 @@ def main(argv: list[str] | None = None) -> int:
             _say(message)
     own = [r for r in results if r.kind != "peer"]
     return 0 if all(r.exactly_once for r in own) else 1
+
+
+def run_mysql(plan: Plan, workdir: Path, skipped: list[dict[str, str]]) -> list[Result]:
+    """The MariaDB/MySQL column, in a database of its own (see --mysql-url)."""
+    try:
+        with mysql_database(plan.mysql_url) as url:
+            return run_backend(plan, MYSQL, workdir, skipped, url)
+    except sa.exc.OperationalError as error:
+        reason = f"MariaDB/MySQL unreachable at {_shown(plan.mysql_url)}: {_line(error)}"
+        _say(f"skipped mysql: {reason}")
+        skipped.append({"system": "*", "backend": MYSQL, "reason": reason})
+        return []
 
 
 def _unreachable(error: BaseException) -> bool:
@@ -365,7 +397,11 @@ def write_json(
     path: str, plan: Plan, results: list[Result], skipped: list[dict[str, str]], wall: float
 ) -> None:
     report: dict[str, Any] = {
-        "plan": {**plan.__dict__, "pg_url": _shown(plan.pg_url)},
+        "plan": {
+            **plan.__dict__,
+            "pg_url": _shown(plan.pg_url),
+            "mysql_url": _shown(plan.mysql_url),
+        },
         "cpus": os.cpu_count(),
         "wall_seconds": wall,
         "results": [r.as_dict() for r in results],

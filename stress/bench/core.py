@@ -28,8 +28,10 @@ from typing import Any
 import sqlalchemy as sa
 
 SPAWN = mp.get_context("spawn")
-SQLITE, POSTGRES = "sqlite", "postgres"
+SQLITE, POSTGRES, MYSQL = "sqlite", "postgres", "mysql"
+#: The backends the bench runs on by default; MYSQL when asked (--backends).
 BACKENDS = (SQLITE, POSTGRES)
+ALL_BACKENDS = (*BACKENDS, MYSQL)
 #: Spawned consumers get this long to import and connect before the run is abandoned.
 STARTUP_SECONDS = 120.0
 
@@ -149,6 +151,11 @@ def fresh_target(backend: str, workdir: Path, pg_url: str | None, label: str) ->
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         return Target(SQLITE, f"sqlite:///{path}")
     assert pg_url is not None
+    if backend == MYSQL:  # pg_url is then the MariaDB/MySQL bench database's URL
+        from . import mariadb
+
+        mariadb.recreate(sa.make_url(pg_url), create=True)
+        return Target(MYSQL, pg_url)
     _recreate(sa.make_url(pg_url), create=True)
     return Target(POSTGRES, pg_url)
 
@@ -176,6 +183,11 @@ def analyze(target: Target) -> None:
 
         with closing(sqlite3.connect(target.sqlite_path)) as conn:
             conn.execute("ANALYZE")
+        return
+    if target.backend == MYSQL:
+        from . import mariadb
+
+        mariadb.analyze(target)
         return
     import psycopg
 

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from kanban_orm.db import install_command
 
-from .core import POSTGRES, SQLITE, Result
+from .core import MYSQL, POSTGRES, SQLITE, Result
 
 if TYPE_CHECKING:
     from .cli import Plan
@@ -121,6 +121,7 @@ TARGETS = (
     ("SQLite claim_many(50) >= 2x raw single claim", SQLITE, "kb-many50", "raw", 2.0),
     ("PostgreSQL claim_next >= 0.95x raw", POSTGRES, "kb-next", "raw", 0.95),
     ("PostgreSQL claim_many(10) >= 1.5x pgqueuer", POSTGRES, "kb-many10", "pgqueuer", 1.5),
+    ("MariaDB claim_next >= 0.9x raw", MYSQL, "kb-next", "raw", 0.9),
 )
 #: Claim cost must not grow with backlog: the largest backlog's rate within 1.2x of the
 #: smallest's.

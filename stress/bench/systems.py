@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from . import kanban, peers
+from . import kanban, mariadb, peers
 from .core import POSTGRES, SQLITE, System
 
 RAW = "raw"
@@ -73,6 +73,7 @@ def systems() -> dict[tuple[str, str], System]:
     )
     for peer in peers.PEERS:
         found[peer.key, peer.backend] = peer
+    found.update(mariadb.systems())
     return found
 
 
