@@ -46,16 +46,15 @@ from types import FrameType
 from typing import Any, NoReturn
 
 import click
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from . import attachments, db, files, migrate, service, workflow
 from . import board as board_view
-from .clock import utcnow
+from . import queries as q
 from .errors import DatabaseError, KanbanError
-from .models import Task, TaskRun
+from .models import Task
 from .serialize import comment_json, event_json, iso, run_json, task_json
 from .states import Status
 from .worker import CommandHandler, Worker
@@ -270,7 +269,7 @@ def _report(task: Task, as_json: bool) -> None:
 
 def _db_now(session: Session) -> datetime:
     """The database's clock (leases are measured with it, so ages are too)."""
-    now: datetime = session.execute(select(utcnow())).scalar_one()
+    now: datetime = session.execute(q.DATABASE_NOW).scalar_one()
     session.rollback()
     return now
 
@@ -997,9 +996,7 @@ def _claimers(session: Session, tasks: list[Task]) -> dict[int, str]:
     runs = {t.current_run_id: t.id for t in tasks if t.current_run_id is not None}
     if not runs:
         return {}
-    rows = session.execute(
-        select(TaskRun.id, TaskRun.claimer).where(TaskRun.id.in_(list(runs)))
-    ).all()
+    rows = session.execute(q.RUN_CLAIMERS, {"ids": list(runs)}).all()
     session.rollback()  # a read of its own: end it, as _db_now does
     return {runs[run_id]: claimer for run_id, claimer in rows}
 

@@ -8,6 +8,23 @@ retries blindly.
 
 Statements are module constants (or cached per filter combination), so each is
 compiled once per dialect (:mod:`kanban_orm.driver`) and run with parameters.
+
+Naming: a statement constant is ``VERB_OBJECT[_QUALIFIER]`` (``CLAIM_BY_ID``,
+``CLOSE_OPEN_RUN_SEEING_CHILDREN``, ``TASK_COMMENTS`` for a read); a function that builds
+one, for a filter combination or from checked arguments, is ``*_statement``
+(``claim_next_statement``, ``tasks_statement``). Private pieces (``_CLAIM_VALUES``,
+``claimable``) are the portable parts the statements share.
+
+One home: the portable statements live here, and so do the backend-only ones built
+from those shared pieces (PostgreSQL's data-modifying CTEs, ``ctid`` check and
+``unnest`` batches; SQLite's numbered runs and ``json_each`` batches), each labelled
+"PostgreSQL only:" or "SQLite only:" with the reason, because moving them would mean
+exporting every shared piece to the backend modules and keeping two copies of the
+claim and completion values in step. A backend-only statement that shares nothing
+with the portable ones lives in its backend's module (``kanban_orm.backends.*``:
+PostgreSQL's advisory locks, MariaDB's claim pick and RETURNING emulation). Reads of
+the public API (``tasks_statement``, ``events_statement``, ...) are here too: the
+service, workflow and CLI modules write no SQL.
 """
 
 from __future__ import annotations
@@ -34,7 +51,6 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -45,8 +61,6 @@ from sqlalchemy.types import TypeDecorator
 
 from .clock import new_claim_token, utcnow, utcnow_at_statement_start
 from .models import (
-    EVENT_LOG_GUARD_TRIGGER,
-    EVENT_LOG_LOCK_KEY,
     JsonDoc,
     Task,
     TaskComment,
@@ -132,7 +146,7 @@ INSERT_EVENT = insert(events).inline()
 
 
 @cache
-def find_live_by_idempotency_key(has_tenant: bool) -> Select[Any]:
+def live_by_idempotency_key_statement(has_tenant: bool) -> Select[Any]:
     """The live (not archived) task holding ``:key`` in ``:tenant`` (or no tenant)."""
     tenant = tasks.c.tenant == bindparam("tenant") if has_tenant else tasks.c.tenant.is_(None)
     return select(tasks.c.id).where(
@@ -167,12 +181,12 @@ CLAIM_BY_ID = (
     .returning(*tasks.c)
 )
 
-#: SQLite numbers a claim's runs itself, as it would (the highest run id plus one, then
+#: SQLite only: it numbers a claim's runs itself, as it would (the highest run id plus one, then
 #: up): its writers are serialised, so no other transaction can take those ids between
 #: the claim and the INSERT of the runs, and the claim sets current_run_id in passing.
 _LAST_RUN_ID = select(func.coalesce(func.max(runs.c.id), 0)).scalar_subquery()
 
-#: SQLite's CLAIM_BY_ID, numbering its run (see _LAST_RUN_ID).
+#: SQLite only: CLAIM_BY_ID, numbering its run (see _LAST_RUN_ID).
 CLAIM_BY_ID_NUMBERED = CLAIM_BY_ID.values(current_run_id=_LAST_RUN_ID + 1)
 
 
@@ -269,8 +283,8 @@ _NEXT_RUN_ID = func.nextval(func.pg_get_serial_sequence(runs.name, runs.c.id.nam
 
 
 @cache
-def opening_runs(claim: ReturningUpdate[Any]) -> Select[Any]:
-    """PostgreSQL: ``claim`` (a claim UPDATE above) and everything a claim writes, in one
+def claim_opening_runs_statement(claim: ReturningUpdate[Any]) -> Select[Any]:
+    """PostgreSQL only: ``claim`` (a claim UPDATE above) and everything a claim writes, in one
     statement, so the row lock is held for one round trip instead of five.
 
     Data-modifying CTEs: the claim takes a run id from the runs' sequence as it sets
@@ -353,13 +367,13 @@ def _children_waiting() -> Exists:
     )
 
 
-#: SQLite: CLOSE_OPEN_RUN that also says whether a child waits, so a finished task with
+#: SQLite only: CLOSE_OPEN_RUN that also says whether a child waits, so a finished task with
 #: none is spared the promotion's statement (what FINISH_RUN does on PostgreSQL).
 CLOSE_OPEN_RUN_SEEING_CHILDREN = CLOSE_OPEN_RUN.returning(_children_waiting().label("waiting"))
 
 
 def _finish_run() -> Select[Any]:
-    """PostgreSQL: close the task's open run and write the transition's event, in one
+    """PostgreSQL only: close the task's open run and write the transition's event, in one
     statement; returns the run id and whether the task has children waiting in todo.
 
     Run after the task's own UPDATE, as a statement of its own: its snapshot then sees
@@ -484,7 +498,7 @@ def _held_pairs() -> Any:
 
 
 def _completing(*where: ColumnElement[bool]) -> Select[Any]:
-    """PostgreSQL: complete the running tasks ``where`` selects, close each one's run and
+    """PostgreSQL only: complete the running tasks ``where`` selects, close each one's run and
     write one ``completed`` event per task, in one statement; the tasks' new rows."""
     done = update(tasks).where(*where).values(_DONE_VALUES).returning(*tasks.c).cte("done")
     closed = (
@@ -514,7 +528,7 @@ def _completing(*where: ColumnElement[bool]) -> Select[Any]:
 
 
 def _complete_batch() -> Select[Any]:
-    """PostgreSQL: complete a batch of held claims in one statement (complete_many).
+    """PostgreSQL only: complete a batch of held claims in one statement (complete_many).
 
     A task whose token no longer holds it (see _HELD) is simply not in the result, and
     the caller rolls the whole batch back. Promotion is the caller's next statement.
@@ -543,7 +557,7 @@ def _uncontested() -> tuple[ColumnElement[bool], ColumnElement[bool]]:
 
 
 def _complete_uncontested(one: bool) -> Select[Any]:
-    """PostgreSQL: complete held claims in one statement that is its own transaction,
+    """PostgreSQL only: complete held claims in one statement that is its own transaction,
     when nothing can need promoting; all of ``:ids`` or none of them (then nothing is
     written and the caller takes the transaction path).
 
@@ -601,16 +615,16 @@ class _IdList(TypeDecorator[list[int]]):
 
 
 def _json_each(name: str, of: Any = JSON) -> Any:
-    """SQLite: the list bound as ``:name``, as rows with its members in ``value``."""
+    """SQLite only: the list bound as ``:name``, as rows with its members in ``value``."""
     return func.json_each(bindparam(name, type_=of)).table_valued("value")
 
 
 def _ids(name: str) -> Select[Any]:
-    """SQLite: the ids bound as ``:name``, one row each."""
+    """SQLite only: the ids bound as ``:name``, one row each."""
     return select(_json_each(name, _IdList()).c.value)
 
 
-#: SQLite's claim, after the numbered claim UPDATE: the run each claim of ``:ids`` named,
+#: SQLite only: after the numbered claim UPDATE: the run each claim of ``:ids`` named,
 #: then a ``claimed`` event for each.
 OPEN_NUMBERED_RUNS, LOG_CLAIMS = _runs_and_events(
     tasks, func.json_object, tasks.c.id.in_(_ids("ids"))
@@ -640,7 +654,7 @@ LOG_CLAIM = insert(events).values(
 
 
 def _complete_pairs() -> ReturningUpdate[Any]:
-    """SQLite: complete the held claims ``:pairs``, a list of [task_id, token]; the new
+    """SQLite only: complete the held claims ``:pairs``, a list of [task_id, token]; the new
     rows of those the token still holds (see _HELD)."""
     members = _json_each("pairs")
     wanted = select(
@@ -657,7 +671,7 @@ def _complete_pairs() -> ReturningUpdate[Any]:
 
 COMPLETE_PAIRS = _complete_pairs()
 
-#: SQLite: close the open runs of the tasks in ``:ids``; (id, task_id) of each.
+#: SQLite only: close the open runs of the tasks in ``:ids``; (id, task_id) of each.
 CLOSE_OPEN_RUNS = (
     update(runs)
     .where(runs.c.task_id.in_(_ids("ids")), runs.c.ended_at.is_(None))
@@ -912,24 +926,97 @@ def stats_statements(by_tenant: bool) -> tuple[Executable, Executable, Executabl
     return by_status, by_assignee, oldest_ready
 
 
-#: PostgreSQL only: link writers take this transaction lock, so two links that together
-#: would close a cycle cannot both pass the cycle check. (SQLite's BEGIN IMMEDIATE
-#: already runs one writer at a time.)
-LOCK_LINK_GRAPH = select(func.pg_advisory_xact_lock(bindparam("key", type_=Integer)))
-LINK_GRAPH_LOCK_KEY = 0x6B62_6C6E  # "kbln"
+# -- reads of the public API: ORM entities, built per call from checked arguments ----
+# Each read refreshes the objects it returns (populate_existing): a Session that keeps
+# objects across calls sees the board as it is now, not as it was when first loaded.
 
-#: PostgreSQL only, the tailing reader's side of the event log guard
-#: (models.EVENT_LOG_GUARD_DDL): an exclusive hold on the lock every event insert takes
-#: shared, so the read that follows in the same transaction starts after every
-#: transaction with uncommitted events has ended. Released when the read's transaction
-#: ends; the timeout bounds how long writers queue behind a waiting reader.
-WAIT_FOR_EVENT_WRITERS = (
-    text("SET LOCAL lock_timeout = '250ms'"),
-    select(func.pg_advisory_xact_lock(EVENT_LOG_LOCK_KEY)),
+_FRESH = {"populate_existing": True}
+
+
+def latest_run_statement(task_id: int) -> Select[Any]:
+    """The task's most recent run (one row, or none)."""
+    return runs_statement(task_id).order_by(None).order_by(TaskRun.id.desc()).limit(1)
+
+
+def runs_statement(task_id: int) -> Select[Any]:
+    """Every run of the task, oldest first."""
+    return (
+        select(TaskRun)
+        .where(TaskRun.task_id == task_id)
+        .order_by(TaskRun.id)
+        .execution_options(**_FRESH)
+    )
+
+
+def tasks_statement(
+    status: str | None, assignee: str | None, tenant: str | None, limit: int | None
+) -> Select[Any]:
+    """Tasks in id order, filtered; archived tasks only when ``status`` names them."""
+    statement = select(Task).order_by(Task.id).execution_options(**_FRESH)
+    if status is None:
+        statement = statement.where(Task.status != Status.ARCHIVED.value)
+    else:
+        statement = statement.where(Task.status == status)
+    if assignee is not None:
+        statement = statement.where(Task.assignee == assignee)
+    if tenant is not None:
+        statement = statement.where(Task.tenant == tenant)
+    return statement if limit is None else statement.limit(limit)
+
+
+def events_statement(after_id: int, task_id: int | None, limit: int | None) -> Select[Any]:
+    """Events with ``id > after_id`` in id order, optionally of one task."""
+    statement = (
+        select(TaskEvent)
+        .where(TaskEvent.id > after_id)
+        .order_by(TaskEvent.id)
+        .execution_options(**_FRESH)
+    )
+    if task_id is not None:
+        statement = statement.where(TaskEvent.task_id == task_id)
+    return statement if limit is None else statement.limit(limit)
+
+
+#: The parents and the children of ``:task_id``, by id.
+PARENT_IDS = (
+    select(links.c.parent_id)
+    .where(links.c.child_id == bindparam("task_id"))
+    .order_by(links.c.parent_id)
 )
-EVENT_LOG_GUARD_PRESENT = text(
-    "SELECT 1 FROM pg_trigger WHERE tgname = :name AND tgrelid = to_regclass('kanban_task_events')"
-).bindparams(name=EVENT_LOG_GUARD_TRIGGER)
+CHILD_IDS = (
+    select(links.c.child_id)
+    .where(links.c.parent_id == bindparam("task_id"))
+    .order_by(links.c.child_id)
+)
 
-#: PostgreSQL only: concurrent migrators queue on this transaction lock (kanban_orm.migrate).
-LOCK_MIGRATIONS = text("SELECT pg_advisory_xact_lock(:key)")
+#: The comments of ``:task_id``, oldest first.
+TASK_COMMENTS = (
+    select(TaskComment)
+    .where(TaskComment.task_id == bindparam("task_id"))
+    .order_by(TaskComment.id)
+    .execution_options(**_FRESH)
+)
+
+
+def column_cards_statement(status: str, by_tenant: bool, limit: int | None) -> Select[Any]:
+    """The tasks of one board column (of ``:only_tenant`` when ``by_tenant``) in the
+    column's display order: newest finished first in done (the order
+    ``ix_kanban_tasks_done_order`` serves), claim order elsewhere."""
+    in_column = [Task.status == status]
+    if by_tenant:
+        in_column.append(Task.tenant == bindparam("only_tenant"))
+    order: list[ColumnElement[Any]]
+    if status == Status.DONE.value:
+        order = [func.coalesce(Task.completed_at, Task.created_at).desc(), Task.id.desc()]
+    else:
+        order = [Task.priority.desc(), Task.id.asc()]
+    statement = select(Task).where(*in_column).order_by(*order).execution_options(**_FRESH)
+    return statement if limit is None else statement.limit(limit)
+
+
+#: The database's clock, read on its own (the CLI measures ages with it, as leases are).
+DATABASE_NOW = select(utcnow())
+#: The claimer of each run of ``:ids``.
+RUN_CLAIMERS = select(runs.c.id, runs.c.claimer).where(
+    runs.c.id.in_(bindparam("ids", expanding=True))
+)

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -86,7 +86,7 @@ def create_task(
     def work(s: Tx) -> int:
         if idempotency_key is not None:
             found = s.execute(
-                q.find_live_by_idempotency_key(tenant is not None),
+                q.live_by_idempotency_key_statement(tenant is not None),
                 {"key": idempotency_key, "tenant": tenant},
             ).scalar()
             if found is not None:
@@ -634,8 +634,6 @@ def unblock_task(session: Session, task_id: int) -> Task:
 # (kanban_orm.db.run_read). They refresh objects the session already holds
 # (populate_existing), since transitions change rows behind the ORM's back.
 
-_FRESH = {"populate_existing": True}
-
 
 def get_task(session: Session, task_id: int) -> Task:
     """The task with this id. Raises :class:`TaskNotFound`."""
@@ -653,13 +651,7 @@ def get_task(session: Session, task_id: int) -> Task:
 def latest_run(session: Session, task_id: int) -> TaskRun | None:
     """The task's most recent run, or None if it was never claimed. Raises :class:`TaskNotFound`."""
     task_id = check.task_id(task_id)
-    statement = (
-        select(TaskRun)
-        .where(TaskRun.task_id == task_id)
-        .order_by(TaskRun.id.desc())
-        .limit(1)
-        .execution_options(**_FRESH)
-    )
+    statement = q.latest_run_statement(task_id)
 
     def read(s: Session) -> TaskRun | None:
         run = s.scalars(statement).first()
@@ -674,12 +666,7 @@ def latest_run(session: Session, task_id: int) -> TaskRun | None:
 def list_runs(session: Session, *, task_id: int) -> list[TaskRun]:
     """Every run of the task, oldest first. Raises :class:`TaskNotFound`."""
     task_id = check.task_id(task_id)
-    statement = (
-        select(TaskRun)
-        .where(TaskRun.task_id == task_id)
-        .order_by(TaskRun.id)
-        .execution_options(**_FRESH)
-    )
+    statement = q.runs_statement(task_id)
 
     def read(s: Session) -> list[TaskRun]:
         runs = list(s.scalars(statement))
@@ -699,18 +686,12 @@ def list_tasks(
     limit: int | None = None,
 ) -> list[Task]:
     """Tasks in id order, filtered; archived tasks are left out unless ``status='archived'``."""
-    statement = select(Task).order_by(Task.id).execution_options(**_FRESH)
-    if status is None:
-        statement = statement.where(Task.status != Status.ARCHIVED.value)
-    else:
-        statement = statement.where(Task.status == check.status(status).value)
-    if assignee is not None:
-        statement = statement.where(Task.assignee == check.name(assignee, "assignee"))
-    if tenant is not None:
-        statement = statement.where(Task.tenant == check.name(tenant, "tenant"))
-    count = check.limit(limit)
-    if count is not None:
-        statement = statement.limit(count)
+    statement = q.tasks_statement(
+        None if status is None else check.status(status).value,
+        None if assignee is None else check.name(assignee, "assignee"),
+        None if tenant is None else check.name(tenant, "tenant"),
+        check.limit(limit),
+    )
     return run_read(session, lambda s: list(s.scalars(statement)))
 
 
@@ -731,17 +712,9 @@ def list_events(
     transaction ends.
     """
     after_id = check.after_id(after_id)
-    statement = (
-        select(TaskEvent)
-        .where(TaskEvent.id > after_id)
-        .order_by(TaskEvent.id)
-        .execution_options(**_FRESH)
+    statement = q.events_statement(
+        after_id, None if task_id is None else check.task_id(task_id), check.limit(limit)
     )
-    if task_id is not None:
-        statement = statement.where(TaskEvent.task_id == check.task_id(task_id))
-    count = check.limit(limit)
-    if count is not None:
-        statement = statement.limit(count)
 
     def read(s: Session) -> list[TaskEvent]:
         # run_read has ended an auto-begun transaction: one open now is the caller's.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Executable, Select, func, select
+from sqlalchemy import Executable
 from sqlalchemy.orm import Session
 
 from . import backends, steps
@@ -20,7 +20,7 @@ from ._deprecation import keyword_only_since
 from .db import joins_caller_transaction, run_read, run_write
 from .driver import Tx
 from .errors import InvalidInput
-from .models import Task, TaskComment, TaskLink
+from .models import Task, TaskComment
 from .states import Status
 
 # -- dependencies -----------------------------------------------------------------------
@@ -111,15 +111,12 @@ class TaskLinks(NamedTuple):
 def list_links(session: Session, *, task_id: int) -> TaskLinks:
     """The task's parents and children. Raises :class:`TaskNotFound`."""
     task_id = check.task_id(task_id)
-    parents = (
-        select(TaskLink.parent_id).where(TaskLink.child_id == task_id).order_by(TaskLink.parent_id)
-    )
-    children = (
-        select(TaskLink.child_id).where(TaskLink.parent_id == task_id).order_by(TaskLink.child_id)
-    )
+    params = {"task_id": task_id}
 
     def read(s: Session) -> TaskLinks:
-        found = TaskLinks(list(s.scalars(parents)), list(s.scalars(children)))
+        found = TaskLinks(
+            list(s.scalars(q.PARENT_IDS, params)), list(s.scalars(q.CHILD_IDS, params))
+        )
         if not found.parents and not found.children:
             steps.require_task(s, task_id)
         return found
@@ -297,15 +294,9 @@ def add_comment(
 def list_comments(session: Session, *, task_id: int) -> list[TaskComment]:
     """The task's comments, oldest first. Raises :class:`TaskNotFound`."""
     task_id = check.task_id(task_id)
-    statement = (
-        select(TaskComment)
-        .where(TaskComment.task_id == task_id)
-        .order_by(TaskComment.id)
-        .execution_options(populate_existing=True)
-    )
 
     def read(s: Session) -> list[TaskComment]:
-        found = list(s.scalars(statement))
+        found = list(s.scalars(q.TASK_COMMENTS, {"task_id": task_id}))
         if not found:
             steps.require_task(s, task_id)
         return found
@@ -416,7 +407,9 @@ def board_cards(
     params = {} if tenant is None else {"only_tenant": tenant}
     counted = q.stats_statements(tenant is not None)[0]
     drawn = [status for status in Status if status is not Status.ARCHIVED]
-    columns = [_column_cards(status, tenant, shown) for status in drawn]
+    columns = [
+        q.column_cards_statement(status.value, tenant is not None, shown) for status in drawn
+    ]
 
     def read(s: Session) -> tuple[list[Task], dict[str, int]]:
         # run_read has ended an auto-begun transaction: one open now is the caller's.
@@ -425,23 +418,7 @@ def board_cards(
             # would be drawn in two columns (the same object, refreshed).
             backends.of(s).snapshot_reads(s)
         counts = _count_by_status(s, counted, params)
-        cards = [task for column in columns for task in s.scalars(column)]
+        cards = [task for column in columns for task in s.scalars(column, params)]
         return cards, counts
 
     return run_read(session, read)
-
-
-def _column_cards(status: Status, tenant: str | None, limit: int | None) -> Select[Any]:
-    """The tasks of one board column in display order (see :func:`board_cards`)."""
-    in_column = [Task.status == status.value]
-    if tenant is not None:
-        in_column.append(Task.tenant == tenant)
-    order: list[ColumnElement[Any]]
-    if status is Status.DONE:
-        order = [func.coalesce(Task.completed_at, Task.created_at).desc(), Task.id.desc()]
-    else:
-        order = [Task.priority.desc(), Task.id.asc()]
-    statement = (
-        select(Task).where(*in_column).order_by(*order).execution_options(populate_existing=True)
-    )
-    return statement if limit is None else statement.limit(limit)

@@ -84,7 +84,7 @@ def test_the_claim_update_finds_the_picked_row_by_primary_key(empty_db_url: str)
     claim = q.claim_next_statement(False, False, numbered=engine.dialect.name == "sqlite")
     params: dict[str, Any] = {"limit": 1, "ttl": 60}
     if engine.dialect.name == "postgresql":
-        claim, params = q.opening_runs(claim), {**params, "claimer": "w"}  # type: ignore[assignment]
+        claim, params = q.claim_opening_runs_statement(claim), {**params, "claimer": "w"}  # type: ignore[assignment]
     if engine.dialect.name == "mysql":
         claim, params = mysql.CLAIM_PICKED, {"ids": [1500], "ttl": 60}  # type: ignore[assignment]
     with engine.connect() as conn:

@@ -21,6 +21,7 @@ from sqlalchemy.sql import ClauseElement
 import kanban_orm as kb
 from kanban_orm import driver
 from kanban_orm import queries as q
+from kanban_orm.backends import postgresql as pg_backend
 
 DIALECTS = {"sqlite": sqlite.dialect(), "postgres": postgresql.psycopg.dialect()}
 
@@ -155,7 +156,7 @@ def test_a_value_given_with_the_statement_is_used_when_the_call_has_none(
     dialect: Dialect,
 ) -> None:
     """Regression (review): binding by name dropped parameters whose value came with
-    the statement, as queries.EVENT_LOG_GUARD_PRESENT's trigger name does."""
-    plan = driver.prepared(q.EVENT_LOG_GUARD_PRESENT, dialect, ())
+    the statement, as the PostgreSQL backend's EVENT_LOG_GUARD_PRESENT's trigger name does."""
+    plan = driver.prepared(pg_backend.EVENT_LOG_GUARD_PRESENT, dialect, ())
     assert plan.order is None
-    assert values_of(plan, {}) == [q.EVENT_LOG_GUARD_TRIGGER]
+    assert values_of(plan, {}) == [pg_backend.EVENT_LOG_GUARD_TRIGGER]

@@ -3,8 +3,8 @@
 Every transition is one guarded UPDATE, which READ COMMITTED re-checks against the
 latest committed row after a lock wait, so no stronger isolation is needed. Where the
 portable form takes several statements, this backend takes one: a claim opens its runs
-and writes its events in data-modifying CTEs (queries.opening_runs), the end of a run
-closes it and logs the event together (queries.FINISH_RUN), and a completion with
+and writes its events in data-modifying CTEs (queries.claim_opening_runs_statement), the
+end of a run closes it and logs the event together (queries.FINISH_RUN), and a completion with
 nothing to promote is a single statement run in autocommit mode.
 
 The one-statement completion protocol
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import exc, inspect
+from sqlalchemy import Integer, bindparam, exc, func, inspect, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
@@ -42,7 +42,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from .. import queries as q
 from ..clock import new_claim_token, utcnow, utcnow_at_statement_start
-from ..models import EVENT_LOG_GUARD_TRIGGER, TaskEvent
+from ..models import EVENT_LOG_GUARD_TRIGGER, EVENT_LOG_LOCK_KEY, TaskEvent
 from .base import PortableBackend, RunClosing
 
 if TYPE_CHECKING:
@@ -60,6 +60,28 @@ _UNAVAILABLE = frozenset({"57P01", "57P02", "57P03"})
 _READ_ONLY = "25006"
 #: Failed connects psycopg reports without a SQLSTATE that waiting won't mend.
 _CONNECT_REFUSALS = ("does not exist", "authentication failed", "pg_hba.conf", "permission denied")
+
+#: Link writers take this transaction lock, so two links that together
+#: would close a cycle cannot both pass the cycle check. (SQLite's BEGIN IMMEDIATE
+#: already runs one writer at a time.)
+LOCK_LINK_GRAPH = select(func.pg_advisory_xact_lock(bindparam("key", type_=Integer)))
+LINK_GRAPH_LOCK_KEY = 0x6B62_6C6E  # "kbln"
+
+#: The tailing reader's side of the event log guard
+#: (models.EVENT_LOG_GUARD_DDL): an exclusive hold on the lock every event insert takes
+#: shared, so the read that follows in the same transaction starts after every
+#: transaction with uncommitted events has ended. Released when the read's transaction
+#: ends; the timeout bounds how long writers queue behind a waiting reader.
+WAIT_FOR_EVENT_WRITERS = (
+    text("SET LOCAL lock_timeout = '250ms'"),
+    select(func.pg_advisory_xact_lock(EVENT_LOG_LOCK_KEY)),
+)
+EVENT_LOG_GUARD_PRESENT = text(
+    "SELECT 1 FROM pg_trigger WHERE tgname = :name AND tgrelid = to_regclass('kanban_task_events')"
+).bindparams(name=EVENT_LOG_GUARD_TRIGGER)
+
+#: Concurrent migrators queue on this transaction lock (kanban_orm.migrate).
+LOCK_MIGRATIONS = text("SELECT pg_advisory_xact_lock(:key)")
 
 #: pg_advisory_xact_lock key of concurrent migrations: the first eight bytes of
 #: sha1("kanban_orm.migrate").
@@ -114,13 +136,17 @@ class PostgreSQLBackend(PortableBackend):
         return getattr(error.orig, "sqlstate", None) == _READ_ONLY
 
     def claim_by_id(self, s: Tx, params: dict[str, Any], claimer: str) -> list[Any]:
-        return s.execute(q.opening_runs(q.CLAIM_BY_ID), {**params, "claimer": claimer}).all()
+        return s.execute(
+            q.claim_opening_runs_statement(q.CLAIM_BY_ID), {**params, "claimer": claimer}
+        ).all()
 
     def claim_next(
         self, s: Tx, by_assignee: bool, by_tenant: bool, params: dict[str, Any], claimer: str
     ) -> list[Any]:
         claim = q.claim_next_statement(by_assignee, by_tenant)
-        return s.execute(q.opening_runs(claim), {**params, "claimer": claimer}).all()
+        return s.execute(
+            q.claim_opening_runs_statement(claim), {**params, "claimer": claimer}
+        ).all()
 
     def finish_run(
         self, s: Tx, closing: RunClosing, payload: dict[str, Any] | None, see_children: bool
@@ -155,12 +181,12 @@ class PostgreSQLBackend(PortableBackend):
 
     def lock_link_graph(self, s: Tx) -> None:
         # SQLite's BEGIN IMMEDIATE already runs one writer at a time.
-        s.execute(q.LOCK_LINK_GRAPH, {"key": q.LINK_GRAPH_LOCK_KEY})
+        s.execute(LOCK_LINK_GRAPH, {"key": LINK_GRAPH_LOCK_KEY})
 
     def wait_for_event_writers(self, session: Session, after_id: int) -> None:
         # See models.EVENT_LOG_GUARD_DDL: ids are drawn before commit, and concurrent
         # transactions commit out of id order.
-        for statement in q.WAIT_FOR_EVENT_WRITERS:
+        for statement in WAIT_FOR_EVENT_WRITERS:
             session.execute(statement)
 
     def snapshot_reads(self, session: Session) -> None:
@@ -175,13 +201,13 @@ class PostgreSQLBackend(PortableBackend):
         conn.execution_options(isolation_level="READ COMMITTED")
 
     def lock_migrations(self, conn: Connection) -> None:
-        conn.execute(q.LOCK_MIGRATIONS, {"key": MIGRATION_LOCK_KEY})
+        conn.execute(LOCK_MIGRATIONS, {"key": MIGRATION_LOCK_KEY})
 
     def schema_differences(self, context: MigrationContext, found: list[Any]) -> list[Any]:
         bind = context.bind
         if bind is None or not inspect(bind).has_table(TaskEvent.__tablename__):
             return found
-        if bind.execute(q.EVENT_LOG_GUARD_PRESENT).first() is None:
+        if bind.execute(EVENT_LOG_GUARD_PRESENT).first() is None:
             return [*found, ("missing_trigger", EVENT_LOG_GUARD_TRIGGER)]
         return found
 
