@@ -62,9 +62,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql import ClauseElement, operators
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Delete, Insert, Update, UpdateBase
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
 
 from .. import queries as q
 from ..clock import new_claim_token, utcnow
@@ -305,7 +306,7 @@ def _claim(s: Tx, ids: list[int], params: dict[str, Any], claimer: str) -> list[
 class _Emulated:
     """The three statements that stand for one DML statement with RETURNING."""
 
-    __slots__ = ("bare", "lock", "original", "reread")
+    __slots__ = ("bare", "lock", "original", "pinned", "reread")
 
     def __init__(self, statement: UpdateBase) -> None:
         self.original = statement
@@ -326,10 +327,36 @@ class _Emulated:
             self.reread = select(*returning).where(*matched).with_for_update()
             self.bare = bare
             return
+        # An UPDATE whose WHERE names the row's id (``id = :task_id AND ...``, most
+        # transitions) needs no locking read first: the UPDATE locks that one row and
+        # its row count says whether it matched; the read by id follows.
+        self.pinned = _pinned_id(table, where)
+        if self.pinned is not None:
+            self.bare = bare
+            self.reread = select(*returning).where(table.c.id == self.pinned)
+            return
         by_id = table.c.id.in_(bindparam("_kanban_ids", expanding=True))
         self.lock = select(table.c.id).where(*matched).with_for_update()
         self.reread = select(*returning).where(by_id)
         self.bare = bare.where(by_id)
+
+
+def _pinned_id(table: Any, where: Any) -> BindParameter[Any] | None:
+    """The parameter ``where`` (a conjunction) sets ``table.id`` equal to, if any."""
+    if where is None or "id" not in table.c:
+        return None
+    terms = where.clauses if isinstance(where, BooleanClauseList) else (where,)
+    if isinstance(where, BooleanClauseList) and where.operator is not operators.and_:
+        return None
+    for term in terms:
+        if (
+            isinstance(term, BinaryExpression)
+            and term.operator is operators.eq
+            and term.left is table.c.id
+            and isinstance(term.right, BindParameter)
+        ):
+            return term.right
+    return None
 
 
 _emulated: dict[int, _Emulated] = {}
@@ -363,6 +390,10 @@ def run_returning(s: Tx, statement: ClauseElement, params: dict[str, Any]) -> li
             s.run_for_cursor(plan.bare, params)
         return rows
     assert isinstance(statement, Update)
+    if plan.pinned is not None:
+        if s.run_for_cursor(plan.bare, params).rowcount == 0:
+            return []
+        return s.execute(plan.reread, params).all()
     ids = list(s.scalars(plan.lock, params))
     if not ids:
         return []
