@@ -11,6 +11,7 @@ and the board file's permissions.
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -22,9 +23,9 @@ from sqlalchemy.orm import Session
 
 from . import backends, maintenance, migrate, queries, steps
 from .clock import utcnow
-from .db import run_read, run_write
+from .db import database_errors, run_read, run_write
 from .driver import Tx
-from .errors import KanbanError
+from .errors import DatabaseError, KanbanError, SchemaOutOfDate
 from .models import KANBAN_TABLES, Base, Task, TaskEvent, TaskLink, TaskRun
 from .states import Status
 
@@ -40,6 +41,12 @@ DEFAULT_STALE_AFTER = timedelta(minutes=30)
 #: A WAL larger than this means checkpoints are not keeping up (a reader held open).
 WAL_WARNING_BYTES = 256 * 1024 * 1024
 SHOWN_IDS = 20  # task ids a finding lists; the count says how many there are
+_UNCHECKED = "could not be checked"
+_NO_SCHEMA = "no kanban schema"
+_RECOVER_FIX = (
+    "stop the workers, copy the file (with its -wal), then restore a backup or"
+    " `sqlite3 kanban.db .recover | sqlite3 new.db` and point KANBAN_DATABASE_URL at new.db"
+)
 
 
 @dataclass
@@ -117,29 +124,55 @@ def doctor(
     *,
     repair: bool = False,
     stale_after: timedelta = DEFAULT_STALE_AFTER,
+    full: bool = False,
 ) -> list[Finding]:
     """Run every check (and with ``repair``, the safe repairs); the findings, in order.
 
-    Never raises for what it finds; raises :class:`KanbanError` subclasses only when the
-    database cannot be read at all.
+    On SQLite the file is checked first (``PRAGMA quick_check``, or the slower
+    ``integrity_check`` with ``full``): a file that fails it gets its findings and
+    nothing else runs, above all no repair writes to it. A check the database cannot
+    answer (a damaged file, a server gone) is an error finding naming it, with its fix:
+    doctor never raises for what it finds.
     """
     engine = _engine_of(session)
-    findings = [schema_drift(engine)]
-    if findings[0].severity == ERROR and "no kanban schema" in findings[0].message:
-        return findings
+    findings: list[Finding] = []
     if backends.of(engine).name == "sqlite":  # checks of the file itself
-        findings += [sqlite_integrity(engine), sqlite_wal_size(engine)]
+        findings += [
+            _guarded("sqlite_integrity", lambda: sqlite_integrity(engine, full=full)),
+            _guarded("sqlite_wal", lambda: sqlite_wal_size(engine)),
+        ]
         file_mode = board_file_mode(engine)
         if file_mode is not None:
             findings.append(file_mode)
-    findings += [
-        open_runs_on_finished_tasks(session, repair=repair),
-        stale_leases(session, stale_after=stale_after, repair=repair),
-        stranded_todo_tasks(session, repair=repair),
-        event_gaps(session),
-        table_sizes(session),
+        if findings[0].severity == ERROR:
+            return findings
+    schema = _guarded("schema", lambda: schema_drift(engine))
+    findings.insert(0, schema)
+    if schema.severity == ERROR and (_UNCHECKED in schema.message or _NO_SCHEMA in schema.message):
+        return findings  # the board's tables cannot be read: their checks cannot run
+    checks: list[tuple[str, Callable[[], Finding]]] = [
+        ("open_runs", lambda: open_runs_on_finished_tasks(session, repair=repair)),
+        ("stale_leases", lambda: stale_leases(session, stale_after=stale_after, repair=repair)),
+        ("stranded_todo", lambda: stranded_todo_tasks(session, repair=repair)),
+        ("event_gaps", lambda: event_gaps(session)),
+        ("table_sizes", lambda: table_sizes(session)),
     ]
+    findings += [_guarded(name, check) for name, check in checks]
     return findings
+
+
+def _guarded(name: str, check: Callable[[], Finding]) -> Finding:
+    """``check``'s finding, or an error finding when the database could not answer it."""
+    try:
+        return check()
+    except KanbanError as error:
+        return Finding(
+            name,
+            ERROR,
+            f"{_UNCHECKED}: {error}",
+            fix="make the database readable (server up, file intact: see sqlite_integrity),"
+            " then run `kanban-orm doctor` again",
+        )
 
 
 def _engine_of(session: Session) -> Engine:
@@ -149,8 +182,9 @@ def _engine_of(session: Session) -> Engine:
 
 def schema_drift(engine: Engine) -> Finding:
     try:
-        migrate.check(engine)
-    except KanbanError as error:
+        with database_errors():
+            migrate.check(engine)
+    except SchemaOutOfDate as error:
         return Finding(
             "schema", ERROR, str(error), fix="run `kanban-orm db upgrade` (back up first)"
         )
@@ -159,15 +193,24 @@ def schema_drift(engine: Engine) -> Finding:
 
 def sqlite_integrity(engine: Engine, *, full: bool = False) -> Finding:
     pragma = "integrity_check" if full else "quick_check"
-    with engine.connect() as conn:
-        rows = [str(r[0]) for r in conn.exec_driver_sql(f"PRAGMA {pragma}")]
+    try:
+        with database_errors(), engine.connect() as conn:
+            rows = [str(r[0]) for r in conn.exec_driver_sql(f"PRAGMA {pragma}")]
+    except DatabaseError as error:  # not a SQLite file at all, or a page the check reads
+        return Finding(
+            "sqlite_integrity",
+            ERROR,
+            f"PRAGMA {pragma} could not read the file: {error}",
+            fix=_RECOVER_FIX,
+            count=1,
+        )
     if rows == ["ok"]:
         return Finding("sqlite_integrity", OK, f"PRAGMA {pragma}: ok")
     return Finding(
         "sqlite_integrity",
         ERROR,
         f"PRAGMA {pragma} reports {len(rows)} problem(s): {'; '.join(rows[:5])}",
-        fix="stop the workers, copy the file, then `sqlite3 kanban.db .recover | sqlite3 new.db`",
+        fix=_RECOVER_FIX,
         count=len(rows),
     )
 
