@@ -272,15 +272,16 @@ def test_prune_command_dry_run_then_real(db_url: str) -> None:
     session.close()
 
     code, out = cli(db_url, "prune", "--done-before", "0s", "--dry-run")
-    assert (code, out) == (0, "would remove: 3 tasks, 0 runs, 6 events, 0 comments, 0 links\n")
+    would = "would remove: 3 tasks, 0 runs, 6 events, 0 comments, 0 links, 0 board_events\n"
+    assert (code, out) == (0, would)
     code, out = cli(db_url, "prune", "--done-before", "0s", "--batch", "2", "--json")
     assert code == 0
     assert json.loads(out) == {"tasks": 3, "runs": 0, "events": 6, "comments": 0, "links": 0,
-                               "batches": 2, "dry_run": False}  # fmt: skip
+                               "board_events": 0, "batches": 2, "dry_run": False}  # fmt: skip
     code, out = cli(db_url, "prune", "--done-before", "2999-01-01T00:00:00Z")
     assert (code, out) == (
         0,
-        "removed: 0 tasks, 0 runs, 0 events, 0 comments, 0 links in 0 batch(es)\n",
+        "removed: 0 tasks, 0 runs, 0 events, 0 comments, 0 links, 0 board_events in 0 batch(es)\n",
     )
 
 
