@@ -1,24 +1,26 @@
 """Do the board's reads and claims stay flat as finished history grows?
 
-    python -m stress.scale_bench --db URL [--tasks N] [--reuse]
+    python -m stress.scale_bench --db URL --empty-db URL [--tasks N] [--repeat R] [--reuse]
 
-Times, on the same live board (``LIVE`` ready tasks), with no history and then with N
-finished tasks (each with a closed run and three events: created, claimed, completed):
+Times, on the same live board (``LIVE`` ready tasks) in two databases, one with no
+history and one with N finished tasks (each with a closed run and three events:
+created, claimed, completed), the two taking turns for every sample:
 ``claim_next`` + ``complete_task``, ``board_cards(per_column=50)``, ``board_stats``,
-``list_tasks`` (the first page, and a page of the done column) and tailing
+``list_tasks`` (the first page, and the first page of the ready column) and tailing
 (``list_events`` after a cursor at the head of the log). Prints one table, medians in ms.
 
 The history is written with bulk ``INSERT ... SELECT`` from a cross join of a numbers
 table (portable SQL, no API calls), so a million tasks and three million events take
-seconds to minutes instead of hours. ``--reuse`` keeps a database an earlier run seeded
-with at least N tasks and times only the side with history.
+seconds to minutes instead of hours. ``--reuse`` keeps the history an earlier run seeded
+in ``--db`` (it has at least N done tasks).
 
-The database's kanban tables are emptied first: point it at a scratch database.
+Both databases' kanban tables are emptied first: point them at scratch databases.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -30,7 +32,7 @@ from sqlalchemy.orm import Session
 import kanban_orm as kb
 from kanban_orm.models import Task, TaskEvent, TaskRun
 
-from .prune_bench import empty, median_ms
+from .prune_bench import empty
 
 #: Ready tasks on the live board each side is timed with.
 LIVE = 60
@@ -44,7 +46,7 @@ EVENT_KINDS = ("created", "claimed", "completed")
 _numbers = sa.Table(
     "scale_bench_numbers",
     sa.MetaData(),
-    sa.Column("i", sa.Integer, primary_key=True),
+    sa.Column("i", sa.Integer, primary_key=True, autoincrement=False),  # MySQL: 0 is 0
     sa.Column("at", sa.DateTime),
 )
 
@@ -129,10 +131,13 @@ def _after_bulk_load(engine: sa.Engine) -> None:
             conn.exec_driver_sql("ANALYZE TABLE kanban_tasks, kanban_task_runs, kanban_task_events")
 
 
-def add_live_board(session: Session) -> None:
-    """The live work both sides are timed with."""
+def add_live_board(session: Session, claims: int) -> None:
+    """The live work both sides are timed with, and ``claims`` tasks to claim (at a
+    lower priority: the board's first cards stay the same while they are claimed)."""
     for i in range(LIVE):
         kb.create_task(session, title=f"live {i}", priority=i % 3)
+    for i in range(claims):
+        kb.create_task(session, title=f"claimed {i}", priority=-1)
 
 
 def drop_live_board(engine: sa.Engine, history: int) -> None:
@@ -145,27 +150,21 @@ def drop_live_board(engine: sa.Engine, history: int) -> None:
         conn.execute(tasks.delete().where(tasks.c.id > history))
 
 
-def claim_complete_ms(session: Session, repeat: int) -> float:
-    for i in range(repeat):
-        kb.create_task(session, title=f"claimed {i}", priority=-1)
-
-    def one() -> None:
-        task = kb.claim_next(session, claimer="bench")
-        assert task is not None
-        kb.complete_task(session, task.id, claim_lock=task.claim_lock)
-
-    return median_ms(one, repeat)
+def claim_and_complete(session: Session) -> None:
+    task = kb.claim_next(session, claimer="bench")
+    assert task is not None
+    kb.complete_task(session, task.id, claim_lock=task.claim_lock)
 
 
 def head_of_log(session: Session) -> int:
-    return int(session.execute(sa.select(sa.func.max(TaskEvent.id))).scalar() or 0)
-
-
-def measure(session: Session, repeat: int) -> dict[str, float]:
-    """Median ms of each read (on the live board), then of claim + complete."""
-    cursor = max(0, head_of_log(session) - 5)
+    head = int(session.execute(sa.select(sa.func.max(TaskEvent.id))).scalar() or 0)
     session.rollback()
-    reads: dict[str, Callable[[], Any]] = {
+    return head
+
+
+def operations(session: Session) -> dict[str, Callable[[], Any]]:
+    cursor = max(0, head_of_log(session) - 5)
+    return {
         "board_cards(per_column=50)": lambda: kb.board_cards(session, per_column=50),
         "board_stats()": lambda: kb.board_stats(session),
         "list_tasks(limit=50)": lambda: kb.list_tasks(session, limit=50),
@@ -173,25 +172,38 @@ def measure(session: Session, repeat: int) -> dict[str, float]:
             session, status="ready", limit=50
         ),
         "list_events(after_id=head-5)": lambda: kb.list_events(session, after_id=cursor),
+        "claim_next + complete_task": lambda: claim_and_complete(session),
     }
-    timings = {name: median_ms(read, repeat) for name, read in reads.items()}
-    timings["claim_next + complete_task"] = claim_complete_ms(session, max(repeat, 100))
-    return timings
 
 
-def table(
-    backend: str, history: int, empty_ms: dict[str, float] | None, full: dict[str, float]
-) -> str:
+def interleaved(
+    empty_ops: dict[str, Callable[[], Any]], full_ops: dict[str, Callable[[], Any]], repeat: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median ms of each operation on each board, the two boards taking turns: on a
+    shared machine a load that comes and goes then weighs on both sides alike."""
+    empty_ms: dict[str, list[float]] = {name: [] for name in empty_ops}
+    full_ms: dict[str, list[float]] = {name: [] for name in full_ops}
+    for _ in range(repeat):
+        for name in empty_ops:
+            for ops, times in ((empty_ops, empty_ms), (full_ops, full_ms)):
+                started = time.perf_counter()
+                ops[name]()
+                times[name].append((time.perf_counter() - started) * 1000)
+    return (
+        {name: statistics.median(times) for name, times in empty_ms.items()},
+        {name: statistics.median(times) for name, times in full_ms.items()},
+    )
+
+
+def table(backend: str, history: int, empty_ms: dict[str, float], full: dict[str, float]) -> str:
     lines = [
         f"{backend}: {history:,} finished tasks, {3 * history:,} events (median ms)",
         f"| {'operation':<36} | {'empty':>9} | {'history':>9} | {'ratio':>6} |",
         f"| {'-' * 36} | {'-' * 8}: | {'-' * 8}: | {'-' * 5}: |",
     ]
     for name, value in full.items():
-        base = None if empty_ms is None else empty_ms[name]
-        shown = "" if base is None else f"{base:9.2f}"
-        ratio = "" if base is None else f"{value / base:6.2f}"
-        lines.append(f"| {name:<36} | {shown:>9} | {value:9.2f} | {ratio:>6} |")
+        base = empty_ms[name]
+        lines.append(f"| {name:<36} | {base:9.2f} | {value:9.2f} | {value / base:6.2f} |")
     return "\n".join(lines)
 
 
@@ -201,34 +213,41 @@ def seeded_history(engine: sa.Engine) -> int:
         return int(conn.execute(done).scalar_one())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stress.scale_bench")
-    parser.add_argument("--db", required=True)
-    parser.add_argument("--tasks", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=30, help="runs per read timed")
-    parser.add_argument(
-        "--reuse", action="store_true", help="keep history an earlier run seeded; time only it"
-    )
-    args = parser.parse_args(argv)
-    engine = kb.create_engine(args.db)
+def prepare(url: str, history: int, reuse: bool, claims: int) -> tuple[sa.Engine, Session]:
+    engine = kb.create_engine(url)
     kb.upgrade(engine)
-    session = kb.session_factory(engine)()
-    baseline = None
-    if args.reuse and seeded_history(engine) >= args.tasks:
-        drop_live_board(engine, args.tasks)
+    if history and reuse and seeded_history(engine) >= history:
+        drop_live_board(engine, history)
     else:
         empty(engine)
-        add_live_board(session)
-        baseline = measure(session, args.repeat)
-        empty(engine)
-        started = time.perf_counter()
-        seed_history(engine, args.tasks)
-        print(f"seeded {args.tasks:,} tasks in {time.perf_counter() - started:.0f}s")
-    add_live_board(session)
-    timings = measure(session, args.repeat)
-    print(table(engine.dialect.name, args.tasks, baseline, timings))
-    session.close()
-    engine.dispose()
+        if history:
+            started = time.perf_counter()
+            seed_history(engine, history)
+            print(f"seeded {history:,} tasks in {time.perf_counter() - started:.0f}s")
+    session = kb.session_factory(engine)()
+    add_live_board(session, claims)
+    return engine, session
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stress.scale_bench")
+    parser.add_argument("--db", required=True, help="scratch database for the history")
+    parser.add_argument("--empty-db", required=True, help="scratch database for the baseline")
+    parser.add_argument("--tasks", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=100, help="runs per operation and side")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the history an earlier run seeded in --db"
+    )
+    args = parser.parse_args(argv)
+    baseline, empty_session = prepare(args.empty_db, 0, False, args.repeat)
+    full, full_session = prepare(args.db, args.tasks, args.reuse, args.repeat)
+    empty_ms, full_ms = interleaved(
+        operations(empty_session), operations(full_session), args.repeat
+    )
+    print(table(full.dialect.name, args.tasks, empty_ms, full_ms))
+    for session, engine in ((empty_session, baseline), (full_session, full)):
+        session.close()
+        engine.dispose()
     return 0
 
 
