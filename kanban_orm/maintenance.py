@@ -49,13 +49,13 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, Select
 
-from . import backends, config, steps
+from . import backends, config, queries, steps
 from . import validation as check
 from .clock import utcnow
 from .db import connect, joins_caller_transaction, run_read, run_write
 from .driver import Tx
 from .errors import EventsPruned, InvalidInput, InvalidTransition, KanbanError, TaskNotFound
-from .models import BoardEvent, Task, TaskComment, TaskEvent, TaskLink, TaskRun
+from .models import TALLIED_STATUSES, BoardEvent, Task, TaskComment, TaskEvent, TaskLink, TaskRun
 from .states import FINISHED, Status
 
 log = logging.getLogger(__name__)
@@ -350,6 +350,7 @@ def prune(
         result += _prune_tasks(session, done, archived, params, size)
     if cut["events_before"] is not None:
         result += _prune_events(session, done, archived, params, size)
+    refresh_counts(session)  # the history just changed: count it where it stands
     return result
 
 
@@ -506,6 +507,41 @@ def _prune_board_events(session: Session, params: dict[str, Any], size: int) -> 
         if len(seen) < size:
             return total
         after = seen[-1]
+
+
+#: How far behind the database's clock a refresh counts up to: a transaction that has
+#: been writing longer than this while a refresh counts could be miscounted (doctor's
+#: ``status_counts`` check finds it, and --repair counts again).
+REFRESH_MARGIN = timedelta(minutes=10)
+
+
+def refresh_counts(session: Session) -> dict[str, int]:
+    """Count the finished statuses' tasks into their tallies (models.StatusTally), so
+    :func:`~kanban_orm.board_cards` and :func:`~kanban_orm.board_stats` count only the
+    tasks changed since. Reads every finished task once (an index-only count): prune
+    and the housekeeper run it after each pass. Holds off, while it counts, the writes
+    that move a task in or out of a tally (completions included).
+
+    Returns the tallied counts by status. Raises :class:`DatabaseBusy`.
+    """
+
+    def work(s: Tx) -> dict[str, int]:
+        backends.of(s).lock_status_tallies(s)
+        through = s.execute(_TALLY_THROUGH, {"margin": -REFRESH_MARGIN.total_seconds()})
+        at = through.scalar_one()
+        counted = {}
+        for status in TALLIED_STATUSES:
+            n = int(
+                s.execute(queries.COUNT_TALLIED, {"status": status, "through": at}).scalar_one()
+            )
+            s.execute(queries.SET_TALLY, {"tallied": status, "tasks": n, "through": at})
+            counted[status] = n
+        return counted
+
+    return run_write(session, work)
+
+
+_TALLY_THROUGH = select(utcnow(bindparam("margin")))
 
 
 def log_board_event(

@@ -12,12 +12,14 @@ compiled once per dialect (:mod:`kanban_orm.driver`) and run with parameters.
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import cache
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    DateTime,
     Integer,
     String,
     Table,
@@ -48,7 +50,9 @@ from .clock import new_claim_token, utcnow, utcnow_at_statement_start
 from .models import (
     EVENT_LOG_GUARD_TRIGGER,
     EVENT_LOG_LOCK_KEY,
+    STATUS_TALLY_LOCK_KEY,
     JsonDoc,
+    StatusTally,
     Task,
     TaskComment,
     TaskEvent,
@@ -62,6 +66,7 @@ runs: Table = TaskRun.__table__  # type: ignore[assignment]
 events: Table = TaskEvent.__table__  # type: ignore[assignment]
 links: Table = TaskLink.__table__  # type: ignore[assignment]
 comments: Table = TaskComment.__table__  # type: ignore[assignment]
+tallies: Table = StatusTally.__table__  # type: ignore[assignment]
 
 _FINISHED = [s.value for s in FINISHED]
 _UNFINISHED = [s.value for s in Status if s not in FINISHED]
@@ -898,6 +903,38 @@ def edit_statement(fields: tuple[str, ...]) -> ReturningUpdate[Any]:
     )
 
 
+#: Before every task's time: a tally never refreshed (``through`` NULL) counts them all.
+_BEFORE_ANY_TASK = datetime(1900, 1, 1)
+
+
+def _finished_count(status: str) -> Select[Any]:
+    """``status``'s tasks, from its maintained tally (models.StatusTally) plus those
+    changed since the tally's ``through``: an index range over recent rows."""
+    tally = select(tallies.c.tasks, tallies.c.through).where(tallies.c.status == status)
+    through = func.coalesce(tally.with_only_columns(tallies.c.through).scalar_subquery(),
+                            literal(_BEFORE_ANY_TASK, DateTime()))  # fmt: skip
+    since = (
+        select(func.count())
+        .where(tasks.c.status == status, tasks.c.updated_at > through)
+        .scalar_subquery()
+    )
+    kept = func.coalesce(tally.with_only_columns(tallies.c.tasks).scalar_subquery(), 0)
+    return select(literal(status), kept + since)
+
+
+#: refresh_counts: the tasks of a tallied status changed by ``:through``.
+COUNT_TALLIED = select(func.count()).where(
+    tasks.c.status == bindparam("status"),
+    tasks.c.updated_at <= bindparam("through", type_=DateTime),
+)
+LOCK_TALLIES = select(tallies.c.status).order_by(tallies.c.status).with_for_update()
+SET_TALLY = (
+    update(tallies)
+    .where(tallies.c.status == bindparam("tallied"))
+    .values(tasks=bindparam("tasks"), through=bindparam("through", type_=DateTime))
+)
+
+
 @cache
 def stats_statements(by_tenant: bool) -> tuple[Executable, Executable, Executable]:
     """Counts by status, open tasks by assignee, and the oldest ready task's creation."""
@@ -908,12 +945,15 @@ def stats_statements(by_tenant: bool) -> tuple[Executable, Executable, Executabl
     # count over its own range (an index-only count: the one part that grows with
     # history, prune's to bound).
     live = tasks.c.status.in_(_UNFINISHED)
+    finished = (
+        _finished_count(status)
+        if not by_tenant
+        else select(literal(status), func.count()).where(*scope, tasks.c.status == status)
+        for status in _FINISHED
+    )
     by_status = union_all(
         select(tasks.c.status, func.count()).where(*scope, live).group_by(tasks.c.status),
-        *(
-            select(literal(finished), func.count()).where(*scope, tasks.c.status == finished)
-            for finished in _FINISHED
-        ),
+        *finished,
     )
     by_assignee = (
         select(tasks.c.assignee, func.count()).where(*scope, live).group_by(tasks.c.assignee)
@@ -942,6 +982,10 @@ WAIT_FOR_EVENT_WRITERS = (
 EVENT_LOG_GUARD_PRESENT = text(
     "SELECT 1 FROM pg_trigger WHERE tgname = :name AND tgrelid = to_regclass('kanban_task_events')"
 ).bindparams(name=EVENT_LOG_GUARD_TRIGGER)
+
+#: PostgreSQL only, refresh_counts' side of the tally triggers' shared lock
+#: (models.STATUS_TALLY_DDL): waits out every transaction that has moved a tallied row.
+LOCK_TALLIES_EXCLUSIVE = select(func.pg_advisory_xact_lock(STATUS_TALLY_LOCK_KEY))
 
 #: PostgreSQL only: concurrent migrators queue on this transaction lock (kanban_orm.migrate).
 LOCK_MIGRATIONS = text("SELECT pg_advisory_xact_lock(:key)")

@@ -451,6 +451,9 @@ SEEDS: dict[str, Callable[[Connection], Seeded]] = {
     # kb0007 adds MySQL/MariaDB's event log guard (a one-row table and a trigger):
     # the same rows must survive it, and nothing changes elsewhere.
     "kb0007": seed_kb0006,
+    # kb0009 adds the status tallies (a table, its rows, an index and triggers): the
+    # same rows must survive it, and their counts stay exact (through is NULL).
+    "kb0009": seed_kb0006,
 }
 
 

@@ -137,6 +137,11 @@ class PostgreSQLBackend(PortableBackend):
         for statement in q.WAIT_FOR_EVENT_WRITERS:
             session.execute(statement)
 
+    def lock_status_tallies(self, s: Tx) -> None:
+        # The triggers take the advisory lock shared: a row lock would be a write to
+        # the tally row from every completion.
+        s.execute(q.LOCK_TALLIES_EXCLUSIVE)
+
     def snapshot_reads(self, session: Session) -> None:
         # At READ COMMITTED each statement sees the latest commits: a task claimed
         # between two reads of one board would be drawn in two columns.
