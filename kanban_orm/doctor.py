@@ -23,10 +23,18 @@ from sqlalchemy.orm import Session
 
 from . import backends, maintenance, migrate, queries, steps
 from .clock import utcnow
-from .db import database_errors, run_read, run_write
+from .db import database_errors, joins_caller_transaction, run_read, run_write
 from .driver import Tx
 from .errors import DatabaseError, KanbanError, SchemaOutOfDate
-from .models import KANBAN_TABLES, Base, Task, TaskEvent, TaskLink, TaskRun
+from .models import (
+    KANBAN_TABLES,
+    TALLIED_STATUSES,
+    Base,
+    Task,
+    TaskEvent,
+    TaskLink,
+    TaskRun,
+)
 from .states import Status
 
 tasks: Table = Task.__table__  # type: ignore[assignment]
@@ -111,6 +119,11 @@ _TASKS_WITHOUT_EVENTS = (
     .where(~select(events.c.id).where(events.c.task_id == tasks.c.id).exists())
     .order_by(tasks.c.id)
 )
+_EXACT_FINISHED_COUNTS = (
+    select(tasks.c.status, func.count())
+    .where(tasks.c.status.in_(TALLIED_STATUSES))
+    .group_by(tasks.c.status)
+)
 _EVENT_SPAN = select(func.count(), func.min(events.c.id), func.max(events.c.id)).where(
     events.c.id > bindparam("above")
 )
@@ -154,6 +167,7 @@ def doctor(
         ("open_runs", lambda: open_runs_on_finished_tasks(session, repair=repair)),
         ("stale_leases", lambda: stale_leases(session, stale_after=stale_after, repair=repair)),
         ("stranded_todo", lambda: stranded_todo_tasks(session, repair=repair)),
+        ("status_counts", lambda: status_counts(session, repair=repair)),
         ("event_gaps", lambda: event_gaps(session)),
         ("table_sizes", lambda: table_sizes(session)),
     ]
@@ -344,6 +358,43 @@ def stranded_todo_tasks(session: Session, *, repair: bool = False) -> Finding:
             _log_repair(s, "stranded_todo", {"task_ids": promoted})
 
         run_write(session, work)
+        finding.repaired = True
+    return finding
+
+
+def status_counts(session: Session, *, repair: bool = False) -> Finding:
+    """The board's counts of the finished statuses (kept tallies, models.StatusTally)
+    against an exact count: they differ only after a write transaction longer than
+    maintenance.REFRESH_MARGIN met a refresh, or when the tally triggers are gone."""
+
+    def read(s: Session) -> tuple[dict[str, int], dict[str, int]]:
+        if not joins_caller_transaction(s):
+            backends.of(s).snapshot_reads(s)  # both counts on one snapshot
+        kept: dict[str, int] = {k: v for k, v in s.execute(queries.stats_statements(False)[0])}
+        exact: dict[str, int] = {k: v for k, v in s.execute(_EXACT_FINISHED_COUNTS)}
+        return kept, exact
+
+    kept, exact = run_read(session, read)
+    wrong = {
+        status: (kept.get(status, 0), exact.get(status, 0))
+        for status in TALLIED_STATUSES
+        if kept.get(status, 0) != exact.get(status, 0)
+    }
+    if not wrong:
+        return Finding("status_counts", OK, "the board's finished counts are exact")
+    text = ", ".join(f"{status} {shown} (is {real})" for status, (shown, real) in wrong.items())
+    finding = Finding(
+        "status_counts",
+        WARNING,
+        f"the board counts {text}",
+        fix="`kanban-orm doctor --repair` counts them again (kanban_orm.refresh_counts);"
+        " if it comes back, check the kanban_tasks_tally_* triggers exist",
+        count=len(wrong),
+        repairable=True,
+    )
+    if repair:
+        counted = maintenance.refresh_counts(session)
+        run_write(session, lambda s: _log_repair(s, "status_counts", {"counted": counted}))
         finding.repaired = True
     return finding
 

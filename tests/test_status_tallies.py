@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
+from kanban_orm.doctor import doctor
 
 LONG_AGO = datetime(2020, 1, 1)
 
@@ -150,3 +151,19 @@ def test_a_tenant_is_counted_exactly_without_the_tally(session: Session, engine:
     kb.refresh_counts(session)
     assert kb.board_cards(session, tenant="a")[1]["done"] == 1
     assert kb.board_stats(session, tenant="a")["by_status"]["done"] == 1
+
+
+def test_doctor_finds_a_drifted_tally_and_counts_again(session: Session, engine: Engine) -> None:
+    finished_history(session, engine)
+    kb.refresh_counts(session)
+    sql(engine, "UPDATE kanban_status_tallies SET tasks = tasks + 5 WHERE status = 'done'")
+
+    found = {f.check: f for f in doctor(session)}["status_counts"]
+    assert (found.severity, found.message) == ("warning", "the board counts done 11 (is 6)")
+    assert found.fix and "--repair" in found.fix
+
+    assert {f.check: f for f in doctor(session, repair=True)}["status_counts"].repaired
+    assert_counts_exact(session, engine)
+    [entry] = kb.list_board_events(session)
+    assert entry.payload == {"check": "status_counts", "counted": {"done": 6, "archived": 2}}
+    assert {f.check: f for f in doctor(session)}["status_counts"].severity == "ok"
