@@ -36,6 +36,7 @@ from .models import (
     TaskRun,
 )
 from .states import Status
+from .workflow import count_by_status
 
 tasks: Table = Task.__table__  # type: ignore[assignment]
 runs: Table = TaskRun.__table__  # type: ignore[assignment]
@@ -370,7 +371,7 @@ def status_counts(session: Session, *, repair: bool = False) -> Finding:
     def read(s: Session) -> tuple[dict[str, int], dict[str, int]]:
         if not joins_caller_transaction(s):
             backends.of(s).snapshot_reads(s)  # both counts on one snapshot
-        kept: dict[str, int] = {k: v for k, v in s.execute(queries.stats_statements(False)[0])}
+        kept = count_by_status(s)
         exact: dict[str, int] = {k: v for k, v in s.execute(_EXACT_FINISHED_COUNTS)}
         return kept, exact
 

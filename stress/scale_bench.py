@@ -225,6 +225,7 @@ def prepare(url: str, history: int, reuse: bool, claims: int) -> tuple[sa.Engine
             seed_history(engine, history)
             print(f"seeded {history:,} tasks in {time.perf_counter() - started:.0f}s")
     session = kb.session_factory(engine)()
+    kb.refresh_counts(session)  # where prune or the housekeeper leave the tallies
     add_live_board(session, claims)
     return engine, session
 
