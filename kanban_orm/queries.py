@@ -938,7 +938,9 @@ COUNT_TALLIED = select(func.count()).where(
     tasks.c.status == bindparam("status"),
     tasks.c.updated_at <= bindparam("through", type_=DateTime),
 )
-LOCK_TALLIES = select(tallies.c.status).order_by(tallies.c.status).with_for_update()
+#: NOWAIT: writers queue behind a waiting exclusive lock, so a refresh must never wait
+#: on a transaction left open; it fails at once and the retry layer tries again.
+LOCK_TALLIES = select(tallies.c.status).order_by(tallies.c.status).with_for_update(nowait=True)
 SET_TALLY = (
     update(tallies)
     .where(tallies.c.status == bindparam("tallied"))
@@ -996,7 +998,11 @@ EVENT_LOG_GUARD_PRESENT = text(
 
 #: PostgreSQL only, refresh_counts' side of the tally triggers' shared lock
 #: (models.STATUS_TALLY_DDL): waits out every transaction that has moved a tallied row.
-LOCK_TALLIES_EXCLUSIVE = select(func.pg_advisory_xact_lock(STATUS_TALLY_LOCK_KEY))
+#: The timeout, as for the event guard: writers queue behind a waiting exclusive lock.
+LOCK_TALLIES_EXCLUSIVE = (
+    text("SET LOCAL lock_timeout = '1s'"),
+    select(func.pg_advisory_xact_lock(STATUS_TALLY_LOCK_KEY)),
+)
 
 #: PostgreSQL only: concurrent migrators queue on this transaction lock (kanban_orm.migrate).
 LOCK_MIGRATIONS = text("SELECT pg_advisory_xact_lock(:key)")

@@ -78,7 +78,8 @@ if TYPE_CHECKING:
     from ..driver import Tx
 
 #: Deadlock found, lock wait timeout: the whole transaction may run again.
-_CONTENTION_CODES = frozenset({1213, 1205})
+# 3572: MySQL 8's NOWAIT refusal (MariaDB reports 1205), from refresh_counts' lock.
+_CONTENTION_CODES = frozenset({1213, 1205, 3572})
 
 tasks, runs, events = q.tasks, q.runs, q.events
 _ids: Any = bindparam("ids", expanding=True)

@@ -140,7 +140,8 @@ class PostgreSQLBackend(PortableBackend):
     def lock_status_tallies(self, s: Tx) -> None:
         # The triggers take the advisory lock shared: a row lock would be a write to
         # the tally row from every completion.
-        s.execute(q.LOCK_TALLIES_EXCLUSIVE)
+        for statement in q.LOCK_TALLIES_EXCLUSIVE:
+            s.execute(statement)
 
     def snapshot_reads(self, session: Session) -> None:
         # At READ COMMITTED each statement sees the latest commits: a task claimed
