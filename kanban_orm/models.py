@@ -365,10 +365,34 @@ def _tally_step(row: str, sign: str, through: str = "through") -> str:
     )
 
 
-#: The triggers that keep StatusTally, per backend: a row enters or leaves a tally when
-#: it was, or becomes, a tallied status changed by ``through``. A claim, a heartbeat or
-#: a completion (its updated_at is now, after ``through``) adjusts nothing; reopening,
-#: archiving or deleting old history does. Host SQL is counted the same way.
+def _mysql_tally_step(row: str, sign: str) -> str:
+    # InnoDB would lock the tally row an UPDATE looks at even when its condition fails
+    # (and so serialize every completion): ``through`` is read under a shared lock
+    # first, and the row updated only when it moves.
+    return (
+        f"IF {row}.status IN ({_TALLIED}) THEN "
+        f"SET cutoff = (SELECT through FROM kanban_status_tallies "
+        f"WHERE status = {row}.status LOCK IN SHARE MODE); "
+        f"IF {row}.updated_at <= cutoff THEN UPDATE kanban_status_tallies "
+        f"SET tasks = tasks {sign} 1 WHERE status = {row}.status; END IF; END IF;"
+    )
+
+
+_MYSQL_TALLY_BODIES = {
+    "INSERT": _mysql_tally_step("NEW", "+"),
+    "UPDATE": f"{_mysql_tally_step('OLD', '-')} {_mysql_tally_step('NEW', '+')}",
+    "DELETE": _mysql_tally_step("OLD", "-"),
+}
+_MYSQL_TALLY_DDL = tuple(
+    f"CREATE TRIGGER kanban_tasks_tally_{event.lower()} AFTER {event} ON kanban_tasks "
+    f"FOR EACH ROW BEGIN DECLARE cutoff DATETIME(6); {body} END"
+    for event, body in _MYSQL_TALLY_BODIES.items()
+)
+#: The triggers that keep StatusTally, per backend (kb0009 installs the same): a row
+#: enters or leaves a tally when it was, or becomes, a tallied status changed by
+#: ``through``. A claim, a heartbeat or a completion (its updated_at is now, after
+#: ``through``) adjusts nothing; reopening, archiving or deleting old history does.
+#: Host SQL is counted the same way.
 STATUS_TALLY_DDL: dict[str, tuple[str, ...]] = {
     "sqlite": (
         "CREATE TRIGGER kanban_tasks_tally_insert AFTER INSERT ON kanban_tasks "
@@ -396,41 +420,9 @@ STATUS_TALLY_DDL: dict[str, tuple[str, ...]] = {
         "CREATE TRIGGER kanban_tasks_tally_delete AFTER DELETE ON kanban_tasks FOR EACH ROW "
         f"WHEN (OLD.status IN ({_TALLIED})) EXECUTE FUNCTION kanban_status_tally()",
     ),
-    # InnoDB would lock the tally row an UPDATE looks at even when its condition fails
-    # (and so serialize every completion): ``through`` is read under a shared lock
-    # first, and the row updated only when it moves.
-    "mysql": tuple(
-        f"CREATE TRIGGER kanban_tasks_tally_{event.lower()} AFTER {event} ON kanban_tasks "
-        f"FOR EACH ROW BEGIN DECLARE cutoff DATETIME(6); {body} END"
-        for event, body in (
-            ("INSERT", "{NEW+}"),
-            ("UPDATE", "{OLD-} {NEW+}"),
-            ("DELETE", "{OLD-}"),
-        )
-    ),
+    "mysql": _MYSQL_TALLY_DDL,
+    "mariadb": _MYSQL_TALLY_DDL,
 }
-
-
-def _mysql_tally_step(row: str, sign: str) -> str:
-    return (
-        f"IF {row}.status IN ({_TALLIED}) THEN "
-        f"SET cutoff = (SELECT through FROM kanban_status_tallies "
-        f"WHERE status = {row}.status LOCK IN SHARE MODE); "
-        f"IF {row}.updated_at <= cutoff THEN UPDATE kanban_status_tallies "
-        f"SET tasks = tasks {sign} 1 WHERE status = {row}.status; END IF; END IF;"
-    )
-
-
-STATUS_TALLY_DDL["mysql"] = tuple(
-    statement.replace("{NEW+}", _mysql_tally_step("NEW", "+")).replace(
-        "{OLD-}", _mysql_tally_step("OLD", "-")
-    )
-    for statement in STATUS_TALLY_DDL["mysql"]
-)
-STATUS_TALLY_DDL["mariadb"] = STATUS_TALLY_DDL["mysql"]
-STATUS_TALLY_TRIGGERS = tuple(
-    f"kanban_tasks_tally_{event}" for event in ("insert", "update", "delete")
-)
 
 KANBAN_TABLES = frozenset(Base.metadata.tables)
 

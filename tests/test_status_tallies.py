@@ -167,3 +167,21 @@ def test_doctor_finds_a_drifted_tally_and_counts_again(session: Session, engine:
     [entry] = kb.list_board_events(session)
     assert entry.payload == {"check": "status_counts", "counted": {"done": 6, "archived": 2}}
     assert {f.check: f for f in doctor(session)}["status_counts"].severity == "ok"
+
+
+def test_kb0009_installs_the_triggers_create_all_does() -> None:
+    """The revision keeps a copy of the trigger SQL (a landed revision never changes):
+    when the models' copy changes, a new revision must carry it."""
+    import importlib.util
+
+    from kanban_orm.models import STATUS_TALLY_DDL
+
+    from .conftest import REPO_ROOT
+
+    path = REPO_ROOT / "migrations" / "versions" / "kb0009_status_tallies.py"
+    spec = importlib.util.spec_from_file_location("kb0009", path)
+    assert spec is not None and spec.loader is not None
+    revision = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(revision)
+    for dialect in ("sqlite", "postgresql", "mysql", "mariadb"):
+        assert list(STATUS_TALLY_DDL[dialect]) == revision._triggers(dialect), dialect
