@@ -47,6 +47,7 @@ from .maintenance import (
     list_board_events,
     prune,
     reassign_task,
+    refresh_counts,
 )
 from .migrate import (
     check,
@@ -61,6 +62,7 @@ from .migrate import (
 from .models import (
     Base,
     BoardEvent,
+    StatusTally,
     Task,
     TaskAttachment,
     TaskComment,
@@ -134,6 +136,7 @@ __all__ = [
     "RetryPolicy",
     "SchemaOutOfDate",
     "Status",
+    "StatusTally",
     "Task",
     "TaskAttachment",
     "TaskComment",
@@ -186,6 +189,7 @@ __all__ = [
     "prune",
     "read_attachment",
     "reassign_task",
+    "refresh_counts",
     "release_stale_claims",
     "release_task",
     "reopen_task",

@@ -161,15 +161,20 @@ def reassign_command(
     show_default=True,
     help="A lease expired longer ago than this has no reclaimer.",
 )
+@click.option(
+    "--full", is_flag=True, help="SQLite: PRAGMA integrity_check (slower) instead of quick_check."
+)
 @click.option("as_json", "--json", is_flag=True, help="Print the findings as JSON.")
 @click.pass_context
-def doctor_command(ctx: click.Context, repair: bool, stale_after: str, as_json: bool) -> None:
+def doctor_command(
+    ctx: click.Context, repair: bool, stale_after: str, full: bool, as_json: bool
+) -> None:
     """Check what the database cannot enforce by itself; exit 1 while a warning or an
     error remains."""
     stale = parse_cutoff(stale_after)
     if not isinstance(stale, timedelta):
         raise click.BadParameter("an age such as 30m or 2h", param_hint="--stale-after")
-    findings = checks.doctor(_session(ctx), repair=repair, stale_after=stale)
+    findings = checks.doctor(_session(ctx), repair=repair, stale_after=stale, full=full)
     if as_json:
         _emit_json([finding.as_json() for finding in findings])
     else:

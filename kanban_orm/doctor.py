@@ -11,6 +11,7 @@ and the board file's permissions.
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -22,11 +23,20 @@ from sqlalchemy.orm import Session
 
 from . import backends, maintenance, migrate, queries, steps
 from .clock import utcnow
-from .db import run_read, run_write
+from .db import database_errors, joins_caller_transaction, run_read, run_write
 from .driver import Tx
-from .errors import KanbanError
-from .models import KANBAN_TABLES, Base, Task, TaskEvent, TaskLink, TaskRun
+from .errors import DatabaseError, KanbanError, SchemaOutOfDate
+from .models import (
+    KANBAN_TABLES,
+    TALLIED_STATUSES,
+    Base,
+    Task,
+    TaskEvent,
+    TaskLink,
+    TaskRun,
+)
 from .states import Status
+from .workflow import count_by_status
 
 tasks: Table = Task.__table__  # type: ignore[assignment]
 runs: Table = TaskRun.__table__  # type: ignore[assignment]
@@ -40,6 +50,12 @@ DEFAULT_STALE_AFTER = timedelta(minutes=30)
 #: A WAL larger than this means checkpoints are not keeping up (a reader held open).
 WAL_WARNING_BYTES = 256 * 1024 * 1024
 SHOWN_IDS = 20  # task ids a finding lists; the count says how many there are
+_UNCHECKED = "could not be checked"
+_NO_SCHEMA = "no kanban schema"
+_RECOVER_FIX = (
+    "stop the workers, copy the file (with its -wal), then restore a backup or"
+    " `sqlite3 kanban.db .recover | sqlite3 new.db` and point KANBAN_DATABASE_URL at new.db"
+)
 
 
 @dataclass
@@ -104,6 +120,11 @@ _TASKS_WITHOUT_EVENTS = (
     .where(~select(events.c.id).where(events.c.task_id == tasks.c.id).exists())
     .order_by(tasks.c.id)
 )
+_EXACT_FINISHED_COUNTS = (
+    select(tasks.c.status, func.count())
+    .where(tasks.c.status.in_(TALLIED_STATUSES))
+    .group_by(tasks.c.status)
+)
 _EVENT_SPAN = select(func.count(), func.min(events.c.id), func.max(events.c.id)).where(
     events.c.id > bindparam("above")
 )
@@ -117,29 +138,56 @@ def doctor(
     *,
     repair: bool = False,
     stale_after: timedelta = DEFAULT_STALE_AFTER,
+    full: bool = False,
 ) -> list[Finding]:
     """Run every check (and with ``repair``, the safe repairs); the findings, in order.
 
-    Never raises for what it finds; raises :class:`KanbanError` subclasses only when the
-    database cannot be read at all.
+    On SQLite the file is checked first (``PRAGMA quick_check``, or the slower
+    ``integrity_check`` with ``full``): a file that fails it gets its findings and
+    nothing else runs, above all no repair writes to it. A check the database cannot
+    answer (a damaged file, a server gone) is an error finding naming it, with its fix:
+    doctor never raises for what it finds.
     """
     engine = _engine_of(session)
-    findings = [schema_drift(engine)]
-    if findings[0].severity == ERROR and "no kanban schema" in findings[0].message:
-        return findings
+    findings: list[Finding] = []
     if backends.of(engine).name == "sqlite":  # checks of the file itself
-        findings += [sqlite_integrity(engine), sqlite_wal_size(engine)]
+        findings += [
+            _guarded("sqlite_integrity", lambda: sqlite_integrity(engine, full=full)),
+            _guarded("sqlite_wal", lambda: sqlite_wal_size(engine)),
+        ]
         file_mode = board_file_mode(engine)
         if file_mode is not None:
             findings.append(file_mode)
-    findings += [
-        open_runs_on_finished_tasks(session, repair=repair),
-        stale_leases(session, stale_after=stale_after, repair=repair),
-        stranded_todo_tasks(session, repair=repair),
-        event_gaps(session),
-        table_sizes(session),
+        if findings[0].severity == ERROR:
+            return findings
+    schema = _guarded("schema", lambda: schema_drift(engine))
+    findings.insert(0, schema)
+    if schema.severity == ERROR and (_UNCHECKED in schema.message or _NO_SCHEMA in schema.message):
+        return findings  # the board's tables cannot be read: their checks cannot run
+    checks: list[tuple[str, Callable[[], Finding]]] = [
+        ("open_runs", lambda: open_runs_on_finished_tasks(session, repair=repair)),
+        ("stale_leases", lambda: stale_leases(session, stale_after=stale_after, repair=repair)),
+        ("stranded_todo", lambda: stranded_todo_tasks(session, repair=repair)),
+        ("status_counts", lambda: status_counts(session, repair=repair)),
+        ("event_gaps", lambda: event_gaps(session)),
+        ("table_sizes", lambda: table_sizes(session)),
     ]
+    findings += [_guarded(name, check) for name, check in checks]
     return findings
+
+
+def _guarded(name: str, check: Callable[[], Finding]) -> Finding:
+    """``check``'s finding, or an error finding when the database could not answer it."""
+    try:
+        return check()
+    except KanbanError as error:
+        return Finding(
+            name,
+            ERROR,
+            f"{_UNCHECKED}: {error}",
+            fix="make the database readable (server up, file intact: see sqlite_integrity),"
+            " then run `kanban-orm doctor` again",
+        )
 
 
 def _engine_of(session: Session) -> Engine:
@@ -149,8 +197,9 @@ def _engine_of(session: Session) -> Engine:
 
 def schema_drift(engine: Engine) -> Finding:
     try:
-        migrate.check(engine)
-    except KanbanError as error:
+        with database_errors():
+            migrate.check(engine)
+    except SchemaOutOfDate as error:
         return Finding(
             "schema", ERROR, str(error), fix="run `kanban-orm db upgrade` (back up first)"
         )
@@ -159,15 +208,24 @@ def schema_drift(engine: Engine) -> Finding:
 
 def sqlite_integrity(engine: Engine, *, full: bool = False) -> Finding:
     pragma = "integrity_check" if full else "quick_check"
-    with engine.connect() as conn:
-        rows = [str(r[0]) for r in conn.exec_driver_sql(f"PRAGMA {pragma}")]
+    try:
+        with database_errors(), engine.connect() as conn:
+            rows = [str(r[0]) for r in conn.exec_driver_sql(f"PRAGMA {pragma}")]
+    except DatabaseError as error:  # not a SQLite file at all, or a page the check reads
+        return Finding(
+            "sqlite_integrity",
+            ERROR,
+            f"PRAGMA {pragma} could not read the file: {error}",
+            fix=_RECOVER_FIX,
+            count=1,
+        )
     if rows == ["ok"]:
         return Finding("sqlite_integrity", OK, f"PRAGMA {pragma}: ok")
     return Finding(
         "sqlite_integrity",
         ERROR,
         f"PRAGMA {pragma} reports {len(rows)} problem(s): {'; '.join(rows[:5])}",
-        fix="stop the workers, copy the file, then `sqlite3 kanban.db .recover | sqlite3 new.db`",
+        fix=_RECOVER_FIX,
         count=len(rows),
     )
 
@@ -301,6 +359,43 @@ def stranded_todo_tasks(session: Session, *, repair: bool = False) -> Finding:
             _log_repair(s, "stranded_todo", {"task_ids": promoted})
 
         run_write(session, work)
+        finding.repaired = True
+    return finding
+
+
+def status_counts(session: Session, *, repair: bool = False) -> Finding:
+    """The board's counts of the finished statuses (kept tallies, models.StatusTally)
+    against an exact count: they differ only after a write transaction longer than
+    maintenance.REFRESH_MARGIN met a refresh, or when the tally triggers are gone."""
+
+    def read(s: Session) -> tuple[dict[str, int], dict[str, int]]:
+        if not joins_caller_transaction(s):
+            backends.of(s).snapshot_reads(s)  # both counts on one snapshot
+        kept = count_by_status(s)
+        exact: dict[str, int] = {k: v for k, v in s.execute(_EXACT_FINISHED_COUNTS)}
+        return kept, exact
+
+    kept, exact = run_read(session, read)
+    wrong = {
+        status: (kept.get(status, 0), exact.get(status, 0))
+        for status in TALLIED_STATUSES
+        if kept.get(status, 0) != exact.get(status, 0)
+    }
+    if not wrong:
+        return Finding("status_counts", OK, "the board's finished counts are exact")
+    text = ", ".join(f"{status} {shown} (is {real})" for status, (shown, real) in wrong.items())
+    finding = Finding(
+        "status_counts",
+        WARNING,
+        f"the board counts {text}",
+        fix="`kanban-orm doctor --repair` counts them again (kanban_orm.refresh_counts);"
+        " if it comes back, check the kanban_tasks_tally_* triggers exist",
+        count=len(wrong),
+        repairable=True,
+    )
+    if repair:
+        counted = maintenance.refresh_counts(session)
+        run_write(session, lambda s: _log_repair(s, "status_counts", {"counted": counted}))
         finding.repaired = True
     return finding
 

@@ -49,13 +49,20 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, Select
 
-from . import backends, config, steps
+from . import backends, config, queries, steps
 from . import validation as check
 from .clock import utcnow
 from .db import connect, joins_caller_transaction, run_read, run_write
 from .driver import Tx
-from .errors import EventsPruned, InvalidInput, InvalidTransition, KanbanError, TaskNotFound
-from .models import BoardEvent, Task, TaskComment, TaskEvent, TaskLink, TaskRun
+from .errors import (
+    DatabaseBusy,
+    EventsPruned,
+    InvalidInput,
+    InvalidTransition,
+    KanbanError,
+    TaskNotFound,
+)
+from .models import TALLIED_STATUSES, BoardEvent, Task, TaskComment, TaskEvent, TaskLink, TaskRun
 from .states import FINISHED, Status
 
 log = logging.getLogger(__name__)
@@ -209,6 +216,25 @@ def _event_candidates(done: bool, archived: bool) -> Select[Any]:
 _DELETE_EVENTS = (
     delete(events).where(events.c.id.in_(bindparam("ids", expanding=True))).returning(events.c.id)
 )
+#: The board log's entry that holds the events horizon (the highest events_through):
+#: it outlives every retention cutoff, or followers below it would lose their warning.
+_HORIZON_ENTRY = select(func.max(board.c.id)).where(
+    board.c.events_through == select(func.max(board.c.events_through)).scalar_subquery()
+)
+_OLD_BOARD_EVENTS = (
+    select(board.c.id)
+    .where(
+        board.c.id > bindparam("after"),
+        board.c.created_at < bindparam("events_cutoff", type_=DateTime),
+        board.c.id != func.coalesce(bindparam("horizon_entry"), 0),
+    )
+    .order_by(board.c.id)
+    .limit(_BATCH_LIMIT)
+    .with_for_update(skip_locked=True)
+)
+_DELETE_BOARD_EVENTS = (
+    delete(board).where(board.c.id.in_(bindparam("ids", expanding=True))).returning(board.c.id)
+)
 LOG_BOARD_EVENT = insert(board).returning(board.c.id)
 #: The highest event id anything removed; NULL while nothing was.
 EVENTS_HORIZON = select(func.max(board.c.events_through))
@@ -238,6 +264,12 @@ def _dry_counts(done: bool, archived: bool, old_events: bool) -> tuple[Select[An
                 ~_prunable(tasks, done, archived),
             )
         )
+        counts.append(
+            select(func.count()).where(
+                board.c.created_at < bindparam("events_cutoff", type_=DateTime),
+                board.c.id != func.coalesce(_HORIZON_ENTRY.scalar_subquery(), 0),
+            )
+        )
     return tuple(counts)
 
 
@@ -253,6 +285,8 @@ class PruneResult:
     events: int = 0
     comments: int = 0
     links: int = 0
+    #: board-level log entries older than ``events_before`` (the horizon's entry stays)
+    board_events: int = 0
     #: write transactions the run committed (0 for a dry run)
     batches: int = 0
     dry_run: bool = False
@@ -260,7 +294,8 @@ class PruneResult:
     def removed(self) -> dict[str, int]:
         """The row counts alone, comparable between a dry run and a real one."""
         return {"tasks": self.tasks, "runs": self.runs, "events": self.events,
-                "comments": self.comments, "links": self.links}  # fmt: skip
+                "comments": self.comments, "links": self.links,
+                "board_events": self.board_events}  # fmt: skip
 
     def __add__(self, other: PruneResult) -> PruneResult:
         summed = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
@@ -285,12 +320,15 @@ def prune(
     and events older than ``events_before`` of finished tasks that stay.
 
     Each cutoff is a datetime (naive = UTC) or a timedelta, an age measured with the
-    database's clock; None leaves that kind alone. A task whose unfinished child still
-    counts on it stays. Runs in batches of at most ``batch`` tasks or events, each its
-    own transaction (inside a transaction the caller began, all of them join it); a
-    batch that removed events logs a ``pruned`` board event, so followers past a prune
-    get :class:`EventsPruned` instead of a silent gap. With ``dry_run`` nothing is
-    written and the result counts what a real run now would remove.
+    database's clock; None leaves that kind alone. ``events_before`` also removes the
+    board-level log's entries (deletions, prune batches, repairs) older than it, all but
+    the one that holds the events horizon (:class:`EventsPruned` keeps its word). A task
+    whose unfinished child still counts on it stays. Runs in batches of at most
+    ``batch`` tasks or events, each its own transaction (inside a transaction the caller
+    began, all of them join it); a batch that removed events logs a ``pruned`` board
+    event, so followers past a prune get :class:`EventsPruned` instead of a silent gap.
+    With ``dry_run`` nothing is written and the result counts what a real run now would
+    remove.
 
     Returns a :class:`PruneResult`. Raises :class:`InvalidInput` (no cutoff, a bad
     cutoff or batch), :class:`DatabaseBusy`.
@@ -311,10 +349,18 @@ def prune(
     if dry_run:
         return _count(session, done, archived, params)
     result = PruneResult()
+    if cut["events_before"] is not None:
+        # First: the entry it keeps is then the horizon's as a dry run sees it (this
+        # run's own `pruned` entries are younger than the cutoff anyway).
+        result += _prune_board_events(session, params, size)
     if done or archived:
         result += _prune_tasks(session, done, archived, params, size)
     if cut["events_before"] is not None:
         result += _prune_events(session, done, archived, params, size)
+    try:
+        refresh_counts(session)  # the history just changed: count it where it stands
+    except DatabaseBusy as busy:  # the counts stay exact, only slower, until the next one
+        log.warning("prune: counting the finished tasks again gave way to writers: %s", busy)
     return result
 
 
@@ -344,8 +390,10 @@ def _count(session: Session, done: bool, archived: bool, params: dict[str, Any])
             # two counts would skew them).
             backends.of(s).snapshot_reads(s)
         n = [int(s.execute(statement, params).scalar_one()) for statement in statements]
-        old_events = n[5] if len(n) > 5 else 0
-        return PruneResult(n[0], n[1], n[2] + old_events, n[3], n[4], dry_run=True)
+        old_events, old_board_events = n[5:] if len(n) > 5 else (0, 0)
+        return PruneResult(
+            n[0], n[1], n[2] + old_events, n[3], n[4], old_board_events, dry_run=True
+        )
 
     return run_read(session, read)
 
@@ -447,6 +495,63 @@ def _event_batch(
             events_through=max(gone),
         )  # fmt: skip
     return PruneResult(events=len(gone), batches=1), len(seen), seen[-1]
+
+
+def _prune_board_events(session: Session, params: dict[str, Any], size: int) -> PruneResult:
+    """The board log's entries older than the events cutoff, in batches; the entry that
+    holds the events horizon stays, so :func:`check_events_horizon` keeps warning."""
+    total = PruneResult()
+    after = 0
+    while True:
+
+        def one_batch(s: Tx, after: int = after) -> tuple[int, list[int]]:
+            horizon_entry = s.execute(_HORIZON_ENTRY).scalar()
+            cursor = {**params, "after": after, "horizon_entry": horizon_entry, "batch": size}
+            seen = list(s.scalars(_OLD_BOARD_EVENTS, cursor))
+            gone = list(s.scalars(_DELETE_BOARD_EVENTS, {"ids": seen})) if seen else []
+            return len(gone), seen
+
+        gone, seen = run_write(session, one_batch)
+        if gone:
+            total += PruneResult(board_events=gone, batches=1)
+        if len(seen) < size:
+            return total
+        after = seen[-1]
+
+
+#: How far behind the database's clock a refresh counts up to: a transaction that has
+#: been writing longer than this while a refresh counts could be miscounted (doctor's
+#: ``status_counts`` check finds it, and --repair counts again).
+REFRESH_MARGIN = timedelta(minutes=10)
+
+
+def refresh_counts(session: Session) -> dict[str, int]:
+    """Count the finished statuses' tasks into their tallies (models.StatusTally), so
+    :func:`~kanban_orm.board_cards` and :func:`~kanban_orm.board_stats` count only the
+    tasks changed since. Reads every finished task once (an index-only count): prune
+    and the housekeeper run it after each pass. Holds off, while it counts, the writes
+    that move a task in or out of a tally (completions included).
+
+    Returns the tallied counts by status. Raises :class:`DatabaseBusy`.
+    """
+
+    def work(s: Tx) -> dict[str, int]:
+        backends.of(s).lock_status_tallies(s)
+        through = s.execute(_TALLY_THROUGH, {"margin": -REFRESH_MARGIN.total_seconds()})
+        at = through.scalar_one()
+        counted = {}
+        for status in TALLIED_STATUSES:
+            n = int(
+                s.execute(queries.COUNT_TALLIED, {"status": status, "through": at}).scalar_one()
+            )
+            s.execute(queries.SET_TALLY, {"tallied": status, "tasks": n, "through": at})
+            counted[status] = n
+        return counted
+
+    return run_write(session, work)
+
+
+_TALLY_THROUGH = select(utcnow(bindparam("margin")))
 
 
 def log_board_event(
@@ -583,7 +688,7 @@ def delete_task(
             "reason": why,
             "deleted_by": who,
             "released_run_id": closed,
-            **removed.removed(),
+            **{k: n for k, n in removed.removed().items() if k != "board_events"},
         }
         return log_board_event(
             s, "deleted", task_id=task_id, payload=payload, events_through=through

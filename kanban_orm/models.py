@@ -121,6 +121,9 @@ class Task(Base):
         # Serves claim_next: the ready pool in claim order.
         Index("ix_kanban_tasks_claim_order", "status", text("priority DESC"), "id"),
         Index("ix_kanban_tasks_claim_expires", "claim_expires"),
+        # Serves the maintained counts (StatusTally): the finished tasks changed since
+        # the tally's ``through``, a range of recent rows however long the history.
+        Index("ix_kanban_tasks_status_updated_at", "status", "updated_at"),
         Index("ix_kanban_tasks_assignee", "assignee"),
         Index("ix_kanban_tasks_tenant", "tenant"),
         # Serves the done column (newest first, scanned backwards) and prune's search for
@@ -327,6 +330,104 @@ class BoardEvent(Base):
         return f"<BoardEvent {self.id} {self.kind} task={self.task_id}>"
 
 
+class StatusTally(Base):
+    """How many tasks of a finished status (done, archived) had last changed by
+    ``through``, kept by triggers on ``kanban_tasks`` (:data:`STATUS_TALLY_DDL`).
+
+    A finished status's count is then ``tasks`` plus its tasks changed after ``through``
+    (an index range over recent rows), instead of a scan of the whole history.
+    ``through`` is NULL until :func:`kanban_orm.refresh_counts` (prune and the
+    housekeeper run it) first counts; until then the count is exact the slow way.
+    """
+
+    __tablename__ = "kanban_status_tallies"
+
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    tasks: Mapped[int] = mapped_column(BigInteger, default=0)
+    through: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    def __repr__(self) -> str:
+        return f"<StatusTally {self.status} {self.tasks} through {self.through}>"
+
+
+#: The tallied statuses, with their rows (created with the table).
+TALLIED_STATUSES = (Status.DONE.value, Status.ARCHIVED.value)
+_TALLIED = ", ".join(f"'{status}'" for status in TALLIED_STATUSES)
+STATUS_TALLY_ROWS = "INSERT INTO kanban_status_tallies (status, tasks) VALUES " + ", ".join(
+    f"('{status}', 0)" for status in TALLIED_STATUSES
+)
+#: PostgreSQL: writers that touch a tallied row hold this lock shared; refresh_counts
+#: takes it exclusively, so its count never misses a change in flight.
+STATUS_TALLY_LOCK_KEY = 0x6B62_7473  # "kbts"
+
+
+def _tally_step(row: str, sign: str, through: str = "through") -> str:
+    """The UPDATE that moves ``row`` (OLD or NEW) in or out of its status's tally."""
+    return (
+        f"UPDATE kanban_status_tallies SET tasks = tasks {sign} 1 "
+        f"WHERE status = {row}.status AND {row}.updated_at <= {through}"
+    )
+
+
+def _mysql_tally_step(row: str, sign: str) -> str:
+    # InnoDB would lock the tally row an UPDATE looks at even when its condition fails
+    # (and so serialize every completion): ``through`` is read under a shared lock
+    # first, and the row updated only when it moves.
+    return (
+        f"IF {row}.status IN ({_TALLIED}) THEN "
+        f"SET cutoff = (SELECT through FROM kanban_status_tallies "
+        f"WHERE status = {row}.status LOCK IN SHARE MODE); "
+        f"IF {row}.updated_at <= cutoff THEN UPDATE kanban_status_tallies "
+        f"SET tasks = tasks {sign} 1 WHERE status = {row}.status; END IF; END IF;"
+    )
+
+
+_MYSQL_TALLY_BODIES = {
+    "INSERT": _mysql_tally_step("NEW", "+"),
+    "UPDATE": f"{_mysql_tally_step('OLD', '-')} {_mysql_tally_step('NEW', '+')}",
+    "DELETE": _mysql_tally_step("OLD", "-"),
+}
+_MYSQL_TALLY_DDL = tuple(
+    f"CREATE TRIGGER kanban_tasks_tally_{event.lower()} AFTER {event} ON kanban_tasks "
+    f"FOR EACH ROW BEGIN DECLARE cutoff DATETIME(6); {body} END"
+    for event, body in _MYSQL_TALLY_BODIES.items()
+)
+#: The triggers that keep StatusTally, per backend (kb0009 installs the same): a row
+#: enters or leaves a tally when it was, or becomes, a tallied status changed by
+#: ``through``. A claim, a heartbeat or a completion (its updated_at is now, after
+#: ``through``) adjusts nothing; reopening, archiving or deleting old history does.
+#: Host SQL is counted the same way.
+STATUS_TALLY_DDL: dict[str, tuple[str, ...]] = {
+    "sqlite": (
+        "CREATE TRIGGER kanban_tasks_tally_insert AFTER INSERT ON kanban_tasks "
+        f"WHEN NEW.status IN ({_TALLIED}) BEGIN {_tally_step('NEW', '+')}; END",
+        "CREATE TRIGGER kanban_tasks_tally_update AFTER UPDATE ON kanban_tasks "
+        f"WHEN OLD.status IN ({_TALLIED}) OR NEW.status IN ({_TALLIED}) "
+        f"BEGIN {_tally_step('OLD', '-')}; {_tally_step('NEW', '+')}; END",
+        "CREATE TRIGGER kanban_tasks_tally_delete AFTER DELETE ON kanban_tasks "
+        f"WHEN OLD.status IN ({_TALLIED}) BEGIN {_tally_step('OLD', '-')}; END",
+    ),
+    "postgresql": (
+        "CREATE OR REPLACE FUNCTION kanban_status_tally() RETURNS trigger "
+        "LANGUAGE plpgsql AS $$ BEGIN "
+        f"PERFORM pg_advisory_xact_lock_shared({STATUS_TALLY_LOCK_KEY}); "
+        f"IF TG_OP <> 'INSERT' AND OLD.status IN ({_TALLIED}) THEN "
+        f"{_tally_step('OLD', '-')}; END IF; "
+        f"IF TG_OP <> 'DELETE' AND NEW.status IN ({_TALLIED}) THEN "
+        f"{_tally_step('NEW', '+')}; END IF; "
+        "RETURN NULL; END $$",
+        "CREATE TRIGGER kanban_tasks_tally_insert AFTER INSERT ON kanban_tasks FOR EACH ROW "
+        f"WHEN (NEW.status IN ({_TALLIED})) EXECUTE FUNCTION kanban_status_tally()",
+        "CREATE TRIGGER kanban_tasks_tally_update AFTER UPDATE ON kanban_tasks FOR EACH ROW "
+        f"WHEN (OLD.status IN ({_TALLIED}) OR NEW.status IN ({_TALLIED})) "
+        "EXECUTE FUNCTION kanban_status_tally()",
+        "CREATE TRIGGER kanban_tasks_tally_delete AFTER DELETE ON kanban_tasks FOR EACH ROW "
+        f"WHEN (OLD.status IN ({_TALLIED})) EXECUTE FUNCTION kanban_status_tally()",
+    ),
+    "mysql": _MYSQL_TALLY_DDL,
+    "mariadb": _MYSQL_TALLY_DDL,
+}
+
 KANBAN_TABLES = frozenset(Base.metadata.tables)
 
 #: MySQL/MariaDB only: table -> (generated column, its type, expression, unique index,
@@ -398,6 +499,23 @@ for _statement in EVENT_LOG_GUARD_DDL:
         "after_create",
         DDL(_statement).execute_if(dialect="postgresql"),  # type: ignore[no-untyped-call]
     )
+# The tallies' rows come with their table; the triggers with kanban_tasks, which they
+# are on (they name the tallies' table only when they fire).
+event.listen(StatusTally.__table__, "after_create", DDL(STATUS_TALLY_ROWS))  # type: ignore[no-untyped-call]
+for _dialect, _statements in STATUS_TALLY_DDL.items():
+    for _statement in _statements:
+        event.listen(
+            Task.__table__,
+            "after_create",
+            DDL(_statement).execute_if(dialect=_dialect),  # type: ignore[no-untyped-call]
+        )
+event.listen(
+    Task.__table__,
+    "after_drop",
+    DDL("DROP FUNCTION IF EXISTS kanban_status_tally()").execute_if(  # type: ignore[no-untyped-call]
+        dialect="postgresql"
+    ),
+)
 event.listen(
     TaskEvent.__table__,
     "after_drop",

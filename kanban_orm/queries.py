@@ -29,12 +29,14 @@ service, workflow and CLI modules write no SQL.
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import cache
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    DateTime,
     Integer,
     String,
     Table,
@@ -51,6 +53,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -62,6 +65,7 @@ from sqlalchemy.types import TypeDecorator
 from .clock import new_claim_token, utcnow, utcnow_at_statement_start
 from .models import (
     JsonDoc,
+    StatusTally,
     Task,
     TaskComment,
     TaskEvent,
@@ -75,8 +79,10 @@ runs: Table = TaskRun.__table__  # type: ignore[assignment]
 events: Table = TaskEvent.__table__  # type: ignore[assignment]
 links: Table = TaskLink.__table__  # type: ignore[assignment]
 comments: Table = TaskComment.__table__  # type: ignore[assignment]
+tallies: Table = StatusTally.__table__  # type: ignore[assignment]
 
 _FINISHED = [s.value for s in FINISHED]
+_UNFINISHED = [s.value for s in Status if s not in FINISHED]
 
 
 def _values(statuses: tuple[Status, ...] | list[Status]) -> list[str]:
@@ -910,15 +916,73 @@ def edit_statement(fields: tuple[str, ...]) -> ReturningUpdate[Any]:
     )
 
 
+#: Before every task's time: a tally never refreshed (``through`` NULL) counts them all.
+BEFORE_ANY_TASK = datetime(1900, 1, 1)
+#: The tallies, read before the counts that add to them (see :func:`tally_params`).
+READ_TALLIES = select(tallies.c.status, tallies.c.tasks, tallies.c.through)
+
+
+def _finished_count(status: str) -> Select[Any]:
+    """``status``'s tasks: its kept tally (models.StatusTally) plus those changed since
+    the tally's ``through``, an index range over recent rows. Both come as parameters
+    (:func:`tally_params`): as a subquery, ``through`` would be unknown to PostgreSQL's
+    planner, which would then plan for a third of the table, in parallel."""
+    since = select(func.count()).where(
+        tasks.c.status == status,
+        tasks.c.updated_at > bindparam(f"{status}_through", type_=DateTime),
+    )
+    kept = bindparam(f"{status}_kept", type_=BigInteger)
+    return select(literal(status), kept + since.scalar_subquery())  # type: ignore[return-value]
+
+
+def tally_params(rows: Any) -> dict[str, Any]:
+    """The parameters of the unscoped count by status, from the rows of READ_TALLIES (a
+    missing or never refreshed tally: count everything)."""
+    kept = {status: (n, through) for status, n, through in rows if through is not None}
+    params: dict[str, Any] = {}
+    for status in _FINISHED:
+        n, through = kept.get(status, (0, BEFORE_ANY_TASK))
+        params[f"{status}_kept"], params[f"{status}_through"] = n, through
+    return params
+
+
+#: refresh_counts: the tasks of a tallied status changed by ``:through``.
+COUNT_TALLIED = select(func.count()).where(
+    tasks.c.status == bindparam("status"),
+    tasks.c.updated_at <= bindparam("through", type_=DateTime),
+)
+#: NOWAIT: writers queue behind a waiting exclusive lock, so a refresh must never wait
+#: on a transaction left open; it fails at once and the retry layer tries again.
+LOCK_TALLIES = select(tallies.c.status).order_by(tallies.c.status).with_for_update(nowait=True)
+SET_TALLY = (
+    update(tallies)
+    .where(tallies.c.status == bindparam("tallied"))
+    .values(tasks=bindparam("tasks"), through=bindparam("through", type_=DateTime))
+)
+
+
 @cache
 def stats_statements(by_tenant: bool) -> tuple[Executable, Executable, Executable]:
     """Counts by status, open tasks by assignee, and the oldest ready task's creation."""
     scope = [tasks.c.tenant == bindparam("only_tenant")] if by_tenant else []
-    by_status = select(tasks.c.status, func.count()).where(*scope).group_by(tasks.c.status)
+    # Every condition names the statuses it reads (IN, never NOT IN), so each is a range
+    # of the status-led indexes: a board's finished history is most of the table, and
+    # the live statuses are then read without scanning it. Each finished status is one
+    # count over its own range (an index-only count: the one part that grows with
+    # history, prune's to bound).
+    live = tasks.c.status.in_(_UNFINISHED)
+    finished = (
+        _finished_count(status)
+        if not by_tenant
+        else select(literal(status), func.count()).where(*scope, tasks.c.status == status)
+        for status in _FINISHED
+    )
+    by_status = union_all(
+        select(tasks.c.status, func.count()).where(*scope, live).group_by(tasks.c.status),
+        *finished,
+    )
     by_assignee = (
-        select(tasks.c.assignee, func.count())
-        .where(*scope, tasks.c.status.not_in(_FINISHED))
-        .group_by(tasks.c.assignee)
+        select(tasks.c.assignee, func.count()).where(*scope, live).group_by(tasks.c.assignee)
     )
     oldest_ready = select(func.min(tasks.c.created_at), utcnow()).where(
         *scope, tasks.c.status == Status.READY.value

@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Executable
 from sqlalchemy.orm import Session
 
 from . import backends, steps
@@ -368,10 +367,12 @@ def board_stats(session: Session, *, tenant: str | None = None) -> dict[str, Any
     """
     scoped = tenant is not None
     params = {"only_tenant": check.name(tenant, "tenant")} if scoped else {}
-    by_status_q, by_assignee_q, oldest_q = q.stats_statements(scoped)
+    _, by_assignee_q, oldest_q = q.stats_statements(scoped)
 
     def read(s: Session) -> dict[str, Any]:
-        by_status = _count_by_status(s, by_status_q, params)
+        if not joins_caller_transaction(s):
+            backends.of(s).snapshot_reads(s)  # the tallies and the counts, as of one moment
+        by_status = count_by_status(s, tenant=tenant if scoped else None)
         by_assignee: dict[str | None, int] = {who: n for who, n in s.execute(by_assignee_q, params)}
         oldest, now = s.execute(oldest_q, params).one()
         age = None if oldest is None else max(0.0, (now - oldest).total_seconds())
@@ -384,11 +385,18 @@ def board_stats(session: Session, *, tenant: str | None = None) -> dict[str, Any
     return run_read(session, read)
 
 
-def _count_by_status(s: Session, counted: Executable, params: dict[str, Any]) -> dict[str, int]:
-    """Tasks per status from ``counted`` (see queries.stats_statements), every status
-    present (0 when empty)."""
+def count_by_status(s: Session, *, tenant: str | None = None) -> dict[str, int]:
+    """Tasks per status, every status present (0 when empty), inside the caller's read:
+    the finished statuses from their kept tallies plus what changed since (all tasks),
+    or exactly (one tenant's). Run it on one snapshot: it reads the tallies first."""
+    scoped = tenant is not None
+    params: dict[str, Any] = (
+        {"only_tenant": tenant} if scoped else q.tally_params(s.execute(q.READ_TALLIES))
+    )
     counts = dict.fromkeys((status.value for status in Status), 0)
-    counts.update({status: n for status, n in s.execute(counted, params)})
+    counts.update(
+        {status: int(n) for status, n in s.execute(q.stats_statements(scoped)[0], params)}
+    )
     return counts
 
 
@@ -405,7 +413,6 @@ def board_cards(
     tenant = None if tenant is None else check.name(tenant, "tenant")
     shown = check.optional_integer(per_column, "per_column", minimum=1)
     params = {} if tenant is None else {"only_tenant": tenant}
-    counted = q.stats_statements(tenant is not None)[0]
     drawn = [status for status in Status if status is not Status.ARCHIVED]
     columns = [
         q.column_cards_statement(status.value, tenant is not None, shown) for status in drawn
@@ -417,7 +424,7 @@ def board_cards(
             # One snapshot for all the statements: a task claimed between two of them
             # would be drawn in two columns (the same object, refreshed).
             backends.of(s).snapshot_reads(s)
-        counts = _count_by_status(s, counted, params)
+        counts = count_by_status(s, tenant=tenant)
         cards = [task for column in columns for task in s.scalars(column, params)]
         return cards, counts
 

@@ -369,9 +369,18 @@ def _wipe(db_url: str) -> None:
     database are not touched.
     """
     with kb.connect(db_url) as session:
-        for table in reversed(kb.Base.metadata.sorted_tables):
-            session.execute(table.delete())
+        wipe_rows(session)
         session.commit()
+
+
+def wipe_rows(conn: Any) -> None:
+    """Delete every kanban row, children first, in the caller's transaction; the status
+    tallies keep their rows (the table's own, made with it) and start over."""
+    tallies: Any = kb.StatusTally.__table__
+    for table in reversed(kb.Base.metadata.sorted_tables):
+        if table is not tallies:
+            conn.execute(table.delete())
+    conn.execute(tallies.update().values(tasks=0, through=None))
 
 
 def run(scenario: Scenario, config: Config, *, progress: bool) -> Outcome:

@@ -25,15 +25,16 @@ from typing import Any
 import sqlalchemy as sa
 
 import kanban_orm as kb
-from kanban_orm.models import Base, Task, TaskEvent, TaskRun
+from kanban_orm.models import Task, TaskEvent, TaskRun
+
+from .harness import wipe_rows
 
 CHUNK = 5_000
 
 
 def empty(engine: sa.Engine) -> None:
     with engine.begin() as conn:
-        for table in reversed(Base.metadata.sorted_tables):
-            conn.execute(table.delete())
+        wipe_rows(conn)
 
 
 def seed(engine: sa.Engine, count: int) -> None:

@@ -149,6 +149,91 @@ def test_a_board_file_readable_by_others_is_reported(tmp_path: Path) -> None:
     assert finding is not None and finding.severity == "ok"
 
 
+def damage(path: Path, how: str) -> None:
+    """Garble a SQLite file: its pages past the header, or the whole of it."""
+    if how == "pages":
+        with path.open("r+b") as file:
+            file.seek(4096 * 3)
+            file.write(b"\xff" * 4096 * 3)
+    else:
+        path.write_bytes(b"not a database " * 1000)
+
+
+@pytest.mark.parametrize("how", ["pages", "whole file"])
+@pytest.mark.parametrize("full", [False, True])
+def test_a_damaged_sqlite_file_is_a_finding_and_nothing_is_repaired(
+    tmp_path: Path, how: str, full: bool
+) -> None:
+    path = tmp_path / "board.db"
+    url = f"sqlite:///{path}"
+    kb.upgrade(kb.cached_engine(url))
+    session = kb.connect(url)
+    parent = kb.create_task(session, title="parent " * 50)
+    for i in range(200):  # pages enough that the damage lands inside the tables
+        kb.create_task(session, title=f"child {i} " * 40, parents=[parent])
+    session.close()
+    kb.dispose_engines()
+    damage(path, how)
+    before = path.read_bytes()
+
+    code, out = cli(url, "doctor", "--repair", *(["--full"] if full else []))
+
+    assert code == 1 and "Traceback" not in out
+    pragma = "integrity_check" if full else "quick_check"
+    assert f"error  sqlite_integrity: PRAGMA {pragma}" in out
+    assert "fix: stop the workers, copy the file" in out
+    assert "open_runs" not in out and "repaired" not in out  # nothing else ran on it
+    assert path.read_bytes() == before
+    kb.dispose_engines()
+
+
+def test_a_check_the_database_cannot_answer_is_an_error_finding_with_its_fix(
+    session: Session, engine: Engine
+) -> None:
+    kb.create_task(session, title="t")
+    sql(engine, "DROP TABLE kanban_task_comments")  # what a host's own cleanup could do
+    try:
+        found = by_check(doctor(session, repair=True))
+    finally:
+        kb.TaskComment.__table__.create(engine)  # the test database is shared on servers
+    assert found["schema"].severity == "error" and "kanban_task_comments" in found["schema"].message
+    sizes = found["table_sizes"]
+    assert (sizes.severity, sizes.message.split(":")[0]) == ("error", "could not be checked")
+    assert "kanban-orm doctor" in (sizes.fix or "")
+    assert found["open_runs"].severity == "ok"  # the checks that could run, ran
+
+
+def test_every_problem_has_its_fix_and_every_repair_is_logged_once(
+    session: Session, engine: Engine
+) -> None:
+    stale = kb.create_task(session, title="stale lease")
+    assert kb.claim_task(session, stale, claimer="gone") is not None
+    sql(engine, "UPDATE kanban_tasks SET claim_expires = :at WHERE id = :id",
+        at=kb.get_task(session, stale).created_at.replace(year=2000), id=stale)  # fmt: skip
+    left_open = kb.create_task(session, title="left open")
+    assert kb.claim_task(session, left_open, claimer="w") is not None
+    sql(engine, "UPDATE kanban_tasks SET status = 'done', claim_lock = NULL,"
+        " current_run_id = NULL WHERE id = :id", id=left_open)  # fmt: skip
+    parent = kb.create_task(session, title="parent")
+    child = kb.create_task(session, title="child", parents=[parent])
+    sql(engine, "UPDATE kanban_tasks SET status = 'done' WHERE id = :id", id=parent)
+
+    findings = doctor(session)
+    problems = [f for f in findings if f.severity != "ok"]
+    assert {f.check for f in problems} >= {"open_runs", "stale_leases", "stranded_todo"}
+    assert all(f.fix for f in problems), [f.check for f in problems if not f.fix]
+
+    repaired = [f.check for f in doctor(session, repair=True) if f.repaired]
+    assert sorted(repaired) == ["open_runs", "stale_leases", "stranded_todo"]
+    logged = [e.payload["check"] for e in kb.list_board_events(session) if e.kind == "repaired"]
+    assert sorted(logged) == sorted(repaired)
+    assert kb.list_events(session, task_id=left_open)[-1].kind == "run_closed"
+    assert kb.list_events(session, task_id=stale)[-1].kind == "reclaimed"
+    assert kb.list_events(session, task_id=child)[-1].kind == "promoted"
+    assert not [f for f in doctor(session, repair=True) if f.repaired]  # nothing left to do
+    assert len(kb.list_board_events(session)) == len(logged)
+
+
 # -- the commands -------------------------------------------------------------------------
 
 
@@ -187,15 +272,16 @@ def test_prune_command_dry_run_then_real(db_url: str) -> None:
     session.close()
 
     code, out = cli(db_url, "prune", "--done-before", "0s", "--dry-run")
-    assert (code, out) == (0, "would remove: 3 tasks, 0 runs, 6 events, 0 comments, 0 links\n")
+    would = "would remove: 3 tasks, 0 runs, 6 events, 0 comments, 0 links, 0 board_events\n"
+    assert (code, out) == (0, would)
     code, out = cli(db_url, "prune", "--done-before", "0s", "--batch", "2", "--json")
     assert code == 0
     assert json.loads(out) == {"tasks": 3, "runs": 0, "events": 6, "comments": 0, "links": 0,
-                               "batches": 2, "dry_run": False}  # fmt: skip
+                               "board_events": 0, "batches": 2, "dry_run": False}  # fmt: skip
     code, out = cli(db_url, "prune", "--done-before", "2999-01-01T00:00:00Z")
     assert (code, out) == (
         0,
-        "removed: 0 tasks, 0 runs, 0 events, 0 comments, 0 links in 0 batch(es)\n",
+        "removed: 0 tasks, 0 runs, 0 events, 0 comments, 0 links, 0 board_events in 0 batch(es)\n",
     )
 
 

@@ -471,6 +471,9 @@ SEEDS: dict[str, Callable[[Connection], Seeded]] = {
     "kb0007": seed_kb0006,
     # kb0008 gives MySQL/MariaDB's link timestamp microseconds: the same rows survive.
     "kb0008": seed_kb0006,
+    # kb0009 adds the status tallies (a table, its rows, an index and triggers): the
+    # same rows must survive it, and their counts stay exact (through is NULL).
+    "kb0009": seed_kb0006,
 }
 
 

@@ -324,3 +324,42 @@ def test_a_follower_polling_across_a_prune_sees_every_event_or_is_told(
     assert all(event_id <= told for event_id in skipped), (skipped, told)
     setup.close()
     follower.close()
+
+
+# -- the board-level log's own retention ---------------------------------------------------
+
+
+def test_events_before_removes_old_board_log_entries_but_the_horizons(session: Session) -> None:
+    for i in range(3):
+        finish(session, kb.create_task(session, title=f"t{i}"))
+    kb.prune(session, done_before=NOW, batch=1)  # three `pruned` entries, one per task
+    doomed = kb.create_task(session, title="deleted")
+    kb.delete_task(session, doomed, reason="test")
+    entries = kb.list_board_events(session)
+    assert [e.kind for e in entries] == ["pruned", "pruned", "pruned", "deleted"]
+    horizon = max(e.events_through or 0 for e in entries)
+    keeper = max(e.id for e in entries if e.events_through == horizon)
+    live = kb.create_task(session, title="live")
+
+    dry = kb.prune(session, events_before=NOW, dry_run=True)
+    result = kb.prune(session, events_before=NOW, batch=2)
+
+    assert dry.board_events == result.board_events == 3
+    assert result.tasks == result.events == 0  # the live task and its events stay
+    assert [e.id for e in kb.list_board_events(session)] == [keeper]
+    with pytest.raises(kb.EventsPruned) as told:  # followers below it are still told
+        kb.list_events(session, after_id=1)
+    assert told.value.pruned_through == horizon
+    assert [e.task_id for e in kb.list_events(session, after_id=horizon)] == [live]
+
+
+def test_board_log_entries_younger_than_the_cutoff_stay(session: Session) -> None:
+    finish(session, kb.create_task(session, title="t"))
+    kb.prune(session, done_before=NOW)
+    kb.delete_task(session, kb.create_task(session, title="gone"))
+    before = [e.id for e in kb.list_board_events(session)]
+
+    result = kb.prune(session, events_before=timedelta(days=1))
+
+    assert result.board_events == 0
+    assert [e.id for e in kb.list_board_events(session)] == before

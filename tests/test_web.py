@@ -291,6 +291,87 @@ def test_serve_refuses_a_missing_sqlite_file(tmp_path: Path) -> None:
     assert not missing.exists()
 
 
+def test_the_app_prunes_on_the_retention_schedule_while_it_runs(
+    engine: Engine, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KANBAN_RETENTION_DONE_DAYS", "0")
+    monkeypatch.setenv("KANBAN_RETENTION_INTERVAL_SECONDS", "3600")
+    finished = kb.create_task(session, title="finished")
+    kb.complete_task(session, finished, force=True)
+    live = kb.create_task(session, title="live")
+    board = web.app(engine, token=TOKEN, housekeeping=True)
+    keeper = board.state.housekeeper
+    assert keeper is not None and keeper.runs == 0  # nothing before the lifespan starts
+    with TestClient(board, base_url="http://testserver"):
+        deadline = threading.Event()
+        for _ in range(200):
+            if keeper.runs:
+                break
+            deadline.wait(0.05)
+        assert keeper.runs == 1 and keeper.last_error is None
+        assert keeper.last_result is not None and keeper.last_result.tasks == 1
+    assert keeper._thread is not None and not keeper._thread.is_alive()  # stopped with the app
+    with pytest.raises(kb.TaskNotFound):
+        kb.get_task(session, finished)
+    assert kb.get_task(session, live).status == "ready"
+
+
+def test_an_app_without_housekeeping_prunes_nothing(
+    engine: Engine, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KANBAN_RETENTION_DONE_DAYS", "0")
+    finished = kb.create_task(session, title="finished")
+    kb.complete_task(session, finished, force=True)
+    board = web.app(engine, token=TOKEN)
+    assert board.state.housekeeper is None
+    with TestClient(board, base_url="http://testserver") as client:
+        assert client.get("/", headers=bearer()).status_code == 200
+    assert kb.get_task(session, finished).status == "done"
+
+
+@pytest.mark.parametrize(
+    ("flags", "prunes"),
+    [
+        ([], True),
+        (["--no-housekeeping"], False),
+        (["--read-only"], False),
+        (["--read-only", "--housekeeping"], True),
+    ],
+)
+def test_serve_runs_the_housekeeper_unless_read_only_or_told_not_to(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, flags: list[str], prunes: bool
+) -> None:
+    import uvicorn
+    from click.testing import CliRunner
+
+    from kanban_orm.cli import main
+
+    monkeypatch.setenv("KANBAN_RETENTION_EVENTS_DAYS", "30")
+    served: list[Any] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **_: served.append(app))
+    result = CliRunner().invoke(main, ["serve", "--db", db_url, *flags])
+    assert result.exit_code == 0, result.output
+    keeper = served[0].state.housekeeper
+    assert (keeper is not None) is prunes
+    assert ("housekeeping: prune every 3600s" in result.output) is prunes
+    if prunes:
+        assert keeper.settings.events_after.days == 30
+
+
+def test_serve_refuses_a_bad_retention_setting(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+    from click.testing import CliRunner
+
+    from kanban_orm.cli import main
+
+    monkeypatch.setenv("KANBAN_RETENTION_DONE_DAYS", "soon")
+    monkeypatch.setattr(uvicorn, "run", lambda app, **_: pytest.fail("served anyway"))
+    result = CliRunner().invoke(main, ["serve", "--db", db_url])
+    assert result.exit_code == 1 and "KANBAN_RETENTION_DONE_DAYS" in result.output
+
+
 def test_an_empty_token_is_refused(engine: Engine) -> None:
     with pytest.raises(kb.ConfigError):
         web.app(engine, token=" ")

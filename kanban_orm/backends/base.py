@@ -162,6 +162,11 @@ class Backend(Protocol):
         """Make the reads of the Session's next transaction share one snapshot."""
         ...
 
+    def lock_status_tallies(self, s: Tx) -> None:
+        """Before refresh_counts counts: wait out, and hold off, every transaction that
+        moves a row in or out of a tally (models.STATUS_TALLY_DDL)."""
+        ...
+
     # -- migrations -----------------------------------------------------------------
 
     def prepare_migration(self, conn: Connection) -> None:
@@ -268,6 +273,11 @@ class PortableBackend:
 
     def snapshot_reads(self, session: Session) -> None:
         return None
+
+    def lock_status_tallies(self, s: Tx) -> None:
+        # The tally rows themselves (the triggers read them under a shared lock);
+        # SQLite's BEGIN IMMEDIATE already holds every other writer off.
+        s.execute(q.LOCK_TALLIES).all()
 
     def prepare_migration(self, conn: Connection) -> None:
         return None

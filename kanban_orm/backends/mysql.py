@@ -82,8 +82,9 @@ if TYPE_CHECKING:
 
     from ..driver import Tx
 
-#: Deadlock found, lock wait timeout: the whole transaction may run again.
-_CONTENTION_CODES = frozenset({1213, 1205})
+#: Deadlock found, lock wait timeout, and MySQL 8's NOWAIT refusal (3572; MariaDB reports
+#: 1205), from refresh_counts' lock: the whole transaction may run again.
+_CONTENTION_CODES = frozenset({1213, 1205, 3572})
 #: The server cannot be reached or is going away: can't connect by socket (2002) or TCP
 #: (2003), server has gone away (2006), lost connection during a query (2013) or at
 #: on a system error (2055), connection killed (MariaDB 1927), server shutdown

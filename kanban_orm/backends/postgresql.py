@@ -42,7 +42,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from .. import queries as q
 from ..clock import new_claim_token, utcnow, utcnow_at_statement_start
-from ..models import EVENT_LOG_GUARD_TRIGGER, EVENT_LOG_LOCK_KEY, TaskEvent
+from ..models import EVENT_LOG_GUARD_TRIGGER, EVENT_LOG_LOCK_KEY, STATUS_TALLY_LOCK_KEY, TaskEvent
 from .base import PortableBackend, RunClosing
 
 if TYPE_CHECKING:
@@ -79,6 +79,14 @@ WAIT_FOR_EVENT_WRITERS = (
 EVENT_LOG_GUARD_PRESENT = text(
     "SELECT 1 FROM pg_trigger WHERE tgname = :name AND tgrelid = to_regclass('kanban_task_events')"
 ).bindparams(name=EVENT_LOG_GUARD_TRIGGER)
+
+#: refresh_counts' side of the tally triggers' shared lock (models.STATUS_TALLY_DDL):
+#: waits out every transaction that has moved a tallied row. The timeout, as for the
+#: event guard: writers queue behind a waiting exclusive lock.
+LOCK_TALLIES_EXCLUSIVE = (
+    text("SET LOCAL lock_timeout = '1s'"),
+    select(func.pg_advisory_xact_lock(STATUS_TALLY_LOCK_KEY)),
+)
 
 #: Concurrent migrators queue on this transaction lock (kanban_orm.migrate).
 LOCK_MIGRATIONS = text("SELECT pg_advisory_xact_lock(:key)")
@@ -188,6 +196,12 @@ class PostgreSQLBackend(PortableBackend):
         # transactions commit out of id order.
         for statement in WAIT_FOR_EVENT_WRITERS:
             session.execute(statement)
+
+    def lock_status_tallies(self, s: Tx) -> None:
+        # The triggers take the advisory lock shared: a row lock would be a write to
+        # the tally row from every completion.
+        for statement in LOCK_TALLIES_EXCLUSIVE:
+            s.execute(statement)
 
     def snapshot_reads(self, session: Session) -> None:
         # At READ COMMITTED each statement sees the latest commits: a task claimed

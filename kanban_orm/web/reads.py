@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, aliased
 import kanban_orm as kb
 from kanban_orm import backends
 from kanban_orm.states import FINISHED, Status
+from kanban_orm.workflow import count_by_status
 
 #: The board's columns, left to right; archived is drawn only behind its toggle.
 COLUMNS: tuple[Status, ...] = (
@@ -126,7 +127,9 @@ class BoardView:
 
 def _column_statement(status: Status, filters: Filters) -> Select[kb.Task]:
     order: list[ColumnElement[Any]]
-    if status in FINISHED:
+    if status is Status.DONE:  # the done-order index's expression (models.DONE_ORDER_SQL)
+        order = [func.coalesce(kb.Task.completed_at, kb.Task.created_at).desc(), kb.Task.id.desc()]
+    elif status in FINISHED:
         order = [func.coalesce(kb.Task.completed_at, kb.Task.updated_at).desc(), kb.Task.id.desc()]
     else:
         order = [kb.Task.priority.desc(), kb.Task.id.asc()]
@@ -136,6 +139,18 @@ def _column_statement(status: Status, filters: Filters) -> Select[kb.Task]:
         .order_by(*order)
         .execution_options(populate_existing=True)
     )
+
+
+def status_counts(s: Session, filters: Filters) -> dict[str, int]:
+    """Tasks per status under ``filters``. Unfiltered, or by tenant alone, it is the
+    library's own count (kanban_orm.workflow.count_by_status: the finished columns from
+    their kept tallies, not a scan of the history); other filters count what they match."""
+    if filters.assignee is None and filters.text is None:
+        return count_by_status(s, tenant=filters.tenant)
+    statement = (
+        select(kb.Task.status, func.count()).where(*filters.conditions()).group_by(kb.Task.status)
+    )
+    return {status: n for status, n in s.execute(statement)}
 
 
 def last_event_id(s: Session) -> int:
@@ -153,13 +168,7 @@ def board(s: Session, filters: Filters, *, page_size: int = PAGE_SIZE) -> BoardV
         # statements would be drawn twice.
         backends.of(s).snapshot_reads(s)
         after = last_event_id(s)
-        counts: dict[str, int] = dict(
-            s.execute(
-                select(kb.Task.status, func.count())
-                .where(*filters.conditions())
-                .group_by(kb.Task.status)
-            ).all()
-        )
+        counts = status_counts(s, filters)
         columns = []
         for status in filters.columns:
             tasks = list(s.scalars(_column_statement(status, filters).limit(page_size)))
@@ -202,13 +211,7 @@ def cards(s: Session, ids: Iterable[int], filters: Filters) -> tuple[list[Card],
     wanted = sorted(set(ids))
     with s.begin():
         counts: dict[str, int] = dict.fromkeys((c.value for c in filters.columns), 0)
-        counts.update(
-            s.execute(
-                select(kb.Task.status, func.count())
-                .where(*filters.conditions())
-                .group_by(kb.Task.status)
-            ).all()
-        )
+        counts.update(status_counts(s, filters))
         shown = [c.value for c in filters.columns]
         tasks = list(
             s.scalars(

@@ -32,13 +32,27 @@ def is_loopback(host: str) -> bool:
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to bind.")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=int, help="Port to bind.")
 @click.option("--read-only", is_flag=True, help="Serve the board without any write route.")
+@click.option(
+    "--housekeeping/--no-housekeeping",
+    default=None,
+    help="Prune on the KANBAN_RETENTION_* schedule while serving"
+    " [default: on, off with --read-only].",
+)
 @click.pass_context
-def serve(ctx: click.Context, url: str | None, host: str, port: int, read_only: bool) -> None:
+def serve(
+    ctx: click.Context,
+    url: str | None,
+    host: str,
+    port: int,
+    read_only: bool,
+    housekeeping: bool | None,
+) -> None:
     """Serve the board in a browser, behind a token printed with its URL.
 
     The token is $KANBAN_WEB_TOKEN, else a new random one. Binding to an address other
     than loopback needs $KANBAN_WEB_TOKEN, so the board is never open to a network by
-    accident.
+    accident. With a KANBAN_RETENTION_* age set, the server prunes finished history on
+    that schedule (a read-only board only when asked with --housekeeping).
     """
     try:
         import uvicorn
@@ -61,10 +75,15 @@ def serve(ctx: click.Context, url: str | None, host: str, port: int, read_only: 
     if missing is not None:
         raise ConfigError(f"no database at {missing} (run `kanban-orm db upgrade` to create one)")
     engine = kb.cached_engine(chosen)
-    board = web.app(engine, token=given_token or None, read_only=read_only)
+    prunes = not read_only if housekeeping is None else housekeeping
+    board = web.app(engine, token=given_token or None, read_only=read_only, housekeeping=prunes)
     shown = f"[{host}]" if ":" in host else host
     mode = " (read-only)" if read_only else ""
     click.echo(f"kanban board{mode}: http://{shown}:{port}/?token={board.state.token}", err=False)
+    keeper = board.state.housekeeper
+    if keeper is not None and keeper.settings.enabled:
+        every = keeper.settings.interval_seconds
+        click.echo(f"housekeeping: prune every {every:g}s (KANBAN_RETENTION_*)")
     uvicorn.run(
         board,
         host=host,

@@ -386,12 +386,21 @@ async def _database_error(request: Request, error: Exception) -> Response:
     return JSONResponse({"error": "the database could not be read; try again"}, status_code=503)
 
 
-def build(engine: Engine, *, token: str | None, read_only: bool, poll_interval: float) -> Starlette:
+def build(
+    engine: Engine,
+    *,
+    token: str | None,
+    read_only: bool,
+    poll_interval: float,
+    housekeeping: bool = False,
+) -> Starlette:
     """See :func:`kanban_orm.web.app`."""
     chosen = token if token is not None else os.environ.get(TOKEN_ENV) or new_token()
     if not chosen.strip():
         raise kb.ConfigError("the web board's token must not be empty")
     board = Board(engine, token=chosen, read_only=read_only, poll_interval=poll_interval)
+    # Built here, so a bad KANBAN_RETENTION_* setting fails the app, not a thread later.
+    keeper = kb.Housekeeper(sessions=board.sessions) if housekeeping else None
     routes: list[BaseRoute] = [
         Route("/", board.page),
         Route("/columns/{status}", board.column),
@@ -415,8 +424,15 @@ def build(engine: Engine, *, token: str | None, read_only: bool, poll_interval: 
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        yield
-        board.tailer.stop()
+        if keeper is not None:
+            keeper.start()  # nothing without a retention age set
+        try:
+            yield
+        finally:
+            board.tailer.stop()
+            if keeper is not None:
+                # A prune under way finishes its batch loop first (each batch is short).
+                await asyncio.to_thread(keeper.stop, 5.0)
 
     built = Starlette(
         routes=routes,
@@ -426,4 +442,5 @@ def build(engine: Engine, *, token: str | None, read_only: bool, poll_interval: 
     )
     built.state.token = chosen
     built.state.board = board
+    built.state.housekeeper = keeper
     return built
