@@ -98,7 +98,10 @@ class SQLiteBackend(PortableBackend):
                 # busy_timeout first: switching to WAL needs a lock that a concurrent
                 # first-time opener may hold.
                 cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-                if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                # execute() and fetchone() apart: aiosqlite's adapted execute() does
+                # not return the cursor, as sqlite3's does.
+                cursor.execute("PRAGMA journal_mode")
+                if cursor.fetchone()[0].lower() != "wal":
                     _retry_pragma(cursor, "PRAGMA journal_mode = WAL")
                 cursor.execute(f"PRAGMA synchronous = {synchronous}")
                 cursor.execute("PRAGMA foreign_keys = ON")
