@@ -68,6 +68,11 @@ class Backend(Protocol):
         """``url`` with the driver this backend uses when the URL names none."""
         ...
 
+    def async_url(self, url: Any) -> Any:
+        """``url`` with this backend's asyncio driver (for :mod:`kanban_orm.aio`) when
+        it names none, or a driver that cannot serve an event loop."""
+        ...
+
     def configure_engine(
         self, engine: Engine, *, synchronous: str | None, busy_timeout_ms: int | None
     ) -> None:
@@ -178,6 +183,9 @@ class PortableBackend:
     autocommits_one_statement: ClassVar[bool] = False
 
     def url(self, url: Any) -> Any:
+        return url
+
+    def async_url(self, url: Any) -> Any:
         return url
 
     def configure_engine(

@@ -18,7 +18,6 @@ locking clause (it renders none), no event-log guard and no link-graph lock.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -27,7 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from .. import config, files
+from .. import config, files, greenlets
 from .. import queries as q
 from ..clock import new_claim_token, utcnow
 from ..errors import KanbanError
@@ -63,6 +62,11 @@ class SQLiteBackend(PortableBackend):
     # snapshot too: closed after each transaction.
     keeps_cursor: ClassVar[bool] = False
     autocommits_one_statement: ClassVar[bool] = False
+
+    def async_url(self, url: Any) -> Any:
+        if url.get_driver_name() in ("", "pysqlite"):
+            return url.set(drivername="sqlite+aiosqlite")
+        return url
 
     def configure_engine(
         self, engine: Engine, *, synchronous: str | None, busy_timeout_ms: int | None
@@ -205,7 +209,7 @@ def _retry_pragma(cursor: Any, sql: str, attempts: int = 50) -> None:
         except Exception as error:  # sqlite3.OperationalError; the driver is not imported here
             if not is_busy_message(str(error)) or attempt == attempts - 1:
                 raise
-            time.sleep(0.01 + random.random() * 0.05)
+            greenlets.pause(0.01 + random.random() * 0.05)
 
 
 def _missing_sort_order_indexes(context: MigrationContext) -> list[Any]:
