@@ -624,12 +624,14 @@ def _attempt_on_pool(
     backend = tx.backend
     autocommit = one_statement and backend.autocommits_one_statement
     try:
+        greenlets.checkpoint()  # a cancelled aio call begins nothing
         if autocommit:
             connection.autocommit = True
         else:
             backend.begin_write(tx)
         result = work(tx)
         if not autocommit:
+            greenlets.checkpoint()  # ... and commits nothing: rolled back below
             backend.commit_write(tx)
         return result
     except BaseException:
@@ -667,7 +669,9 @@ def _roll_back_quietly(pooled: Any, backend: backends.Backend) -> None:
 def _attempt_in_session(session: Session, work: Callable[[Tx], T]) -> T:
     """A Session bound to a Connection: its transaction, begun and committed by it."""
     with _write_transaction(session):
-        return _work_on_session_connection(session, work)
+        result = _work_on_session_connection(session, work)
+        greenlets.checkpoint()  # a cancelled aio call rolls back
+        return result
 
 
 def _work_on_session_connection(session: Session, work: Callable[[Tx], T]) -> T:
@@ -702,6 +706,7 @@ def run_read(session: Session, work: Callable[[Session], T]) -> T:
 
 
 def _attempt_read(session: Session, work: Callable[[Session], T]) -> T:
+    greenlets.checkpoint()
     try:
         result = work(session)
     except BaseException:
@@ -734,7 +739,9 @@ def _write_transaction(session: Session) -> Iterator[None]:
 def _run_joined(session: Session, work: Callable[[Tx], T]) -> T:
     try:
         with session.begin_nested():
-            return _work_on_session_connection(session, work)
+            result = _work_on_session_connection(session, work)
+            greenlets.checkpoint()  # a cancelled aio call rolls its SAVEPOINT back
+            return result
     except exc.DBAPIError as error:
         if failure_kind(error) == BUSY:
             raise DatabaseBusy(

@@ -481,8 +481,9 @@ class Tx:
             self._kept[_KEPT_CURSOR] = (self._connection, self._cursor)
             self._cursor = None
         if self._cursor is not None:
-            # A connection that is gone has nothing left to release.
-            with contextlib.suppress(self.dialect.loaded_dbapi.Error):
+            # A connection that is gone has nothing left to release (aiosqlite says
+            # so with a ValueError).
+            with contextlib.suppress(self.dialect.loaded_dbapi.Error, ValueError):
                 self._cursor.close()
             self._cursor = None
 

@@ -19,6 +19,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from .. import greenlets
 from ..errors import InvalidInput
 
 P = ParamSpec("P")
@@ -30,27 +31,39 @@ async def run(
 ) -> T:
     """``fn(session.sync_session, *args, **kw)`` on the event loop, cancellation-safe.
 
-    The call runs as a task of its own, shielded from the caller's cancellation. A
-    cancelled caller cancels it in turn, which raises ``CancelledError`` inside the sync
-    code at its current await: its transaction rolls back through the same
-    ``except BaseException`` paths a sync error takes, and its connection goes back to
-    the pool. Only then does the caller's ``CancelledError`` propagate, however often it
-    is cancelled meanwhile, so no half-written transition and no checked-out connection
-    outlive it. A transition whose COMMIT had already been sent may have landed: as
-    after a lost connection, a cancelled caller does not learn which.
+    The call runs as a task of its own, shielded from the caller. A cancelled caller
+    marks it (:class:`~kanban_orm.greenlets.CallState`): it stops at its next safe
+    point, rolling back the transaction it is in instead of committing it (a statement
+    already sent finishes first; a retry wait stops at once), and its connection goes
+    back to the pool. Only then does the caller's ``CancelledError`` propagate, however
+    often it is cancelled meanwhile: no half-written transition and no checked-out
+    connection outlive it. A COMMIT already sent may have landed; as after a lost
+    connection, the cancelled caller does not learn whether it did.
     """
     if not isinstance(session, AsyncSession):
         raise InvalidInput(
             "kanban_orm.aio functions take an AsyncSession; for a Session, call kanban_orm's "
             f"own (got {type(session).__name__})"
         )
-    call = asyncio.ensure_future(session.run_sync(fn, *args, **kw))
+    state = greenlets.CallState()
+    call = state.call = asyncio.ensure_future(_in_call(state, session, fn, *args, **kw))
     try:
         return await asyncio.shield(call)
     except asyncio.CancelledError:
-        call.cancel()
+        state.cancel()
         await _until_done(call)
         raise
+
+
+async def _in_call(
+    state: greenlets.CallState,
+    session: AsyncSession,
+    fn: Callable[Concatenate[Session, P], T],
+    *args: P.args,
+    **kw: P.kwargs,
+) -> T:
+    greenlets.current_call.set(state)  # this task's context, which the greenlet shares
+    return await session.run_sync(fn, *args, **kw)
 
 
 async def _until_done(call: asyncio.Future[Any]) -> None:

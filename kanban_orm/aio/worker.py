@@ -145,8 +145,12 @@ class Worker:
         try:
             await self._until_stopped(slots)
         finally:
+            if not all(slot.done() for slot in slots):
+                # run() cancelled, or slots that outlived the grace period: their
+                # handlers are cancelled and their tasks handed back, as at its end.
+                await greenlet_spawn(core._abandon_running)
             for slot in slots:
-                slot.cancel()  # those that ran on: their handlers hand their tasks back
+                slot.cancel()
             await asyncio.gather(*slots, return_exceptions=True)
             beats.cancel()
             await asyncio.gather(beats, return_exceptions=True)

@@ -86,7 +86,9 @@ class PostgreSQLBackend(PortableBackend):
 
     def async_url(self, url: Any) -> Any:
         # psycopg 3 is both: an async engine picks its AsyncConnection by itself.
-        return self.url(url)
+        if "+" not in url.drivername or url.get_driver_name() == "psycopg2":
+            return url.set(drivername="postgresql+psycopg")
+        return url
 
     def is_contention(self, error: exc.DBAPIError) -> bool:
         return getattr(error.orig, "sqlstate", None) in _RETRYABLE

@@ -124,8 +124,10 @@ class SQLiteBackend(PortableBackend):
         tx.raw("COMMIT")
 
     def roll_back(self, dbapi_connection: Any) -> None:
-        if dbapi_connection.in_transaction:
-            dbapi_connection.execute("ROLLBACK")
+        # sqlite3's rollback() ends whatever transaction is open, our BEGIN IMMEDIATE's
+        # too, and does nothing without one; aiosqlite's adapted connection has it (but
+        # neither in_transaction nor execute).
+        dbapi_connection.rollback()
 
     def is_contention(self, error: exc.DBAPIError) -> bool:
         return isinstance(error, exc.OperationalError) and is_busy_message(str(error.orig))
