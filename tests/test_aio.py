@@ -514,3 +514,43 @@ def test_docs_name_every_aio_function() -> None:
     page = (REPO_ROOT / "docs" / "async.md").read_text()
     missing = [name for name in aio.__all__ if f"`{name}" not in page and name not in page]
     assert missing == []
+
+
+# -- the stress suite --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_stress_claims_on_the_async_api_holds_every_invariant(db_url: str, tmp_path: Path) -> None:
+    from .test_stress import run_stress
+
+    code, report, output = run_stress(
+        "claims",
+        "--api",
+        "async",
+        "--db",
+        db_url,
+        *("--workers", "3", "--tasks", "40", "--work-ms", "0-3", "--seed", "7"),
+        tmp_path=tmp_path,
+    )
+    assert code == 0, output
+    assert report["ok"] and len(report["invariants"]) == 6
+    assert report["claims"] == report["completes"] == 40
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["mixed", "--api", "async"],
+        ["--api", "async", "--claim-impl", "tests.racy_claim:claim_task"],
+    ],
+)
+def test_stress_api_async_is_for_the_claims_scenario(
+    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stress.__main__ import main
+
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert "--api async" in capsys.readouterr().err
