@@ -43,9 +43,10 @@ def create_engine(
     to :func:`sqlalchemy.ext.asyncio.create_async_engine`.
     """
     parsed = db.engine_url(url)
-    parsed = backends.named(parsed.get_backend_name()).async_url(parsed)
+    backend = backends.named(parsed.get_backend_name())
+    parsed = backend.async_url(parsed)
     with db.missing_driver(parsed, db.install_command("async")):
-        engine = create_async_engine(parsed, **kw)
+        engine = create_async_engine(parsed, **{**backend.async_engine_options(parsed), **kw})
     return configure_engine(
         engine, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms, retry=retry
     )

@@ -73,6 +73,10 @@ class Backend(Protocol):
         it names none, or a driver that cannot serve an event loop."""
         ...
 
+    def async_engine_options(self, url: Any) -> dict[str, Any]:
+        """Defaults for ``create_async_engine`` on ``url`` (the caller's options win)."""
+        ...
+
     def configure_engine(
         self, engine: Engine, *, synchronous: str | None, busy_timeout_ms: int | None
     ) -> None:
@@ -187,6 +191,9 @@ class PortableBackend:
 
     def async_url(self, url: Any) -> Any:
         return url
+
+    def async_engine_options(self, url: Any) -> dict[str, Any]:
+        return {}
 
     def configure_engine(
         self, engine: Engine, *, synchronous: str | None, busy_timeout_ms: int | None

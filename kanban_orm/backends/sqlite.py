@@ -68,6 +68,15 @@ class SQLiteBackend(PortableBackend):
             return url.set(drivername="sqlite+aiosqlite")
         return url
 
+    def async_engine_options(self, url: Any) -> dict[str, Any]:
+        # A file's connections pooled, as SQLAlchemy 2.0.38+ does by default; before
+        # it, aiosqlite got a NullPool (a new connection, and its pragmas, per write).
+        if files.sqlite_file(url) is None:
+            return {}
+        from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+        return {"poolclass": AsyncAdaptedQueuePool}
+
     def configure_engine(
         self, engine: Engine, *, synchronous: str | None, busy_timeout_ms: int | None
     ) -> None:
