@@ -62,7 +62,11 @@ def in_async_greenlet() -> bool:
     greenlet = sys.modules.get("greenlet")  # never imported: no asyncio layer running
     if greenlet is None:
         return False
-    return bool(getattr(greenlet.getcurrent(), "__sqlalchemy_greenlet_provider__", False))
+    current = greenlet.getcurrent()
+    if getattr(current, "__sqlalchemy_greenlet_provider__", False):  # SQLAlchemy 2.1
+        return True
+    # SQLAlchemy 2.0 marks them by their class alone (util._concurrency_py3k).
+    return type(current).__name__ == "_AsyncIoGreenlet"
 
 
 def pause(seconds: float) -> None:
