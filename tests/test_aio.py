@@ -560,3 +560,30 @@ def test_stress_api_async_is_for_the_claims_scenario(
         main(args)
     assert exit_.value.code == 2
     assert "--api async" in capsys.readouterr().err
+
+
+def test_cancelling_worker_run_hands_the_running_tasks_back(db_url: str) -> None:
+    async def body(engine: AsyncEngine) -> tuple[list[Task], int]:
+        sessions = aio.session_factory(engine)
+        async with sessions() as s:
+            for i in range(2):
+                await aio.create_task(s, title=f"t{i}")
+        running: list[int] = []
+
+        async def handler(task: Task) -> str:
+            running.append(task.id)
+            await asyncio.sleep(3600)
+            return "never"
+
+        worker = aio.Worker(handler, sessions=sessions, concurrency=2)
+        work = asyncio.create_task(worker.run())
+        while len(running) < 2:
+            await asyncio.sleep(0.01)
+        work.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await work
+        async with sessions() as s:
+            return await aio.list_tasks(s), worker.stats.released
+
+    tasks, released = on_loop(db_url, body)
+    assert [t.status for t in tasks] == ["ready", "ready"] and released == 2

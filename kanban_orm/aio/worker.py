@@ -145,12 +145,16 @@ class Worker:
         try:
             await self._until_stopped(slots)
         finally:
-            if not all(slot.done() for slot in slots):
-                # run() cancelled, or slots that outlived the grace period: their
-                # handlers are cancelled and their tasks handed back, as at its end.
+            running = [slot for slot in slots if not slot.done()]
+            if running:
+                # run() cancelled: no more claims, handlers cancelled and their tasks
+                # handed back, as at the end of a grace period; a slot recording an
+                # outcome finishes it.
+                core.stop(immediately=True)
                 await greenlet_spawn(core._abandon_running)
+                await asyncio.wait(running, timeout=2.0)
             for slot in slots:
-                slot.cancel()
+                slot.cancel()  # a slot still running now would not end by itself
             await asyncio.gather(*slots, return_exceptions=True)
             beats.cancel()
             await asyncio.gather(beats, return_exceptions=True)
