@@ -110,6 +110,27 @@ def _children_cpu() -> float:
 # -- worker: one loop, concurrency C, a lag probe -------------------------------------------
 
 
+async def probe_alone(seconds: float) -> dict[str, float]:
+    """The lag probe with nothing else on the loop: the machine's own scheduling noise,
+    the floor under the worker's figures."""
+    lateness: list[float] = []
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        asked = time.perf_counter()
+        await asyncio.sleep(PROBE_SECONDS)
+        lateness.append(time.perf_counter() - asked - PROBE_SECONDS)
+    return _lag(lateness)
+
+
+def _lag(lateness: list[float]) -> dict[str, float]:
+    lateness.sort()
+    return {
+        "lag_p50_ms": 1000 * statistics.median(lateness),
+        "lag_p99_ms": 1000 * lateness[int(0.99 * (len(lateness) - 1))],
+        "lag_max_ms": 1000 * lateness[-1],
+    }
+
+
 async def worker_run(url: str, tasks: int, concurrency: int, **engine_kw: Any) -> dict[str, float]:
     engine = aio.create_engine(url, pool_size=concurrency + 2, **engine_kw)
     sessions = aio.session_factory(engine)
@@ -135,14 +156,11 @@ async def worker_run(url: str, tasks: int, concurrency: int, **engine_kw: Any) -
     await probing
     await engine.dispose()
     assert stats.completed == tasks, str(stats)
-    lateness.sort()
     return {
         "tasks_per_s": tasks / elapsed,
         # What one core would sustain on the client side, whatever else the machine runs.
         "tasks_per_cpu_s": tasks / cpu,
-        "lag_p50_ms": 1000 * statistics.median(lateness),
-        "lag_p99_ms": 1000 * lateness[int(0.99 * (len(lateness) - 1))],
-        "lag_max_ms": 1000 * lateness[-1],
+        **_lag(lateness),
     }
 
 
@@ -156,12 +174,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="sync/async pairs per backend")
     parser.add_argument("--worker-tasks", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--only", choices=("cycles", "worker"), help="one of the two parts")
     args = parser.parse_args(argv)
     urls = {
         "sqlite": f"sqlite:///{args.sqlite}" if args.sqlite else None,
         "postgresql": args.postgres,
         "mysql": args.mysql,
     }
+    if args.only != "worker":
+        run_cycles(args, urls)
+    if args.postgres and args.only != "cycles":
+        run_worker(args)
+    return 0
+
+
+def run_cycles(args: argparse.Namespace, urls: dict[str, str | None]) -> None:
     print(f"cycles: {args.procs} processes, {args.tasks} tasks, claim_next + complete_task")
     print(
         f"{'backend':<11} {'sync tasks/s':>13} {'async tasks/s':>14} {'async/sync':>11}"
@@ -182,26 +209,32 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:<11} {sync:>13.0f} {async_:>14.0f} {async_ / sync:>10.2f}x"
             f" {statistics.median(cpu['sync']):>17.1f} {statistics.median(cpu['async']):>6.1f}"
         )
-    if args.postgres:
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    print(
+        f"\naio.Worker(concurrency={args.concurrency}), handler sleeps "
+        f"{HANDLER_SECONDS * 1000:.0f} ms, {args.worker_tasks} tasks, probe every "
+        f"{PROBE_SECONDS * 1000:.0f} ms (PostgreSQL)"
+    )
+    print(
+        f"{'commits':<22} {'tasks/s':>8} {'per CPU-s':>9} {'lag p50':>8} {'lag p99':>8}"
+        f" {'lag max':>8}"
+    )
+    row = asyncio.run(probe_alone(5.0))
+    print(
+        f"{'(the probe alone, 5 s)':<22} {'':>8} {'':>9} {row['lag_p50_ms']:>6.1f}ms"
+        f" {row['lag_p99_ms']:>6.1f}ms {row['lag_max_ms']:>6.1f}ms"
+    )
+    no_fsync = {"connect_args": {"options": "-c synchronous_commit=off"}}
+    for label, kw in (("as configured", {}), ("synchronous_commit=off", no_fsync)):
+        seed(args.postgres, args.worker_tasks)
+        row = asyncio.run(worker_run(args.postgres, args.worker_tasks, args.concurrency, **kw))
         print(
-            f"\naio.Worker(concurrency={args.concurrency}), handler sleeps "
-            f"{HANDLER_SECONDS * 1000:.0f} ms, {args.worker_tasks} tasks, probe every "
-            f"{PROBE_SECONDS * 1000:.0f} ms (PostgreSQL)"
+            f"{label:<22} {row['tasks_per_s']:>8.0f} {row['tasks_per_cpu_s']:>9.0f}"
+            f" {row['lag_p50_ms']:>6.1f}ms {row['lag_p99_ms']:>6.1f}ms"
+            f" {row['lag_max_ms']:>6.1f}ms"
         )
-        print(
-            f"{'commits':<22} {'tasks/s':>8} {'per CPU-s':>9} {'lag p50':>8} {'lag p99':>8}"
-            f" {'lag max':>8}"
-        )
-        no_fsync = {"connect_args": {"options": "-c synchronous_commit=off"}}
-        for label, kw in (("as configured", {}), ("synchronous_commit=off", no_fsync)):
-            seed(args.postgres, args.worker_tasks)
-            row = asyncio.run(worker_run(args.postgres, args.worker_tasks, args.concurrency, **kw))
-            print(
-                f"{label:<22} {row['tasks_per_s']:>8.0f} {row['tasks_per_cpu_s']:>9.0f}"
-                f" {row['lag_p50_ms']:>6.1f}ms {row['lag_p99_ms']:>6.1f}ms"
-                f" {row['lag_max_ms']:>6.1f}ms"
-            )
-    return 0
 
 
 if __name__ == "__main__":
