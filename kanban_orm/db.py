@@ -24,7 +24,7 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransactionOrigin, sessionmaker
 
-from . import backends, config, files
+from . import backends, config, files, greenlets
 from .backends.base import WRITE_OPTION
 from .driver import Tx
 from .errors import (
@@ -110,23 +110,38 @@ def create_engine(
     ``synchronous``, ``busy_timeout_ms`` and ``retry`` are as for
     :func:`configure_engine`; other keyword arguments go to :func:`sqlalchemy.create_engine`.
     """
+    parsed = engine_url(url)
+    parsed = backends.named(parsed.get_backend_name()).url(parsed)
+    hint = install_command("postgres") if parsed.get_backend_name() == "postgresql" else ""
+    with missing_driver(parsed, hint):
+        engine = sa.create_engine(parsed, **kw)
+    return configure_engine(
+        engine, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms, retry=retry
+    )
+
+
+def engine_url(url: str | sa.URL | None) -> sa.URL:
+    """``url`` (else :func:`default_url`) checked, a SQLite file's folders made (0700) and
+    its leading ``~`` expanded: what an engine of this package connects to, before the
+    backend names its driver."""
     parsed = _parsed(url or default_url())
     sqlite_file = _sqlite_file(parsed)
     if sqlite_file is not None:
         files.make_private_dirs(sqlite_file.parent)
         parsed = parsed.set(database=str(sqlite_file))  # "~" expanded, as it was made
-    parsed = backends.named(parsed.get_backend_name()).url(parsed)
+    return parsed
+
+
+@contextmanager
+def missing_driver(url: sa.URL, hint: str) -> Iterator[None]:
+    """A driver that is not installed, raised as InvalidInput saying what to install."""
     try:
-        engine = sa.create_engine(parsed, **kw)
+        yield
     except ImportError as error:
-        hint = install_command("postgres") if parsed.get_backend_name() == "postgresql" else ""
         raise InvalidInput(
-            f"the driver of {parsed.drivername} is not installed: {error}"
+            f"the driver of {url.drivername} is not installed: {error}"
             + (f"; install it with {hint}" if hint else "")
         ) from None
-    return configure_engine(
-        engine, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms, retry=retry
-    )
 
 
 #: The backends kanban_orm's SQL is written for.
@@ -523,7 +538,7 @@ def with_retry(attempt: Callable[[], T], *, policy: RetryPolicy = DEFAULT_RETRY)
                 delay = min(policy.unavailable_delay(unavailable - 1), budget - spent + 0.01)
             else:
                 raise typed_error(error) from error
-            time.sleep(delay)
+            greenlets.pause(delay)  # on the event loop under kanban_orm.aio
         finally:
             _replaying_after_disconnect.reset(marker)
 
@@ -587,12 +602,14 @@ def _attempt_on_pool(
     backend = tx.backend
     autocommit = one_statement and backend.autocommits_one_statement
     try:
+        greenlets.checkpoint()  # a cancelled aio call begins nothing
         if autocommit:
             connection.autocommit = True
         else:
             backend.begin_write(tx)
         result = work(tx)
         if not autocommit:
+            greenlets.checkpoint()  # ... and commits nothing: rolled back below
             backend.commit_write(tx)
         return result
     except BaseException:
@@ -630,7 +647,9 @@ def _roll_back_quietly(pooled: Any, backend: backends.Backend) -> None:
 def _attempt_in_session(session: Session, work: Callable[[Tx], T]) -> T:
     """A Session bound to a Connection: its transaction, begun and committed by it."""
     with _write_transaction(session):
-        return _work_on_session_connection(session, work)
+        result = _work_on_session_connection(session, work)
+        greenlets.checkpoint()  # a cancelled aio call rolls back
+        return result
 
 
 def _work_on_session_connection(session: Session, work: Callable[[Tx], T]) -> T:
@@ -665,6 +684,7 @@ def run_read(session: Session, work: Callable[[Session], T]) -> T:
 
 
 def _attempt_read(session: Session, work: Callable[[Session], T]) -> T:
+    greenlets.checkpoint()
     try:
         result = work(session)
     except BaseException:
@@ -697,7 +717,9 @@ def _write_transaction(session: Session) -> Iterator[None]:
 def _run_joined(session: Session, work: Callable[[Tx], T]) -> T:
     try:
         with session.begin_nested():
-            return _work_on_session_connection(session, work)
+            result = _work_on_session_connection(session, work)
+            greenlets.checkpoint()  # a cancelled aio call rolls its SAVEPOINT back
+            return result
     except exc.DBAPIError as error:
         if failure_kind(error) == BUSY:
             raise DatabaseBusy(

@@ -378,8 +378,10 @@ class Tx:
         )
         self._cursor: Any = None
         if self._kept is not None:
-            cursor = self._kept.pop(_KEPT_CURSOR, None)
-            if cursor is not None and cursor.connection is dbapi_connection:
+            # Kept with the connection it was made on: an asyncio driver's adapted
+            # cursor does not say which that was.
+            owner, cursor = self._kept.pop(_KEPT_CURSOR, (None, None))
+            if cursor is not None and owner is dbapi_connection:
                 self._cursor = cursor
 
     def execute(
@@ -476,11 +478,12 @@ class Tx:
         # Not once the connection is closed (invalidated): the pool may already have
         # given its slot, and the same info, to another thread with a new connection.
         if self._cursor is not None and self._kept is not None and not self._connection.closed:
-            self._kept[_KEPT_CURSOR] = self._cursor
+            self._kept[_KEPT_CURSOR] = (self._connection, self._cursor)
             self._cursor = None
         if self._cursor is not None:
-            # A connection that is gone has nothing left to release.
-            with contextlib.suppress(self.dialect.loaded_dbapi.Error):
+            # A connection that is gone has nothing left to release (aiosqlite says
+            # so with a ValueError).
+            with contextlib.suppress(self.dialect.loaded_dbapi.Error, ValueError):
                 self._cursor.close()
             self._cursor = None
 

@@ -53,7 +53,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from . import db, service, steps
+from . import db, greenlets, service, steps
 from . import validation as check
 from .errors import (
     ClaimLost,
@@ -468,7 +468,7 @@ class Worker:
                     raise  # the lease is over: the task will be reclaimed
                 self._outage.failed(f"task {job.task.id}: recording its outcome", error)
                 unknown = unknown or isinstance(error, DatabaseUnavailable)
-                time.sleep(delay)
+                greenlets.pause(delay)  # aio.Worker records outcomes on its event loop
                 delay = min(self.idle_max, delay * 2)
             else:
                 # An outcome recorded is the database back, even if no claim or

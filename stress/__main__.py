@@ -126,6 +126,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="M",
         help="soak only: how long the workers run (default 60)",
     )
+    p.add_argument(
+        "--api",
+        choices=("sync", "async"),
+        default="sync",
+        help="claims only: the workers call kanban_orm (sync, the default) or kanban_orm.aio "
+        "(async: each worker an event loop, the async drivers)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write a machine-readable report")
     p.add_argument("--keep-db", action="store_true", help="keep the temporary SQLite database")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -152,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         timeout = (args.minutes or 60.0) * 60 + soak.MARGIN_SECONDS
     elif args.minutes is not None:
         parser().error("--minutes is for the soak scenario")
+    if args.api == "async" and not getattr(scenario, "ASYNC", False):
+        parser().error(f"--api async is for the claims scenario, not {args.scenario}")
+    if args.api == "async" and args.claim_impl:
+        parser().error("--claim-impl replaces the sync claim: not with --api async")
     try:
         # A scenario that brings its own database (a private server it may restart)
         # says so with a database(db, keep) of its own.
@@ -170,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 timeout=timeout,
                 log_dir=log_dir,
                 claim_impl=args.claim_impl,
+                api=args.api,
             )
             outcome = harness.run(scenario, config, progress=not args.no_progress)
             with kb.connect(url) as session:

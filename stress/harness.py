@@ -107,6 +107,9 @@ class Config:
     timeout: float
     log_dir: str
     claim_impl: str | None = None
+    #: "sync" (kanban_orm) or "async" (kanban_orm.aio, on an event loop per worker),
+    #: for the scenarios that run on both (claims).
+    api: str = "sync"
 
     def as_dict(self) -> dict[str, Any]:
         # A plain dict crosses the spawn boundary without pickling this module's classes.
@@ -251,8 +254,12 @@ class WorkerContext:
             shared[0] = IDLE
 
     def work_pause(self) -> None:
+        time.sleep(self.work_seconds())
+
+    def work_seconds(self) -> float:
+        """One simulated piece of work's length, from ``--work-ms``."""
         low, high = self.config.work_ms
-        time.sleep(self.random.uniform(low, high) / 1000)
+        return self.random.uniform(low, high) / 1000
 
     def orphaned(self) -> bool:
         return os.getppid() != self._parent

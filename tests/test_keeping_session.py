@@ -127,7 +127,8 @@ def test_a_kept_postgresql_connection_whose_server_session_ended_is_replaced(
 
 def kept_cursor(session: kb.KeepingSession) -> Any:
     """The driver cursor kept with the session's connection for its next write."""
-    return session._owned.info.get(driver._KEPT_CURSOR)
+    _owner, cursor = session._owned.info.get(driver._KEPT_CURSOR, (None, None))
+    return cursor
 
 
 def test_postgresql_writes_share_one_cursor_and_sqlite_writes_close_theirs(

@@ -8,6 +8,7 @@ import contextlib
 import io
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -81,6 +82,44 @@ def test_host_table_example_creates_a_table_that_references_tasks(empty_db_url: 
         ]
     finally:
         engine.dispose()
+
+
+def test_fastapi_example_creates_an_order_and_its_task_or_neither(empty_db_url: str) -> None:
+    """The asyncio example, after the host-table one (its Order model and tables), driven
+    through httpx's ASGI transport: an order and its task in one transaction; a refused
+    order leaves neither."""
+    import asyncio
+
+    import httpx
+
+    namespace: dict[str, Any] = {}
+    for marker in ("host-table", "fastapi-example"):
+        source = marked_example(README, marker).replace(EXAMPLE_URL, repr(empty_db_url))
+        exec(compile(source, "README.md", "exec", dont_inherit=True), namespace)
+
+    async def post_orders() -> list[tuple[int, Any]]:
+        transport = httpx.ASGITransport(app=namespace["app"])
+        answers = []
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+                for path in ("/orders/1", "/orders/2?in_stock=false"):
+                    response = await client.post(path)
+                    answers.append((response.status_code, response.json()))
+        finally:
+            await namespace["sessions"].kw["bind"].dispose()
+        return answers
+
+    try:
+        ok, refused = asyncio.run(post_orders())
+        with kb.connect(empty_db_url) as session:
+            tasks = kb.list_tasks(session)
+            orders = session.execute(sa.text("SELECT id, task_id FROM orders")).all()
+        assert ok == (200, {"order": 1, "task": tasks[0].id})
+        assert refused == (409, {"detail": "out of stock"})
+        assert [t.title for t in tasks] == ["ship order 1"]
+        assert [tuple(row) for row in orders] == [(1, tasks[0].id)]
+    finally:
+        namespace["engine"].dispose()
 
 
 def test_a_string_foreign_key_to_kanban_tasks_fails_as_the_readme_says() -> None:

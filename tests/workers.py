@@ -114,3 +114,32 @@ def create_children_in_lockstep(url: str, parents: list[int], barrier: Barrier, 
     finally:
         session.close()
     Path(out).write_text(json.dumps(children))
+
+
+def drain_with_aio(url: str, name: str, coroutines: int, barrier: Barrier, out: str) -> None:
+    """``coroutines`` coroutines on one event loop claim with kanban_orm.aio until the
+    board is empty, completing every claimed task; the ids completed, in a file."""
+    import asyncio
+
+    from kanban_orm import aio
+
+    async def drain() -> list[int]:
+        engine = aio.create_engine(url, pool_size=coroutines)
+        sessions = aio.session_factory(engine)
+        completed: list[int] = []
+
+        async def one(n: int) -> None:
+            async with sessions() as session:
+                while task := await aio.claim_next(session, claimer=f"{name}-{n}"):
+                    assert task.claim_lock is not None
+                    await aio.complete_task(session, task.id, claim_lock=task.claim_lock)
+                    completed.append(task.id)
+
+        try:
+            barrier.wait(timeout=60)
+            await asyncio.gather(*(one(n) for n in range(coroutines)))
+        finally:
+            await engine.dispose()
+        return completed
+
+    Path(out).write_text(json.dumps(asyncio.run(drain())))

@@ -69,6 +69,15 @@ class Backend(Protocol):
         """``url`` with the driver this backend uses when the URL names none."""
         ...
 
+    def async_url(self, url: Any) -> Any:
+        """``url`` with this backend's asyncio driver (for :mod:`kanban_orm.aio`) when
+        it names none, or a driver that cannot serve an event loop."""
+        ...
+
+    def async_engine_options(self, url: Any) -> dict[str, Any]:
+        """Defaults for ``create_async_engine`` on ``url`` (the caller's options win)."""
+        ...
+
     def configure_engine(
         self, engine: Engine, *, synchronous: str | None, busy_timeout_ms: int | None
     ) -> None:
@@ -198,6 +207,12 @@ class PortableBackend:
 
     def url(self, url: Any) -> Any:
         return url
+
+    def async_url(self, url: Any) -> Any:
+        return url
+
+    def async_engine_options(self, url: Any) -> dict[str, Any]:
+        return {}
 
     def configure_engine(
         self, engine: Engine, *, synchronous: str | None, busy_timeout_ms: int | None

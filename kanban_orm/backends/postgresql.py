@@ -121,6 +121,12 @@ class PostgreSQLBackend(PortableBackend):
             return url.set(drivername="postgresql+psycopg")
         return url
 
+    def async_url(self, url: Any) -> Any:
+        # psycopg 3 is both: an async engine picks its AsyncConnection by itself.
+        if "+" not in url.drivername or url.get_driver_name() == "psycopg2":
+            return url.set(drivername="postgresql+psycopg")
+        return url
+
     def is_contention(self, error: exc.DBAPIError) -> bool:
         return getattr(error.orig, "sqlstate", None) in _RETRYABLE
 

@@ -18,7 +18,6 @@ locking clause (it renders none), no event-log guard and no link-graph lock.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -27,7 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from .. import config, files
+from .. import config, files, greenlets
 from .. import queries as q
 from ..clock import new_claim_token, utcnow
 from ..errors import KanbanError
@@ -69,6 +68,20 @@ class SQLiteBackend(PortableBackend):
     keeps_cursor: ClassVar[bool] = False
     autocommits_one_statement: ClassVar[bool] = False
 
+    def async_url(self, url: Any) -> Any:
+        if url.get_driver_name() in ("", "pysqlite"):
+            return url.set(drivername="sqlite+aiosqlite")
+        return url
+
+    def async_engine_options(self, url: Any) -> dict[str, Any]:
+        # A file's connections pooled, as SQLAlchemy 2.0.38+ does by default; before
+        # it, aiosqlite got a NullPool (a new connection, and its pragmas, per write).
+        if files.sqlite_file(url) is None:
+            return {}
+        from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+        return {"poolclass": AsyncAdaptedQueuePool}
+
     def configure_engine(
         self, engine: Engine, *, synchronous: str | None, busy_timeout_ms: int | None
     ) -> None:
@@ -103,7 +116,10 @@ class SQLiteBackend(PortableBackend):
                 # busy_timeout first: switching to WAL needs a lock that a concurrent
                 # first-time opener may hold.
                 cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-                if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                # execute() and fetchone() apart: aiosqlite's adapted execute() does
+                # not return the cursor, as sqlite3's does.
+                cursor.execute("PRAGMA journal_mode")
+                if cursor.fetchone()[0].lower() != "wal":
                     _retry_pragma(cursor, "PRAGMA journal_mode = WAL")
                 cursor.execute(f"PRAGMA synchronous = {synchronous}")
                 cursor.execute("PRAGMA foreign_keys = ON")
@@ -122,8 +138,10 @@ class SQLiteBackend(PortableBackend):
         tx.raw("COMMIT")
 
     def roll_back(self, dbapi_connection: Any) -> None:
-        if dbapi_connection.in_transaction:
-            dbapi_connection.execute("ROLLBACK")
+        # sqlite3's rollback() ends whatever transaction is open, our BEGIN IMMEDIATE's
+        # too, and does nothing without one; aiosqlite's adapted connection has it (but
+        # neither in_transaction nor execute).
+        dbapi_connection.rollback()
 
     def is_contention(self, error: exc.DBAPIError) -> bool:
         return isinstance(error, exc.OperationalError) and is_busy_message(str(error.orig))
@@ -213,7 +231,7 @@ def _retry_pragma(cursor: Any, sql: str, attempts: int = 50) -> None:
         except Exception as error:  # sqlite3.OperationalError; the driver is not imported here
             if not is_busy_message(str(error)) or attempt == attempts - 1:
                 raise
-            time.sleep(0.01 + random.random() * 0.05)
+            greenlets.pause(0.01 + random.random() * 0.05)
 
 
 def _missing_sort_order_indexes(context: MigrationContext) -> list[Any]:

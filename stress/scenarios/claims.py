@@ -8,6 +8,7 @@ checked against the workers' logs and the database.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -34,7 +35,14 @@ def setup(session: Session, config: Config) -> None:
         kb.create_task(session, title=f"task #{i}", assignee="shared", tenant="stress")
 
 
+#: Runs on kanban_orm.aio too (``--api async``): see work_async.
+ASYNC = True
+
+
 def work(worker: WorkerContext) -> None:
+    if worker.config.api == "async":
+        asyncio.run(work_async(worker))
+        return
     session = kb.connect(worker.config.db_url)
     pick = (
         select(kb.Task.id)
@@ -97,6 +105,80 @@ def claim_and_complete(worker: WorkerContext, session: Session, task_id: int) ->
         return
     except kb.KanbanError as error:
         session.rollback()
+        worker.log(KANBAN_ERROR, task=task_id, during="complete", error=one_line(error))
+        return
+    worker.log("completed", task=task_id, run_id=run_id, claim_lock=token)
+
+
+# -- the same worker on kanban_orm.aio --------------------------------------------------
+
+
+async def work_async(worker: WorkerContext) -> None:
+    """:func:`work`, awaiting kanban_orm.aio on the async drivers; the same log, so the
+    same checks judge it."""
+    from kanban_orm import aio
+
+    engine = aio.create_engine(worker.config.db_url)
+    pick = (
+        select(kb.Task.id)
+        .where(kb.Task.status == kb.Status.READY.value, kb.Task.claim_lock.is_(None))
+        .limit(PICK_AMONG)
+    )
+    empty_polls = 0
+    try:
+        async with aio.session_factory(engine)() as session:
+            while not worker.out_of_time() and empty_polls <= EMPTY_POLLS_BEFORE_EXIT:
+                try:
+                    candidates = (await session.scalars(pick)).all()
+                except DB_ERRORS as error:
+                    worker.log(DB_ERROR, task=None, during="pick of a task", error=one_line(error))
+                    candidates = []
+                finally:
+                    await session.rollback()
+                if not candidates:
+                    empty_polls += 1
+                    await asyncio.sleep(worker.work_seconds())
+                    continue
+                empty_polls = 0
+                task_id = worker.random.choice(candidates)
+                await claim_and_complete_async(worker, session, task_id)
+    finally:
+        await engine.dispose()
+
+
+async def claim_and_complete_async(worker: WorkerContext, session: Any, task_id: int) -> None:
+    from kanban_orm import aio
+
+    try:
+        task = await aio.claim_task(session, task_id, claimer=worker.name)
+    except DB_ERRORS as error:
+        worker.log(DB_ERROR, task=task_id, during="claim", error=one_line(error))
+        return
+    except kb.KanbanError as error:
+        worker.log(KANBAN_ERROR, task=task_id, during="claim", error=one_line(error))
+        return
+    if task is None:
+        worker.log("lost_claim_race", task=task_id)
+        return
+    token, run_id = task.claim_lock, task.current_run_id
+    worker.log("claimed", task=task_id, run_id=run_id, claim_lock=token)
+    await asyncio.sleep(worker.work_seconds())
+    try:
+        await aio.complete_task(
+            session,
+            task_id,
+            claim_lock=token,
+            result=f"done by {worker.name}",
+            summary=f"{worker.name} finished task {task_id}",
+            metadata={"worker": worker.name, "run_id": run_id},
+        )
+    except kb.ClaimLost as error:
+        worker.log(CLAIM_LOST, task=task_id, claim_lock=token, error=one_line(error))
+        return
+    except DB_ERRORS as error:
+        worker.log(DB_ERROR, task=task_id, during="complete", error=one_line(error))
+        return
+    except kb.KanbanError as error:
         worker.log(KANBAN_ERROR, task=task_id, during="complete", error=one_line(error))
         return
     worker.log("completed", task=task_id, run_id=run_id, claim_lock=token)
