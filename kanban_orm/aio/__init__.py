@@ -68,6 +68,7 @@ list_tasks = awaitable(_kb.list_tasks, "list_tasks")
 prune = awaitable(_kb.prune, "prune")
 read_attachment = awaitable(_kb.read_attachment, "read_attachment")
 reassign_task = awaitable(_kb.reassign_task, "reassign_task")
+refresh_counts = awaitable(_kb.refresh_counts, "refresh_counts")
 release_stale_claims = awaitable(_kb.release_stale_claims, "release_stale_claims")
 release_task = awaitable(_kb.release_task, "release_task")
 reopen_task = awaitable(_kb.reopen_task, "reopen_task")
@@ -109,6 +110,7 @@ TRANSITION_NAMES = (
     "prune",
     "read_attachment",
     "reassign_task",
+    "refresh_counts",
     "release_stale_claims",
     "release_task",
     "reopen_task",
@@ -161,6 +163,7 @@ __all__ = [
     "prune",
     "read_attachment",
     "reassign_task",
+    "refresh_counts",
     "release_stale_claims",
     "release_task",
     "reopen_task",
