@@ -114,3 +114,20 @@ def create_children_in_lockstep(url: str, parents: list[int], barrier: Barrier, 
     finally:
         session.close()
     Path(out).write_text(json.dumps(children))
+
+
+def drain_completing_and_claiming(url: str, name: str, barrier: Barrier, out: str) -> None:
+    """Drain the board with complete_and_claim_next: every completion claims the next."""
+    session = kb.connect(url, keep_connection=True)
+    completed: list[int] = []
+    try:
+        barrier.wait(timeout=60)
+        task = kb.claim_next(session, claimer=name)
+        while task is not None:
+            assert task.claim_lock is not None
+            held = task.id, task.claim_lock
+            task = kb.complete_and_claim_next(session, held[0], claim_lock=held[1], claimer=name)
+            completed.append(held[0])
+    finally:
+        session.close()
+    Path(out).write_text(json.dumps(completed))
