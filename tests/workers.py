@@ -131,3 +131,18 @@ def drain_completing_and_claiming(url: str, name: str, barrier: Barrier, out: st
     finally:
         session.close()
     Path(out).write_text(json.dumps(completed))
+
+
+def run_a_worker(url: str, name: str, prefetch: int, barrier: Barrier, out: str) -> None:
+    """A kb.Worker (2 slots, ``prefetch``) draining the board; the ids its handler saw."""
+    seen: list[int] = []
+
+    def handler(task: kb.Task) -> str:
+        seen.append(task.id)
+        return "ok"
+
+    worker = kb.Worker(handler, url=url, claimer=name, concurrency=2, prefetch=prefetch, drain=True)
+    barrier.wait(timeout=60)
+    stats = worker.run()
+    assert stats.completed == len(seen), stats
+    Path(out).write_text(json.dumps(seen))
