@@ -545,9 +545,10 @@ class _Completion:
         self.task_id, self.token, self.result = task_id, token, result
         self.summary, self.metadata = summary, metadata
 
-    def write(self, s: Tx) -> Task:
-        """The transaction path of complete_task, in the caller's transaction."""
-        return _complete(s, self.task_id, self.token, self.result, self.summary, self.metadata)
+    def write(self, s: Tx) -> None:
+        """The transaction path of complete_task, in the caller's transaction (the
+        completed task is not returned, so it is not built)."""
+        _record_completion(s, self.task_id, self.token, self.result, self.summary, self.metadata)
 
     def params(self) -> dict[str, Any]:
         return {
@@ -675,12 +676,28 @@ def _complete(
     summary: str | None,
     metadata: dict[str, Any] | None,
 ) -> Task:
+    done = _record_completion(s, task_id, token, task_result, summary, metadata)
+    return steps.load_task(s, task_id) if done is None else s.attach(Task, done)
+
+
+def _record_completion(
+    s: Tx,
+    task_id: int,
+    token: str | None,
+    task_result: str | None,
+    summary: str | None,
+    metadata: dict[str, Any] | None,
+) -> Any:
+    """complete_task's writes, in the caller's transaction: the task's new row, or None
+    for a replay whose first attempt had landed (see steps.refused)."""
     statement = q.COMPLETE_FORCED if token is None else q.COMPLETE_HELD
     done = s.execute(
         statement, {"task_id": task_id, "token": token, "task_result": task_result}
     ).first()
     if done is None:
-        return steps.refused(s, task_id, Status.DONE, token, "completed")
+        if steps.already_landed(s, task_id, token, "completed"):
+            return None
+        steps.explain(s, task_id, Status.DONE, token)
     steps.finish_run(
         s,
         task_id,
@@ -690,7 +707,7 @@ def _complete(
         metadata=metadata,
         promote=True,
     )
-    return s.attach(Task, done)
+    return done
 
 
 def fail_task(

@@ -56,14 +56,16 @@ def worker_consumer(
         with lock:
             seen.append(task.id)
 
+    # prefetch only when asked for: a Worker from before it existed can run this too.
+    extra = {"prefetch": prefetch} if prefetch else {}
     worker = kb.Worker(
         handler,
         url=target.url,
         claimer=f"bench-{index}",
         concurrency=concurrency,
-        prefetch=prefetch,
         ttl_seconds=TTL_SECONDS,
         drain=True,
+        **extra,
     )
 
     def loop() -> list[int]:
