@@ -249,3 +249,19 @@ def test_worker_processes_finish_every_task_exactly_once(
     kinds = Counter(e.kind for e in kb.list_events(session))
     assert kinds == {"created": 300, "claimed": 300, "completed": 300}
     assert board_violations(session) == []
+
+
+def test_work_prefetch_runs_every_command_once(db_url: str, session: Session) -> None:
+    from click.testing import CliRunner
+
+    from kanban_orm.cli import main
+
+    ids = [kb.create_task(session, title=f"t{i}") for i in range(6)]
+    runner = CliRunner()
+    args = ["--db", db_url, "work", "--prefetch", "2", "--drain", "-q", "--", "echo", "ok"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert {kb.get_task(session, i).result for i in ids} == {"ok"}
+    assert all(len(runs_of(session, i)) == 1 for i in ids)
+    refused = runner.invoke(main, ["--db", db_url, "work", "--prefetch", "101", "--", "true"])
+    assert refused.exit_code == 2
