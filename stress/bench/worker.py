@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 from contextlib import closing
+from typing import Any
 
 import kanban_orm as kb
 
@@ -57,7 +58,7 @@ def worker_consumer(
             seen.append(task.id)
 
     # prefetch only when asked for: a Worker from before it existed can run this too.
-    extra = {"prefetch": prefetch} if prefetch else {}
+    extra: dict[str, Any] = {"prefetch": prefetch} if prefetch else {}
     worker = kb.Worker(
         handler,
         url=target.url,
