@@ -57,7 +57,7 @@ from .errors import DatabaseError, KanbanError
 from .models import Task
 from .serialize import comment_json, event_json, iso, run_json, task_json
 from .states import Status
-from .worker import CommandHandler, Worker
+from .worker import MAX_PREFETCH, CommandHandler, Worker
 from .workspace import WorkspaceCommandHandler
 
 
@@ -1008,6 +1008,13 @@ def _claimers(session: Session, tasks: list[Task]) -> dict[int, str]:
 @click.option("--assignee", help="Only claim tasks assigned to A.")
 @click.option("--tenant", help="Only claim tasks of tenant T.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--prefetch",
+    type=click.IntRange(min=0, max=MAX_PREFETCH),
+    default=0,
+    show_default=True,
+    help="Tasks each slot may hold claimed beside the one it runs, while commands are short.",
+)
 @click.option("--ttl", type=float, metavar="SECONDS", help="Lease length; heartbeat every ttl/3.")
 @click.option("--drain", is_flag=True, help="Exit when nothing is claimable (else idle).")
 @click.option("--claimer", metavar="NAME", help="Recorded on each run (default: host:pid).")
@@ -1052,6 +1059,7 @@ def work(
     assignee: str | None,
     tenant: str | None,
     concurrency: int,
+    prefetch: int,
     ttl: float | None,
     drain: bool,
     claimer: str | None,
@@ -1104,6 +1112,7 @@ def work(
         tenant=tenant,
         ttl_seconds=ttl,
         concurrency=concurrency,
+        prefetch=prefetch,
         drain=drain,
         grace_seconds=grace,
         idle_max=max(idle_max, 0.25),

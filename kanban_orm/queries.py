@@ -53,6 +53,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    true,
     union_all,
     update,
 )
@@ -198,7 +199,7 @@ CLAIM_BY_ID_NUMBERED = CLAIM_BY_ID.values(current_run_id=_LAST_RUN_ID + 1)
 
 @cache
 def claim_next_statement(
-    by_assignee: bool, by_tenant: bool, numbered: bool = False
+    by_assignee: bool, by_tenant: bool, numbered: bool = False, after: Any = None
 ) -> ReturningUpdate[Any]:
     """Claim up to ``:limit`` of the best ready tasks in one statement.
 
@@ -206,9 +207,13 @@ def claim_next_statement(
     divide the queue instead of queueing behind one row; SQLite (which renders no
     locking clause) runs it under ``BEGIN IMMEDIATE``, one writer at a time.
     ``numbered`` (SQLite) also sets each task's ``current_run_id`` (see _LAST_RUN_ID).
+    ``after`` (PostgreSQL, a CTE of the same statement): pick nothing unless it has a
+    row, so the claim happens only if that earlier step did.
     """
     candidate = tasks.alias("candidate")
     pick: Select[Any] = select(candidate.c.id).where(claimable(candidate))
+    if after is not None:
+        pick = pick.where(exists(select(after.c.id)))
     if by_assignee:
         pick = pick.where(candidate.c.assignee == bindparam("only_assignee"))
     if by_tenant:
@@ -506,6 +511,13 @@ def _held_pairs() -> Any:
 def _completing(*where: ColumnElement[bool]) -> Select[Any]:
     """PostgreSQL only: complete the running tasks ``where`` selects, close each one's run and
     write one ``completed`` event per task, in one statement; the tasks' new rows."""
+    done, logged = _completion_ctes(*where)
+    return select(done).add_cte(logged)
+
+
+def _completion_ctes(*where: ColumnElement[bool]) -> tuple[Any, Any]:
+    """The CTEs of :func:`_completing`: ``done`` (the tasks' new rows) and ``logged``
+    (their ``completed`` events' ids), which needs the runs closed first."""
     done = update(tasks).where(*where).values(_DONE_VALUES).returning(*tasks.c).cte("done")
     closed = (
         update(runs)
@@ -530,7 +542,7 @@ def _completing(*where: ColumnElement[bool]) -> Select[Any]:
             utcnow(),
         ).select_from(done.outerjoin(closed, closed.c.task_id == done.c.id)),
     )
-    return select(done).add_cte(logged.cte("logged"))
+    return done, logged.returning(events.c.id).cte("logged")
 
 
 def _complete_batch() -> Select[Any]:
@@ -767,6 +779,32 @@ RECLAIM_EXPIRED = (
     )
     .returning(tasks.c.id)
 )
+
+
+@cache
+def completing_and_claiming(by_assignee: bool, by_tenant: bool) -> Select[Any]:
+    """PostgreSQL: :data:`COMPLETE_ONE_UNCONTESTED` of ``:task_id`` and then, only if it
+    completed, the claim of up to ``:limit`` tasks (:func:`opening_runs`), in one
+    statement: what complete_and_claim_many writes when nothing needs promoting.
+
+    The claim's pick waits for the completion's event (``after``), so the completed
+    task's ``completed`` event is numbered before the ``claimed`` events, as with two
+    calls, and a completion that stepped aside claims nothing. Rows: the claimed tasks'
+    columns and ``completed_id``; no row when nothing was completed, one row of NULL
+    task columns when nothing was claimed.
+    """
+    unchanged, nothing_waits = _uncontested()
+    done, completed = _completion_ctes(_HELD, unchanged, nothing_waits)
+    claim = claim_next_statement(by_assignee, by_tenant, after=completed)
+    claimed = claim.values(current_run_id=_NEXT_RUN_ID).cte("claimed")
+    opened, logged = _runs_and_events(claimed, func.jsonb_build_object)
+    return (
+        select(*claimed.c, done.c.id.label("completed_id"))
+        .select_from(done.outerjoin(claimed, true()))
+        .add_cte(completed, opened.cte("opened"), logged.cte("claims_logged"))
+        .order_by(claimed.c.priority.desc(), claimed.c.id)
+    )
+
 
 FINISH_RUN = _finish_run()
 COMPLETE_BATCH = _complete_batch()

@@ -18,8 +18,8 @@ from __future__ import annotations
 import random
 import time
 import weakref
-from collections import Counter
-from collections.abc import Iterable
+from collections import Counter, namedtuple
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -207,35 +207,76 @@ def claim_many(
     most once every :data:`RECLAIM_CHECK_SECONDS` per process and engine (looking for
     them costs a query, which a busy claimer should not pay on every call).
     """
-    who = steps.claimer_name(claimer)
-    count = check.integer(limit, "limit", minimum=1)
-    ttl = check.ttl(ttl_seconds)
-    params: dict[str, Any] = {"limit": count, "ttl": ttl}
-    if assignee is not None:
-        params["only_assignee"] = check.name(assignee, "assignee")
-    if tenant is not None:
-        params["only_tenant"] = check.name(tenant, "tenant")
-    by_assignee, by_tenant = assignee is not None, tenant is not None
-    expired = q.expired_claims_statement(by_assignee, by_tenant)
+    wanted = _ClaimFilter.of(claimer, limit, assignee, tenant, ttl_seconds)
+    return _claiming(session, wanted, lambda limit: _claim_only(session, wanted, limit))
+
+
+class _ClaimFilter:
+    """A claim's checked arguments: who claims, how many, within which filters."""
+
+    __slots__ = ("by_assignee", "by_tenant", "count", "params", "who")
+
+    def __init__(self, who: str, count: int, params: dict[str, Any], a: bool, t: bool) -> None:
+        self.who, self.count, self.params = who, count, params
+        self.by_assignee, self.by_tenant = a, t
+
+    @classmethod
+    def of(
+        cls,
+        claimer: str,
+        limit: int,
+        assignee: str | None,
+        tenant: str | None,
+        ttl_seconds: float | None,
+    ) -> _ClaimFilter:
+        who = steps.claimer_name(claimer)
+        count = check.integer(limit, "limit", minimum=1)
+        params: dict[str, Any] = {"limit": count, "ttl": check.ttl(ttl_seconds)}
+        if assignee is not None:
+            params["only_assignee"] = check.name(assignee, "assignee")
+        if tenant is not None:
+            params["only_tenant"] = check.name(tenant, "tenant")
+        return cls(who, count, params, assignee is not None, tenant is not None)
+
+    def limited(self, limit: int) -> dict[str, Any]:
+        return {**self.params, "limit": limit}
+
+    def claim(self, s: Tx, limit: int) -> list[Task]:
+        """The claim itself, inside the caller's transaction (Backend.claim_next)."""
+        rows = s.backend.claim_next(
+            s, self.by_assignee, self.by_tenant, self.limited(limit), self.who
+        )
+        return [s.attach(Task, row) for row in rows]
+
+
+def _claim_only(session: Session, wanted: _ClaimFilter, limit: int) -> list[Task]:
+    return run_write(session, lambda s: wanted.claim(s, limit), one_statement=True)
+
+
+def _claiming(
+    session: Session,
+    wanted: _ClaimFilter,
+    first: Callable[[int], list[Task]],
+    *,
+    reclaim_first: bool = True,
+) -> list[Task]:
+    """``first(limit)`` (a transaction that claims), with the takeover of expired leases
+    that every claim does (see :func:`claim_many`): looked for when due, before ``first``
+    (or, without ``reclaim_first``, after it), and whenever ``first`` fell short, the
+    tasks reclaimed then claimed in a transaction of their own."""
+    expired = q.expired_claims_statement(wanted.by_assignee, wanted.by_tenant)
 
     def reclaim() -> int:
-        return run_write(session, lambda s: _reclaim_expired(s, expired, params))
+        return run_write(session, lambda s: _reclaim_expired(s, expired, wanted.params))
 
-    def claim(limit: int) -> list[Task]:
-        wanted = {**params, "limit": limit}
-
-        def work(s: Tx) -> list[Task]:
-            rows = s.backend.claim_next(s, by_assignee, by_tenant, wanted, who)
-            return [s.attach(Task, row) for row in rows]
-
-        return run_write(session, work, one_statement=True)
-
-    looked = _reclaim_check_due(session.get_bind().engine)
+    due = _reclaim_check_due(session.get_bind().engine)
+    looked = due and reclaim_first
     if looked:
         reclaim()
-    claimed = claim(count)
-    if len(claimed) < count and not looked and reclaim():
-        claimed += claim(count - len(claimed))
+    claimed = first(wanted.count)
+    short = len(claimed) < wanted.count
+    if not looked and (short or due) and reclaim() and short:
+        claimed += _claim_only(session, wanted, wanted.count - len(claimed))
     return claimed
 
 
@@ -396,6 +437,163 @@ def complete_many(
     return done if done is not None else run_write(session, work)
 
 
+def complete_and_claim_next(
+    session: Session,
+    task_id: int,
+    *,
+    claim_lock: str,
+    claimer: str,
+    result: str | None = None,
+    summary: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    assignee: str | None = None,
+    tenant: str | None = None,
+    ttl_seconds: float | None = None,
+) -> Task | None:
+    """Complete a claimed task and claim the next one, in one transaction.
+
+    What :func:`complete_task` (fenced by ``claim_lock``) and then :func:`claim_next`
+    (with ``claimer``, ``assignee``, ``tenant``, ``ttl_seconds``) would do, with the
+    same runs, events and promotions, for one commit instead of two; a worker loop's
+    call. Returns the newly claimed task, or None when nothing was claimable (the
+    completion stands either way).
+
+    Raises what :func:`complete_task` raises: :class:`ClaimLost` when ``claim_lock`` no
+    longer holds the task, and then nothing was completed *and nothing was claimed*;
+    :class:`TaskNotFound`; :class:`InvalidInput` for a bad argument of either part,
+    before anything is written. A call whose connection dropped as it committed is
+    retried like any other, and knows its completion had landed; a task that landed
+    claimed with it is then lost to this caller until its lease expires, as with
+    :func:`claim_next`.
+    """
+    claimed = complete_and_claim_many(
+        session,
+        task_id,
+        claim_lock=claim_lock,
+        claimer=claimer,
+        limit=1,
+        result=result,
+        summary=summary,
+        metadata=metadata,
+        assignee=assignee,
+        tenant=tenant,
+        ttl_seconds=ttl_seconds,
+    )
+    return claimed[0] if claimed else None
+
+
+def complete_and_claim_many(
+    session: Session,
+    task_id: int,
+    *,
+    claim_lock: str,
+    claimer: str,
+    limit: int,
+    result: str | None = None,
+    summary: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    assignee: str | None = None,
+    tenant: str | None = None,
+    ttl_seconds: float | None = None,
+) -> list[Task]:
+    """:func:`complete_and_claim_next` claiming up to ``limit`` tasks, as
+    :func:`claim_many` does; an empty list when nothing was claimable.
+
+    On PostgreSQL a completion with no child waiting and its claim are one statement
+    (:func:`~kanban_orm.queries.completing_and_claiming`); otherwise, and on SQLite and
+    MariaDB/MySQL, one transaction runs the completion's statements, then the claim's.
+    Expired leases are taken over as :func:`claim_many` does, in a transaction of their
+    own after this one (before it, they could take over the very task being completed).
+    """
+    task_id = check.task_id(task_id)
+    token = steps.token(claim_lock)
+    completion = _Completion(
+        task_id,
+        token,
+        check.text(result, "result"),
+        check.text(summary, "summary"),
+        check.json_object(metadata, "metadata"),
+    )
+    wanted = _ClaimFilter.of(claimer, limit, assignee, tenant, ttl_seconds)
+
+    def work(s: Tx, limit: int) -> list[Task]:
+        completion.write(s)
+        return wanted.claim(s, limit)
+
+    def first(limit: int) -> list[Task]:
+        claimed = _complete_uncontested_and_claim(session, completion, wanted, limit)
+        if claimed is not None:
+            return claimed
+        return run_write(session, lambda s: work(s, limit))
+
+    return _claiming(session, wanted, first, reclaim_first=False)
+
+
+class _Completion:
+    """A fenced completion's checked arguments (complete_and_claim_many)."""
+
+    __slots__ = ("metadata", "result", "summary", "task_id", "token")
+
+    def __init__(
+        self,
+        task_id: int,
+        token: str,
+        result: str | None,
+        summary: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> None:
+        self.task_id, self.token, self.result = task_id, token, result
+        self.summary, self.metadata = summary, metadata
+
+    def write(self, s: Tx) -> None:
+        """The transaction path of complete_task, in the caller's transaction (the
+        completed task is not returned, so it is not built)."""
+        _record_completion(s, self.task_id, self.token, self.result, self.summary, self.metadata)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "token": self.token,
+            "task_result": self.result,
+            "run_summary": self.summary,
+            "run_metadata": self.metadata,
+        }
+
+
+#: A claimed task's row from completing_and_claiming's, whose last column is not the
+#: task's (Tx.attach maps every column it is given).
+_TaskRow = namedtuple("_TaskRow", [column.key for column in q.tasks.c])  # type: ignore[misc]
+
+
+def _complete_uncontested_and_claim(
+    session: Session, completion: _Completion, wanted: _ClaimFilter, limit: int
+) -> list[Task] | None:
+    """The completion and the claim in one statement that is its own transaction, where
+    the backend has one (Backend.uncontested_completion_and_claim): the claimed tasks;
+    None when it completed nothing or there is no such statement, and the caller takes
+    the transaction path (which promotes, and explains a claim that no longer holds)."""
+    statement = backends.of(session).uncontested_completion_and_claim(
+        wanted.by_assignee, wanted.by_tenant
+    )
+    if statement is None:
+        return None
+    params = {**completion.params(), **wanted.limited(limit), "claimer": wanted.who}
+
+    def work(s: Tx) -> list[Task] | None:
+        rows = s.execute(statement, params).all()
+        if rows:
+            claimed = [_TaskRow(*row[:-1]) for row in rows if row.id is not None]
+            return [s.attach(Task, row) for row in claimed]
+        # A replay whose first attempt had landed: completed, and whatever it claimed is
+        # not ours to know (as a replayed claim_next's); claim now.
+        pair = [(completion.task_id, completion.token)]
+        if steps.batch_landed(s, pair, "completed") is None:
+            return None
+        return wanted.claim(s, limit)
+
+    return run_write(session, work, one_statement=True)
+
+
 def _complete_uncontested(
     session: Session,
     pairs: list[tuple[int, str]],
@@ -478,12 +676,28 @@ def _complete(
     summary: str | None,
     metadata: dict[str, Any] | None,
 ) -> Task:
+    done = _record_completion(s, task_id, token, task_result, summary, metadata)
+    return steps.load_task(s, task_id) if done is None else s.attach(Task, done)
+
+
+def _record_completion(
+    s: Tx,
+    task_id: int,
+    token: str | None,
+    task_result: str | None,
+    summary: str | None,
+    metadata: dict[str, Any] | None,
+) -> Any:
+    """complete_task's writes, in the caller's transaction: the task's new row, or None
+    for a replay whose first attempt had landed (see steps.refused)."""
     statement = q.COMPLETE_FORCED if token is None else q.COMPLETE_HELD
     done = s.execute(
         statement, {"task_id": task_id, "token": token, "task_result": task_result}
     ).first()
     if done is None:
-        return steps.refused(s, task_id, Status.DONE, token, "completed")
+        if steps.already_landed(s, task_id, token, "completed"):
+            return None
+        steps.explain(s, task_id, Status.DONE, token)
     steps.finish_run(
         s,
         task_id,
@@ -493,7 +707,7 @@ def _complete(
         metadata=metadata,
         promote=True,
     )
-    return s.attach(Task, done)
+    return done
 
 
 def fail_task(
@@ -732,6 +946,8 @@ __all__ = [
     "claim_many",
     "claim_next",
     "claim_task",
+    "complete_and_claim_many",
+    "complete_and_claim_next",
     "complete_many",
     "complete_task",
     "create_task",

@@ -5,15 +5,17 @@
 runs CMD once per task. The rules, for both:
 
 * up to ``concurrency`` tasks at a time, each in its own thread and Session; claims go
-  through :func:`~kanban_orm.service.claim_next` with the worker's assignee/tenant filter;
+  through :func:`~kanban_orm.service.claim_many` with the worker's assignee/tenant filter;
 * while a handler runs, its lease is renewed every ``ttl/3`` seconds; if a heartbeat finds
   the claim lost (the lease expired and was reclaimed), the handler's outcome is dropped
   and a cancellable handler is cancelled;
-* a handler that returns completes the task with the returned string as its result; one
-  that raises fails it (:func:`~kanban_orm.service.fail_task`, so the task is retried with
-  backoff until ``max_attempts``, then blocked). :class:`TaskFailed` sets the error text
-  and whether to retry; any other exception records its traceback's tail. A result the
-  kernel refuses (not a string, NUL characters) fails the task with the reason;
+* a handler that returns completes the task with the returned string as its result, and
+  a slot that will claim again claims its next task in the same transaction
+  (:func:`~kanban_orm.service.complete_and_claim_many`; a stopping worker completes
+  only); one that raises fails it (:func:`~kanban_orm.service.fail_task`, so the task is
+  retried with backoff until ``max_attempts``, then blocked). :class:`TaskFailed` sets
+  the error text and whether to retry; any other exception records its traceback's
+  tail. A result the kernel refuses (not a string, NUL characters) fails the task with the reason;
 * :class:`~kanban_orm.errors.ClaimLost` while completing or failing is logged and skipped:
   the task belongs to someone else now;
 * the database going away (:class:`~kanban_orm.errors.DatabaseUnavailable`: a restart, an
@@ -24,6 +26,14 @@ runs CMD once per task. The rules, for both:
   database is back, if that is before the lease ends (after it, the task is reclaimed
   and run again: at-least-once). A recording whose earlier try lost its connection
   checks whether that try had landed, so it is not mistaken for a lost claim;
+* each slot keeps its pooled connection between calls (a
+  :class:`~kanban_orm.db.KeepingSession`), unless the engine's pool is too small to lend
+  every slot one (a Worker given ``sessions`` uses them as they are);
+* with ``prefetch=N`` a slot whose handlers are short (N + 1 of them take less than one
+  heartbeat interval) claims up to N + 1 tasks at once and runs them one after another.
+  The ones waiting hold their leases like a running one: the heartbeat thread renews
+  them, and a stopping worker releases them at once (outcome ``released``, no attempt
+  counted), so a Worker never holds more than ``concurrency * (1 + prefetch)`` claims;
 * when nothing is claimable a slot sleeps with exponential backoff (``idle_min`` doubling
   to ``idle_max``); with ``drain=True`` it stops instead, and :meth:`Worker.run` returns
   once every slot has stopped;
@@ -47,9 +57,10 @@ import subprocess
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -71,10 +82,18 @@ from .serialize import comment_json, event_json, iso, run_json, task_json  # noq
 
 log = logging.getLogger("kanban_orm.worker")
 
+#: The most tasks a slot may hold claimed beside the one it runs (``prefetch``).
+MAX_PREFETCH = 100
+
+#: Connections of the engine's pool a Worker leaves free when its slots keep theirs
+#: (the heartbeat thread, the housekeeper and a caller's own sessions use them).
+POOL_HEADROOM = 3
+
 #: How much of a traceback or of a command's stderr is kept as a failed run's error.
 ERROR_TAIL_CHARS = 4000
 
 Handler = Callable[[Task], str | None]
+T = TypeVar("T")
 
 #: What the worker waits out instead of stopping: the database restarting or away, its
 #: locks, a SQLite file made read-only for a while.
@@ -148,6 +167,28 @@ class _Outage:
             log.warning("the database is back after %.1fs; resuming", time.monotonic() - since)
 
 
+class _Average:
+    """A slot's recent handler time: an exponentially weighted mean, None before any."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+
+    def add(self, seconds: float) -> None:
+        self.value = seconds if self.value is None else 0.8 * self.value + 0.2 * seconds
+
+
+def _pool_capacity(engine: Any) -> float:
+    """How many connections the engine's pool lends at once (QueuePool: its size plus
+    its overflow); unbounded for a pool that does not say."""
+    size = getattr(engine.pool, "size", None)
+    overflow = getattr(engine.pool, "_max_overflow", None)
+    if not callable(size) or not isinstance(overflow, int) or overflow < 0:
+        return float("inf")
+    return float(size() + overflow)
+
+
 def default_claimer() -> str:
     """``host:pid``: unique among live workers, and readable in a run's ``claimer``."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -163,8 +204,10 @@ class Worker:
 
     ``ttl_seconds`` is the lease asked for on every claim and heartbeat (default: the
     configured claim TTL); heartbeats run every ``heartbeat_seconds`` (default
-    ``ttl/3``). ``housekeeping=True`` also runs a :class:`~kanban_orm.maintenance.Housekeeper`
-    (prune on the ``KANBAN_RETENTION_*`` schedule) while the worker runs. See the module
+    ``ttl/3``). ``prefetch`` (0 to :data:`MAX_PREFETCH`, default 0) lets each slot hold
+    that many claimed tasks beside the one it runs while its handlers are short.
+    ``housekeeping=True`` also runs a :class:`~kanban_orm.maintenance.Housekeeper` (prune
+    on the ``KANBAN_RETENTION_*`` schedule) while the worker runs. See the module
     docstring for the outcome rules.
     """
 
@@ -185,6 +228,7 @@ class Worker:
         idle_max: float = 5.0,
         heartbeat_seconds: float | None = None,
         housekeeping: bool = False,
+        prefetch: int = 0,
     ) -> None:
         # Checked here, not when run() first uses them: a bad argument is the caller's
         # mistake to see at once, not a worker thread's to die of later.
@@ -201,6 +245,12 @@ class Worker:
         self.handler = handler
         self.url = url
         self._sessions: Callable[[], Session] = sessions or (lambda: db.connect(url))
+        #: Slots keep their pooled connection between calls when the Worker makes its own
+        #: sessions (see _slot_session); a caller's factory is used as it is.
+        self._own_sessions = sessions is None
+        self.prefetch = check.integer(prefetch, "prefetch", minimum=0)
+        if self.prefetch > MAX_PREFETCH:
+            raise InvalidInput(f"prefetch must be at most {MAX_PREFETCH}, not {self.prefetch}")
         self.claimer = default_claimer() if claimer is None else steps.claimer_name(claimer)
         self.assignee = check.name(assignee, "assignee")
         self.tenant = check.name(tenant, "tenant")
@@ -311,37 +361,47 @@ class Worker:
     # -- the loop of one slot -----------------------------------------------------------
 
     def _slot(self) -> None:
-        session = self._sessions()
+        session = self._slot_session()
         idle = self.idle_min
+        #: Tasks this slot holds claimed and has not started yet (prefetched): their
+        #: jobs are registered, so the heartbeat thread renews their leases.
+        waiting: deque[_Job] = deque()
+        handler_seconds = _Average()
         try:
             while not self.stopping:
-                try:
-                    task = service.claim_next(
-                        session,
-                        claimer=self.claimer,
-                        assignee=self.assignee,
-                        tenant=self.tenant,
-                        ttl_seconds=self.ttl_seconds,
-                    )
-                except OUTAGE as error:
-                    # Not the end of the worker: back off (idle doubles up to idle_max)
-                    # and claim again; the first failure of an outage is logged.
-                    self._outage.failed("claim", error)
-                    self._stop.wait(idle)
-                    idle = min(self.idle_max, idle * 2)
-                    continue
-                self._outage.ok()
-                if task is None:
-                    if self.drain:
+                if not waiting:
+                    try:
+                        claimed = service.claim_many(
+                            session,
+                            claimer=self.claimer,
+                            limit=self._batch(handler_seconds),
+                            assignee=self.assignee,
+                            tenant=self.tenant,
+                            ttl_seconds=self.ttl_seconds,
+                        )
+                    except OUTAGE as error:
+                        # Not the end of the worker: back off (idle doubles up to
+                        # idle_max) and claim again; the first failure of an outage is logged.
+                        self._outage.failed("claim", error)
+                        self._stop.wait(idle)
+                        idle = min(self.idle_max, idle * 2)
+                        continue
+                    self._outage.ok()
+                    if not claimed:
+                        if self.drain:
+                            return
+                        self._stop.wait(idle)
+                        idle = min(self.idle_max, idle * 2)
+                        continue
+                    idle = self.idle_min
+                    waiting.extend(self._hold(task) for task in claimed)
+                    if self.stopping:  # stop() came while the claim was in flight
                         return
-                    self._stop.wait(idle)
-                    idle = min(self.idle_max, idle * 2)
-                    continue
-                idle = self.idle_min
-                if self.stopping:  # stop() came while the claim was in flight
-                    self._hand_back(session, task)
-                    return
-                self._work_on(session, task)
+                job = waiting.popleft()
+                more = self._work_on(
+                    session, job, claim_next=not waiting, durations=handler_seconds
+                )
+                waiting.extend(self._hold(task) for task in more)
         except BaseException as error:
             if self._error is None:
                 self._error = error
@@ -349,15 +409,33 @@ class Worker:
             log.debug("worker slot stopped by an unexpected error: %r", error)
             self.stop()
         finally:
-            session.close()
+            try:
+                self._hand_back(session, waiting)
+            finally:
+                session.close()
 
-    def _hand_back(self, session: Session, task: Task) -> None:
-        assert task.claim_lock is not None
-        job = _Job(task=task, claim_lock=task.claim_lock, settled=True)
-        self._count("claimed")
-        self._release(session, job, "worker stopping")
+    def _slot_session(self) -> Session:
+        """A slot's Session: one that keeps its pooled connection between calls (a
+        checkout and check-in per call is a noticeable share of a short task's cost),
+        unless the pool is too small to lend every slot one for good."""
+        if not self._own_sessions:
+            return self._sessions()
+        engine = db.cached_engine(self.url)
+        keep = self.concurrency + POOL_HEADROOM <= _pool_capacity(engine)
+        return db.session_factory(engine, keep_connection=keep)()
 
-    def _work_on(self, session: Session, task: Task) -> None:
+    def _batch(self, handler_seconds: _Average) -> int:
+        """How many tasks a slot claims at once: with ``prefetch``, 1 + prefetch while
+        its handlers are short, that is while the batch is done within one heartbeat
+        interval, so tasks held waiting never outnumber what the next heartbeat would
+        renew anyway (they are heartbeated all the same, should a handler run long)."""
+        if not self.prefetch or handler_seconds.value is None:
+            return 1
+        short = handler_seconds.value * (1 + self.prefetch) < self.heartbeat_seconds
+        return 1 + self.prefetch if short else 1
+
+    def _hold(self, task: Task) -> _Job:
+        """A claimed task's job, registered for heartbeats from now on."""
         assert task.claim_lock is not None  # a claimed task holds its token
         job = _Job(task=task, claim_lock=task.claim_lock)
         job.lease_until = time.monotonic() + self._lease
@@ -365,7 +443,27 @@ class Worker:
             self._jobs[task.id] = job
             self.stats.claimed += 1
         log.info("task %s: claimed (attempt %s): %s", task.id, task.attempts, task.title)
+        return job
+
+    def _hand_back(self, session: Session, waiting: deque[_Job]) -> None:
+        """Release the tasks a stopping slot holds and has not started."""
+        while waiting:
+            job = waiting.popleft()
+            try:
+                if self._settle(job):
+                    self._release(session, job, "worker stopping")
+            finally:
+                with self._jobs_lock:
+                    self._jobs.pop(job.task.id, None)
+
+    def _work_on(
+        self, session: Session, job: _Job, *, claim_next: bool, durations: _Average
+    ) -> list[Task]:
+        """Run the handler on the job's task and record its outcome; the tasks claimed
+        with the completion (``claim_next``: the slot holds nothing else)."""
+        task = job.task
         try:
+            started = time.monotonic()
             try:
                 result = self.handler(task)
             except TaskFailed as failure:
@@ -378,10 +476,13 @@ class Worker:
                     self._release(session, job, "the handler was interrupted")
                 raise
             else:
-                self._finish(session, job, result=result)
+                durations.add(time.monotonic() - started)
+                limit = self._batch(durations) if claim_next else 0
+                return self._finish(session, job, result=result, claim_next=limit)
         finally:
             with self._jobs_lock:
                 self._jobs.pop(task.id, None)
+        return []
 
     def _settle(self, job: _Job) -> bool:
         """Claim the right to record the job's outcome; False if it was decided already."""
@@ -399,26 +500,25 @@ class Worker:
         result: Any = None,
         error: str | None = None,
         retry: bool = True,
-    ) -> None:
+        claim_next: int = 0,
+    ) -> list[Task]:
+        """Record the handler's outcome; with ``claim_next`` (a limit), a completion also
+        claims up to that many tasks, in the same transaction, unless the worker is
+        stopping by then: the tasks it claimed."""
         task_id = job.task.id
         if not self._settle(job):
             log.info("task %s: handler finished after its claim was given up; ignored", task_id)
-            return
+            return []
         try:
             if error is None:
                 try:
-                    self._recording(
-                        job,
-                        lambda: service.complete_task(
-                            session, task_id, claim_lock=job.claim_lock, result=result
-                        ),
-                    )
+                    claimed = self._complete(session, job, result, claim_next)
                 except InvalidInput as refused:
                     error, retry = f"result refused: {refused}", False
                 else:
                     self._count("completed")
                     log.info("task %s: completed", task_id)
-                    return
+                    return claimed
             stored = _storable(error)
             failed = self._recording(
                 job,
@@ -434,6 +534,36 @@ class Worker:
         except KanbanError as failure:
             # The lease was not renewed; the task will be reclaimed when it expires.
             log.error("task %s: could not record the outcome: %s", task_id, failure)
+        return []
+
+    def _complete(self, session: Session, job: _Job, result: Any, claim_next: int) -> list[Task]:
+        """Complete the job's task, claiming up to ``claim_next`` more in the same
+        transaction (:func:`~kanban_orm.service.complete_and_claim_many`) while the
+        worker is not stopping. Tried again across an outage as a completion alone: a
+        worker with its outcome unrecorded claims nothing new."""
+        task_id, token = job.task.id, job.claim_lock
+
+        def complete_only() -> list[Task]:
+            service.complete_task(session, task_id, claim_lock=token, result=result)
+            return []
+
+        def complete_and_claim() -> list[Task]:
+            if self.stopping:
+                return complete_only()
+            return service.complete_and_claim_many(
+                session,
+                task_id,
+                claim_lock=token,
+                result=result,
+                claimer=self.claimer,
+                limit=claim_next,
+                assignee=self.assignee,
+                tenant=self.tenant,
+                ttl_seconds=self.ttl_seconds,
+            )
+
+        first = complete_and_claim if claim_next else complete_only
+        return self._recording(job, first, again=complete_only)
 
     def _what_next(self, failed: Task) -> str:
         """What becomes of a failed task: retried when (and whether a drain waits), or
@@ -448,26 +578,31 @@ class Worker:
             line += ", which this drain does not wait for"
         return line
 
-    def _recording(self, job: _Job, record: Callable[[], Task]) -> Task:
-        """``record()`` (a fenced completion or failure), tried again across an outage
-        while the job's lease may still hold: a database back before the lease ends
-        gets the handler's outcome. A try after one whose connection was lost asks
-        whether that one's COMMIT had landed (db.resolving_unknown_outcome), so a
-        landed outcome is not mistaken for a lost claim."""
+    def _recording(
+        self, job: _Job, record: Callable[[], T], *, again: Callable[[], T] | None = None
+    ) -> T:
+        """``record()`` (a fenced completion or failure), tried again (as ``again()``,
+        if given) across an outage while the job's lease may still hold: a database
+        back before the lease ends gets the handler's outcome. A try after one whose
+        connection was lost asks whether that one's COMMIT had landed
+        (db.resolving_unknown_outcome), so a landed outcome is not mistaken for a lost
+        claim."""
         delay = self.idle_min
         unknown = False
+        attempt = record
         while True:
             try:
                 if not unknown:
-                    recorded = record()
+                    recorded = attempt()
                 else:
                     with db.resolving_unknown_outcome():
-                        recorded = record()
+                        recorded = attempt()
             except OUTAGE as error:
                 if time.monotonic() + delay >= job.lease_until:
                     raise  # the lease is over: the task will be reclaimed
                 self._outage.failed(f"task {job.task.id}: recording its outcome", error)
                 unknown = unknown or isinstance(error, DatabaseUnavailable)
+                attempt = again or record
                 greenlets.pause(delay)  # aio.Worker records outcomes on its event loop
                 delay = min(self.idle_max, delay * 2)
             else:

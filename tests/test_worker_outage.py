@@ -90,13 +90,13 @@ def test_worker_rides_out_a_restart_and_an_outage_and_records_every_outcome(
         return f"done {task.id}"
 
     claims: list[float] = []
-    real_claim = service.claim_next
+    real_claim = service.claim_many  # a slot's claim when it holds no task
 
-    def counted_claim(*args: Any, **kw: Any) -> Task | None:
+    def counted_claim(*args: Any, **kw: Any) -> list[Task]:
         claims.append(time.monotonic())
         return real_claim(*args, **kw)
 
-    monkeypatch.setattr(service, "claim_next", counted_claim)
+    monkeypatch.setattr(service, "claim_many", counted_claim)
     worker = kb.Worker(
         handler,
         sessions=kb.session_factory(engine),

@@ -143,3 +143,35 @@ def drain_with_aio(url: str, name: str, coroutines: int, barrier: Barrier, out: 
         return completed
 
     Path(out).write_text(json.dumps(asyncio.run(drain())))
+
+
+def drain_completing_and_claiming(url: str, name: str, barrier: Barrier, out: str) -> None:
+    """Drain the board with complete_and_claim_next: every completion claims the next."""
+    session = kb.connect(url, keep_connection=True)
+    completed: list[int] = []
+    try:
+        barrier.wait(timeout=60)
+        task = kb.claim_next(session, claimer=name)
+        while task is not None:
+            assert task.claim_lock is not None
+            held = task.id, task.claim_lock
+            task = kb.complete_and_claim_next(session, held[0], claim_lock=held[1], claimer=name)
+            completed.append(held[0])
+    finally:
+        session.close()
+    Path(out).write_text(json.dumps(completed))
+
+
+def run_a_worker(url: str, name: str, prefetch: int, barrier: Barrier, out: str) -> None:
+    """A kb.Worker (2 slots, ``prefetch``) draining the board; the ids its handler saw."""
+    seen: list[int] = []
+
+    def handler(task: kb.Task) -> str:
+        seen.append(task.id)
+        return "ok"
+
+    worker = kb.Worker(handler, url=url, claimer=name, concurrency=2, prefetch=prefetch, drain=True)
+    barrier.wait(timeout=60)
+    stats = worker.run()
+    assert stats.completed == len(seen), stats
+    Path(out).write_text(json.dumps(seen))

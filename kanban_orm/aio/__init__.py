@@ -49,6 +49,8 @@ board_stats = awaitable(_kb.board_stats, "board_stats")
 claim_many = awaitable(_kb.claim_many, "claim_many")
 claim_next = awaitable(_kb.claim_next, "claim_next")
 claim_task = awaitable(_kb.claim_task, "claim_task")
+complete_and_claim_many = awaitable(_kb.complete_and_claim_many, "complete_and_claim_many")
+complete_and_claim_next = awaitable(_kb.complete_and_claim_next, "complete_and_claim_next")
 complete_many = awaitable(_kb.complete_many, "complete_many")
 complete_task = awaitable(_kb.complete_task, "complete_task")
 create_task = awaitable(_kb.create_task, "create_task")
@@ -91,6 +93,8 @@ TRANSITION_NAMES = (
     "claim_many",
     "claim_next",
     "claim_task",
+    "complete_and_claim_many",
+    "complete_and_claim_next",
     "complete_many",
     "complete_task",
     "create_task",
@@ -137,6 +141,8 @@ __all__ = [
     "claim_many",
     "claim_next",
     "claim_task",
+    "complete_and_claim_many",
+    "complete_and_claim_next",
     "complete_many",
     "complete_task",
     "configure_engine",

@@ -16,6 +16,7 @@ import inspect
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -213,6 +214,7 @@ class Worker:
         assert self._sessions is not None
         session = self._sessions()
         idle = core.idle_min
+        durations = sync_worker._Average()
         try:
             while not core.stopping:
                 try:
@@ -237,10 +239,13 @@ class Worker:
                     idle = min(core.idle_max, idle * 2)
                     continue
                 idle = core.idle_min
+                job = core._hold(task)
                 if core.stopping:  # stop() came while the claim was in flight
-                    await run(session, core._hand_back, task)
+                    await run(session, core._hand_back, deque([job]))
                     return
-                await run(session, core._work_on, task)
+                # Outcomes only (claim_next=False): the next claim is this loop's, so an
+                # idle slot waits on the loop, not in the greenlet.
+                await run(session, core._work_on, job, claim_next=False, durations=durations)
         except asyncio.CancelledError:
             raise
         except BaseException as error:

@@ -155,6 +155,15 @@ class Backend(Protocol):
         None where there is none: completions then take the transaction path."""
         ...
 
+    def uncontested_completion_and_claim(
+        self, by_assignee: bool, by_tenant: bool
+    ) -> ClauseElement | None:
+        """A statement that is its own transaction completing one held claim, when no
+        child can be waiting, and then claiming (see
+        :func:`~kanban_orm.queries.completing_and_claiming`); None where there is none:
+        complete_and_claim_many then takes the transaction path."""
+        ...
+
     # -- locks and ordering ---------------------------------------------------------
 
     def lock_link_graph(self, s: Tx) -> None:
@@ -278,6 +287,11 @@ class PortableBackend:
         return done
 
     def uncontested_completion(self, one: bool) -> ClauseElement | None:
+        return None
+
+    def uncontested_completion_and_claim(
+        self, by_assignee: bool, by_tenant: bool
+    ) -> ClauseElement | None:
         return None
 
     def lock_link_graph(self, s: Tx) -> None:

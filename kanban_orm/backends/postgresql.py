@@ -193,6 +193,11 @@ class PostgreSQLBackend(PortableBackend):
     def uncontested_completion(self, one: bool) -> ClauseElement | None:
         return q.COMPLETE_ONE_UNCONTESTED if one else q.COMPLETE_UNCONTESTED
 
+    def uncontested_completion_and_claim(
+        self, by_assignee: bool, by_tenant: bool
+    ) -> ClauseElement | None:
+        return q.completing_and_claiming(by_assignee, by_tenant)
+
     def lock_link_graph(self, s: Tx) -> None:
         # SQLite's BEGIN IMMEDIATE already runs one writer at a time.
         s.execute(LOCK_LINK_GRAPH, {"key": LINK_GRAPH_LOCK_KEY})

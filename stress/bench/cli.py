@@ -28,7 +28,7 @@ from .core import (
 )
 from .mariadb import DEFAULT_MYSQL_URL, MYSQL_URL_ENV, mysql_database
 from .report import chart, render, targets
-from .systems import ALL_KEYS, RAW, system, systems
+from .systems import ALL_KEYS, LEAN, RAW, system, systems
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/kanban_bench"
 PG_URL_ENV = "KANBAN_BENCH_POSTGRES_URL"
@@ -381,16 +381,25 @@ def failed(found: System, procs: int, queued: int, tasks: int, table: str, why: 
 
 
 def add_ratios(results: list[Result]) -> None:
-    """Each row's rate over the raw baseline's in the same table, backend and shape."""
+    """Each row's rate over the raw baseline's, and over the lean kernel's, in the same
+    table, backend and shape."""
     raw = {
         (r.table, r.backend, r.procs, r.queued): r.rate
         for r in results
         if r.system == RAW and r.rate
     }
+    lean = {
+        (r.table, r.backend, r.procs, r.queued): r.rate
+        for r in results
+        if r.system == LEAN and r.rate
+    }
     for r in results:
         base = raw.get((r.table, r.backend, r.procs, r.queued))
         if base and r.rate:
             r.ratio = r.rate / base
+        ceiling = lean.get((r.table, r.backend, r.procs, r.queued))
+        if ceiling and r.rate:
+            r.lean_ratio = r.rate / ceiling
 
 
 def write_json(

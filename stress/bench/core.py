@@ -106,6 +106,8 @@ class Result:
     note: str
     table: str = "main"
     ratio: float | None = None
+    #: The rate over the lean SQLite kernel's in the same table and shape (SQLite rows).
+    lean_ratio: float | None = None
     #: Every repeat's rate (--repeat); ``rate`` is their median.
     rates: list[float | None] = field(default_factory=list)
 

@@ -25,6 +25,10 @@ def _ratio(r: Result) -> str:
     return f"{r.ratio:.2f}x" if r.ratio is not None else "-"
 
 
+def _lean_ratio(r: Result) -> str:
+    return f"{r.lean_ratio:.2f}x" if r.lean_ratio is not None else "-"
+
+
 def _verdict(r: Result) -> str:
     if r.exactly_once:
         return "[green]yes[/]"
@@ -40,13 +44,15 @@ def _verdict(r: Result) -> str:
 def main_table(results: list[Result], plan: Plan) -> Table:
     table = Table(
         title=f"Zero-work claim -> complete: {plan.tasks:,} tasks, {plan.procs} processes",
-        caption="x raw: rate over the raw-driver baseline on the same backend",
+        caption="x raw: rate over the raw-driver baseline on the same backend; x lean: over "
+        "the lean SQLite kernel (raw loop, minimal schema)",
     )
     for name, justify in [
         ("backend", "left"),
         ("system", "left"),
         ("tasks/s", "right"),
         ("x raw", "right"),
+        ("x lean", "right"),
         ("seconds", "right"),
         ("exactly once", "left"),
         ("API / notes", "left"),
@@ -54,7 +60,16 @@ def main_table(results: list[Result], plan: Plan) -> Table:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for r in results:
         seconds = f"{r.seconds:.2f}" if r.seconds else "-"
-        table.add_row(r.backend, r.label, _rate(r), _ratio(r), seconds, _verdict(r), r.note)
+        table.add_row(
+            r.backend,
+            r.label,
+            _rate(r),
+            _ratio(r),
+            _lean_ratio(r),
+            seconds,
+            _verdict(r),
+            r.note,
+        )
     return table
 
 
@@ -122,6 +137,8 @@ TARGETS = (
     ("PostgreSQL claim_next >= 0.95x raw", POSTGRES, "kb-next", "raw", 0.95),
     ("PostgreSQL claim_many(10) >= 1.5x pgqueuer", POSTGRES, "kb-many10", "pgqueuer", 1.5),
     ("MariaDB claim_next >= 0.9x raw", MYSQL, "kb-next", "raw", 0.9),
+    ("SQLite Worker, no-op >= 0.5x the lean kernel", SQLITE, "kb-worker", "lean", 0.5),
+    ("PostgreSQL Worker, no-op >= 0.9x raw", POSTGRES, "kb-worker", "raw", 0.9),
 )
 #: Claim cost must not grow with backlog: the largest backlog's rate within 1.2x of the
 #: smallest's.

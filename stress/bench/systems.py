@@ -8,14 +8,24 @@ from __future__ import annotations
 
 from functools import cache
 
-from . import kanban, mariadb, peers
+from . import kanban, mariadb, peers, worker
 from .core import POSTGRES, SQLITE, System
 
 RAW = "raw"
 RAW_STEPS = "raw-steps"
+LEAN = "lean"
 KANBAN_KEYS = ("kb-next", "kb-many10", "kb-many50")
+WORKER_KEYS = ("kb-worker", "kb-worker-10ms")
 PEER_KEYS = {SQLITE: ("huey", "litequeue"), POSTGRES: ("procrastinate", "pgqueuer")}
-ALL_KEYS = (*KANBAN_KEYS, RAW, RAW_STEPS, *PEER_KEYS[SQLITE], *PEER_KEYS[POSTGRES])
+ALL_KEYS = (
+    *KANBAN_KEYS,
+    *WORKER_KEYS,
+    RAW,
+    RAW_STEPS,
+    LEAN,
+    *PEER_KEYS[SQLITE],
+    *PEER_KEYS[POSTGRES],
+)
 
 
 @cache
@@ -61,6 +71,17 @@ def systems() -> dict[tuple[str, str], System]:
             consumer=kanban.raw_consumer,
             verify=kanban.verify,
         )
+        found.update(_worker_systems(backend))
+    found[LEAN, SQLITE] = System(
+        key=LEAN,
+        label="lean kernel (raw, minimal schema)",
+        backend=SQLITE,
+        kind="raw",
+        note="the raw sqlite3 loop on tasks with one index, runs and events with none, no FK",
+        setup=worker.lean_seed,
+        consumer=worker.lean_consumer,
+        verify=kanban.verify,
+    )
     found[RAW_STEPS, POSTGRES] = System(
         key=RAW_STEPS,
         label="raw, a statement per step",
@@ -75,6 +96,33 @@ def systems() -> dict[tuple[str, str], System]:
         found[peer.key, peer.backend] = peer
     found.update(mariadb.systems())
     return found
+
+
+def _worker_systems(backend: str) -> dict[tuple[str, str], System]:
+    rows = {
+        "kb-worker": ("kanban_orm Worker, no-op", "kb.Worker(drain=True), a no-op handler, 1 slot"),
+        "kb-worker-10ms": (
+            "kanban_orm Worker, 10 ms x8",
+            f"kb.Worker(drain=True), a 10 ms handler, {worker.SLOW_CONCURRENCY} slots",
+        ),
+    }
+    consumers = {
+        "kb-worker": worker.kb_worker_consumer,
+        "kb-worker-10ms": worker.kb_worker_slow_consumer,
+    }
+    return {
+        (key, backend): System(
+            key=key,
+            label=label,
+            backend=backend,
+            kind="kanban_orm",
+            note=note,
+            setup=kanban.seed,
+            consumer=consumers[key],
+            verify=kanban.verify,
+        )
+        for key, (label, note) in rows.items()
+    }
 
 
 def system(key: str, backend: str | None = None) -> System:

@@ -1,0 +1,180 @@
+"""The Worker rows and the lean SQLite kernel.
+
+``kb-worker``: what users run, ``kb.Worker`` with a no-op handler, one slot per
+process, draining the board. ``kb-worker-10ms``: the same with a handler that sleeps
+10 ms, 8 slots per process. Both count what their handler saw, and are judged like the
+API rows (kanban.verify).
+
+``lean`` (SQLite): the ceiling for any design on SQLite, the raw loop's transactions on
+a minimal schema: tasks with one index on (status, priority, id), runs and events with
+no secondary index and no foreign key; BEGIN IMMEDIATE, WAL, synchronous=NORMAL. Its
+tables carry the kernel's table and column names, so the kernel's verify reads them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from contextlib import closing
+from typing import Any
+
+import kanban_orm as kb
+
+from .core import Loop, Target
+from .kanban import (
+    _CLAIMED_PAYLOAD,
+    _COMPLETED_PAYLOAD,
+    _NULL_JSON,
+    _SQLITE_NOW,
+    SQLITE_CLAIM,
+    SQLITE_EVENT,
+    SQLITE_OPEN_RUN,
+    SQLITE_SET_RUN,
+    TTL_SECONDS,
+    _sqlite_connect,
+    _sqlite_write,
+)
+
+#: The 10 ms handler's slots per process.
+SLOW_CONCURRENCY = 8
+SLOW_HANDLER_SECONDS = 0.010
+
+
+def worker_consumer(
+    target: Target, index: int, concurrency: int, pause: float, prefetch: int = 0
+) -> Loop:
+    """A kb.Worker draining the board; the loop returns the ids its handler was given."""
+    warm = kb.connect(target.url)
+    kb.board_stats(warm)  # the engine, its pool and a connection, before the clock runs
+    warm.close()
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def handler(task: kb.Task) -> None:
+        if pause:
+            time.sleep(pause)
+        with lock:
+            seen.append(task.id)
+
+    # prefetch only when asked for: a Worker from before it existed can run this too.
+    extra: dict[str, Any] = {"prefetch": prefetch} if prefetch else {}
+    worker = kb.Worker(
+        handler,
+        url=target.url,
+        claimer=f"bench-{index}",
+        concurrency=concurrency,
+        ttl_seconds=TTL_SECONDS,
+        drain=True,
+        **extra,
+    )
+
+    def loop() -> list[int]:
+        stats = worker.run()
+        if stats.completed != len(seen):
+            raise RuntimeError(f"the worker's stats disagree with its handler: {stats}")
+        return seen
+
+    return loop
+
+
+def kb_worker_consumer(target: Target, index: int, quota: int) -> Loop:
+    return worker_consumer(target, index, 1, 0.0)
+
+
+def kb_worker_slow_consumer(target: Target, index: int, quota: int) -> Loop:
+    return worker_consumer(target, index, SLOW_CONCURRENCY, SLOW_HANDLER_SECONDS)
+
+
+# -- the lean SQLite kernel ---------------------------------------------------------------
+
+LEAN_SCHEMA = """
+CREATE TABLE kanban_tasks (
+    id INTEGER PRIMARY KEY, title TEXT NOT NULL, status TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0, claim_lock TEXT, claim_expires TEXT,
+    current_run_id INTEGER, attempts INTEGER NOT NULL DEFAULT 0,
+    version INTEGER NOT NULL DEFAULT 1, run_at TEXT, result TEXT, block_reason TEXT,
+    created_at TEXT, updated_at TEXT, started_at TEXT, completed_at TEXT
+);
+CREATE INDEX lean_claim_order ON kanban_tasks (status, priority DESC, id);
+CREATE TABLE kanban_task_runs (
+    id INTEGER PRIMARY KEY, task_id INTEGER NOT NULL, attempt INTEGER NOT NULL,
+    claimer TEXT, claim_lock TEXT, started_at TEXT, last_heartbeat_at TEXT,
+    ended_at TEXT, outcome TEXT, summary TEXT, metadata TEXT, error TEXT
+);
+CREATE TABLE kanban_task_events (
+    id INTEGER PRIMARY KEY, task_id INTEGER NOT NULL, run_id INTEGER,
+    kind TEXT NOT NULL, payload TEXT, created_at TEXT
+);
+"""
+
+#: The raw loop's completion, its run closed by id: without an index on the runs' task
+#: id, closing it by task would scan every run.
+LEAN_COMPLETE = f"""
+UPDATE kanban_tasks SET
+    status = 'done', result = NULL, block_reason = NULL, completed_at = {_SQLITE_NOW},
+    claim_lock = NULL, claim_expires = NULL, current_run_id = NULL,
+    version = version + 1, updated_at = {_SQLITE_NOW}
+WHERE id = ? AND status = 'running' AND claim_lock = ?
+RETURNING id
+"""
+LEAN_CLOSE_RUN = f"""
+UPDATE kanban_task_runs SET
+    ended_at = {_SQLITE_NOW}, outcome = 'completed', summary = NULL, metadata = ?, error = NULL
+WHERE id = ?
+"""
+
+
+def lean_seed(target: Target, tasks: int) -> None:
+    """The minimal schema and ``tasks`` ready tasks, each with its ``created`` event."""
+    with closing(sqlite3.connect(target.sqlite_path)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.executescript(LEAN_SCHEMA)
+        with conn:
+            conn.executemany(
+                "INSERT INTO kanban_tasks (title, status, priority, created_at, updated_at) "
+                f"VALUES (?, 'ready', 0, {_SQLITE_NOW}, {_SQLITE_NOW})",
+                [(f"bench task {i}",) for i in range(tasks)],
+            )
+            conn.execute(
+                "INSERT INTO kanban_task_events (task_id, kind, payload, created_at) "
+                f"SELECT id, 'created', '{{\"status\": \"ready\"}}', {_SQLITE_NOW} "
+                "FROM kanban_tasks"
+            )
+
+
+def lean_consumer(target: Target, index: int, quota: int) -> Loop:
+    conn = _sqlite_connect(target.sqlite_path)
+    claimer = f"bench-{index}"
+    claimer_json = f'"{claimer}"'
+
+    def claim(c: sqlite3.Connection) -> tuple[int, str, int] | None:
+        row = c.execute(SQLITE_CLAIM, (TTL_SECONDS,)).fetchone()
+        if row is None:
+            return None
+        task_id, token, attempt = row
+        run_id = c.execute(SQLITE_OPEN_RUN, (task_id, attempt, claimer, token)).lastrowid
+        c.execute(SQLITE_SET_RUN, (run_id, task_id, token))
+        payload = _CLAIMED_PAYLOAD.format(claimer=claimer_json, attempt=attempt)
+        c.execute(SQLITE_EVENT, (task_id, run_id, "claimed", payload))
+        assert run_id is not None
+        return task_id, token, run_id
+
+    def complete(c: sqlite3.Connection, task_id: int, token: str, run_id: int) -> None:
+        if c.execute(LEAN_COMPLETE, (task_id, token)).fetchone() is None:
+            raise RuntimeError(f"task {task_id}: claim lost")
+        c.execute(LEAN_CLOSE_RUN, (_NULL_JSON, run_id))
+        c.execute(SQLITE_EVENT, (task_id, run_id, "completed", _COMPLETED_PAYLOAD))
+
+    def loop() -> list[int]:
+        done: list[int] = []
+        while len(done) < quota:
+            held = _sqlite_write(conn, claim)
+            if held is None:
+                break
+            _sqlite_write(conn, lambda c: complete(c, *held))  # noqa: B023 - runs now
+            done.append(held[0])
+        conn.close()
+        return done
+
+    return loop
