@@ -228,6 +228,40 @@ EVENT_LOG_GUARD_DDL = (
     f"FOR EACH STATEMENT EXECUTE FUNCTION {EVENT_LOG_GUARD_FUNCTION}()",
 )
 
+#: PostgreSQL only: the wake-up channels (see :mod:`kanban_orm.wakeup`). A worker
+#: LISTENs on :data:`READY_CHANNEL`; ``kanban-orm events --follow`` on
+#: :data:`EVENTS_CHANNEL`. NOTIFY is transactional: a listener hears it once the
+#: transaction that moved the task commits, never before, never for a rollback.
+READY_CHANNEL = "kanban_ready"
+EVENTS_CHANNEL = "kanban_events"
+READY_NOTIFY_FUNCTION = "kanban_notify_ready"
+EVENTS_NOTIFY_FUNCTION = "kanban_notify_events"
+READY_NOTIFY_TRIGGERS = ("kanban_tasks_ready_insert", "kanban_tasks_ready_update")
+EVENTS_NOTIFY_TRIGGER = "kanban_task_events_notify"
+#: Every move into ``ready`` notifies, whichever statement makes it (create, promote,
+#: release, retry, unblock, reclaim, specify, reopen, a repair by hand): one rule in
+#: the database rather than one call per transition. Row triggers with a WHEN clause:
+#: the condition is evaluated without calling the function, so the claims and
+#: completions of the hot path (ready -> running -> done) pay a comparison, no call.
+#: The payload is empty, so PostgreSQL folds a transaction's notifications into one;
+#: the wake-up is broad (any tenant, any assignee): the claim that follows decides.
+#: Alembic revision kb0010 installs the same objects.
+READY_NOTIFY_DDL = (
+    f"CREATE OR REPLACE FUNCTION {READY_NOTIFY_FUNCTION}() RETURNS trigger "
+    "LANGUAGE plpgsql AS $$ BEGIN "
+    f"PERFORM pg_notify('{READY_CHANNEL}', ''); RETURN NULL; END $$",
+    f"CREATE TRIGGER {READY_NOTIFY_TRIGGERS[0]} AFTER INSERT ON kanban_tasks "
+    f"FOR EACH ROW WHEN (NEW.status = 'ready') EXECUTE FUNCTION {READY_NOTIFY_FUNCTION}()",
+    f"CREATE TRIGGER {READY_NOTIFY_TRIGGERS[1]} AFTER UPDATE OF status ON kanban_tasks "
+    "FOR EACH ROW WHEN (NEW.status = 'ready' AND OLD.status <> 'ready') "
+    f"EXECUTE FUNCTION {READY_NOTIFY_FUNCTION}()",
+    f"CREATE OR REPLACE FUNCTION {EVENTS_NOTIFY_FUNCTION}() RETURNS trigger "
+    "LANGUAGE plpgsql AS $$ BEGIN "
+    f"PERFORM pg_notify('{EVENTS_CHANNEL}', ''); RETURN NULL; END $$",
+    f"CREATE TRIGGER {EVENTS_NOTIFY_TRIGGER} AFTER INSERT ON kanban_task_events "
+    f"FOR EACH STATEMENT EXECUTE FUNCTION {EVENTS_NOTIFY_FUNCTION}()",
+)
+
 
 class TaskLink(Base):
     """A dependency edge: the child is not claimable until the parent is finished."""
@@ -341,3 +375,19 @@ event.listen(
         dialect="postgresql"
     ),
 )
+# The wake-up triggers, for create_all() as for kb0010. After the events table's
+# creation: the last DDL statement needs both tables (kanban_tasks is created first).
+for _statement in READY_NOTIFY_DDL:
+    event.listen(
+        TaskEvent.__table__,
+        "after_create",
+        DDL(_statement).execute_if(dialect="postgresql"),  # type: ignore[no-untyped-call]
+    )
+for _function in (READY_NOTIFY_FUNCTION, EVENTS_NOTIFY_FUNCTION):
+    event.listen(
+        TaskEvent.__table__,
+        "after_drop",
+        DDL(f"DROP FUNCTION IF EXISTS {_function}() CASCADE").execute_if(  # type: ignore[no-untyped-call]
+            dialect="postgresql"
+        ),
+    )

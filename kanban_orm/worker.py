@@ -24,9 +24,11 @@ runs CMD once per task. The rules, for both:
   database is back, if that is before the lease ends (after it, the task is reclaimed
   and run again: at-least-once). A recording whose earlier try lost its connection
   checks whether that try had landed, so it is not mistaken for a lost claim;
-* when nothing is claimable a slot sleeps with exponential backoff (``idle_min`` doubling
-  to ``idle_max``); with ``drain=True`` it stops instead, and :meth:`Worker.run` returns
-  once every slot has stopped;
+* when nothing is claimable a slot sleeps until a task may have become ready (the
+  process's wake-up, :mod:`kanban_orm.wakeup`: NOTIFY on PostgreSQL, a change check on
+  SQLite and MariaDB), or at the latest for its backoff (``idle_min`` doubling to
+  ``idle_max``), the safety poll; with ``drain=True`` it stops instead, and
+  :meth:`Worker.run` returns once every slot has stopped;
 * :meth:`Worker.stop` stops claiming and gives running handlers ``grace_seconds`` to
   finish. Those still running then are abandoned: a cancellable handler (one with a
   ``cancel(task)`` method, like :class:`CommandHandler`) is cancelled, and the task is
@@ -53,7 +55,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from . import db, service, steps
+from . import db, service, steps, wakeup
 from . import validation as check
 from .errors import (
     ClaimLost,
@@ -312,9 +314,13 @@ class Worker:
 
     def _slot(self) -> None:
         session = self._sessions()
+        # The process's shared wake-up (kanban_orm.wakeup): an idle slot sleeps until
+        # a task may have become ready; its backoff is only the safety poll.
+        ready = wakeup.watch(session)
         idle = self.idle_min
         try:
             while not self.stopping:
+                seen = ready.mark()  # before the claim: a change during it still wakes
                 try:
                     task = service.claim_next(
                         session,
@@ -334,7 +340,7 @@ class Worker:
                 if task is None:
                     if self.drain:
                         return
-                    self._stop.wait(idle)
+                    ready.wait(seen, idle, self._stop)
                     idle = min(self.idle_max, idle * 2)
                     continue
                 idle = self.idle_min
@@ -349,6 +355,7 @@ class Worker:
             log.debug("worker slot stopped by an unexpected error: %r", error)
             self.stop()
         finally:
+            ready.release()
             session.close()
 
     def _hand_back(self, session: Session, task: Task) -> None:

@@ -451,6 +451,8 @@ SEEDS: dict[str, Callable[[Connection], Seeded]] = {
     # kb0007 adds MySQL/MariaDB's event log guard (a one-row table and a trigger):
     # the same rows must survive it, and nothing changes elsewhere.
     "kb0007": seed_kb0006,
+    # kb0010 adds PostgreSQL's wake-up triggers (NOTIFY): the same rows must survive it.
+    "kb0010": seed_kb0006,
 }
 
 

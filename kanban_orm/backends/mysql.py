@@ -70,7 +70,7 @@ from .. import queries as q
 from ..clock import new_claim_token, utcnow
 from ..models import EVENT_LOG_GUARD_TRIGGER
 from ..states import Status
-from .base import PortableBackend
+from .base import ChangeSignal, PolledSignal, PortableBackend, connect_apart
 
 if TYPE_CHECKING:
     from alembic.runtime.migration import MigrationContext
@@ -202,6 +202,17 @@ LOCK_MIGRATIONS = select(func.get_lock(literal("kanban_orm.migrate"), literal(60
 UNLOCK_MIGRATIONS = select(func.release_lock(literal("kanban_orm.migrate")))
 
 
+#: How often an idle waiter polls LAST_EVENT_ID (a round trip to the server each time).
+LAST_EVENT_ID_CHECK_SECONDS = 0.02
+#: MariaDB/MySQL have no NOTIFY and no cheap change counter (a table's update_time
+#: counts whole seconds). Every move into ready and every event appends an event, and
+#: the newest event id is one look at the end of the primary key: the cheapest change
+#: check there is. An id committed out of order (lower than one already seen) is
+#: missed until the next change or the safety poll; a tailing read still gets it, as
+#: the event guard makes it wait for every drawn id.
+LAST_EVENT_ID = "SELECT MAX(id) FROM kanban_task_events"
+
+
 class MySQLBackend(PortableBackend):
     name: ClassVar[str] = "mysql"
     title: ClassVar[str] = "MariaDB/MySQL"
@@ -245,6 +256,13 @@ class MySQLBackend(PortableBackend):
 
     def snapshot_reads(self, session: Session) -> None:
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+    def change_signal(self, engine: Engine, topic: str) -> ChangeSignal | None:
+        connection = connect_apart(engine)
+        # Each poll its own transaction: at REPEATABLE READ an open one would keep
+        # reading the snapshot of its first poll.
+        connection.autocommit(True)
+        return PolledSignal(connection, LAST_EVENT_ID, LAST_EVENT_ID_CHECK_SECONDS)
 
     def lock_migrations(self, conn: Any) -> None:
         conn.execute(LOCK_MIGRATIONS)
