@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,8 @@ from sqlalchemy.orm import Session
 
 import kanban_orm as kb
 from kanban_orm import backends, wakeup
+
+from .conftest import REPO_ROOT
 
 #: How long a test waits for what it expects before failing: far under the safety poll.
 BOUND = 30.0
@@ -244,3 +247,26 @@ def test_events_follow_is_pushed_new_events(db_url: str, session: Session) -> No
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err
+
+
+def test_the_wakeup_stress_scenario_reports_latency_percentiles_and_cpu(
+    db_url: str, tmp_path: Path
+) -> None:
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "stress", "wakeup", "--db", db_url, "--workers", "2",
+         "--tasks", "4", "--work-ms", "50-150", "--timeout", "120", "--no-progress",
+         "--json", str(report)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    data = json.loads(report.read_text())
+    numbers = data["numbers"]
+    assert numbers["tasks_measured"] == 4, output
+    assert 0 <= numbers["latency_ms_p50"] <= numbers["latency_ms_p90"] <= numbers["latency_ms_p99"]
+    assert numbers["worker_cpu_percent_of_a_core"] >= 0, output
