@@ -43,7 +43,7 @@ __all__ = ["EVENTS", "READY", "Wakeup", "wait_for_ready", "watch"]
 #: it notices that its last waiter has gone.
 SIGNAL_SLICE_SECONDS = 1.0
 #: How often a wait given a ``stop`` event looks at it.
-STOP_CHECK_SECONDS = 0.05
+STOP_CHECK_SECONDS = 0.1
 #: The reconnect backoff of a signal whose connection failed: from the first to the last.
 RECONNECT_SECONDS = (0.1, 5.0)
 #: The safety poll of :func:`wait_for_ready`: a look at least this often, for a

@@ -151,9 +151,11 @@ def test_wait_for_ready_ignores_tasks_not_yet_due_or_waiting_for_a_parent(
 
 
 def test_wait_for_ready_counts_an_expired_lease_as_claimable(session: Session) -> None:
-    task_id = kb.create_task(session, title="abandoned")
-    assert kb.claim_task(session, task_id, claimer="gone", ttl_seconds=0.05) is not None
-    assert kb.wait_for_ready(session, timeout=0) is False
+    held = kb.create_task(session, title="held")
+    assert kb.claim_task(session, held, claimer="alive", ttl_seconds=3600) is not None
+    assert kb.wait_for_ready(session, timeout=0) is False  # a live lease is not claimable
+    abandoned = kb.create_task(session, title="abandoned")
+    assert kb.claim_task(session, abandoned, claimer="gone", ttl_seconds=0.05) is not None
     assert kb.wait_for_ready(session, timeout=BOUND, poll_seconds=0.05) is True
 
 

@@ -203,7 +203,7 @@ UNLOCK_MIGRATIONS = select(func.release_lock(literal("kanban_orm.migrate")))
 
 
 #: How often an idle waiter polls LAST_EVENT_ID (a round trip to the server each time).
-LAST_EVENT_ID_CHECK_SECONDS = 0.02
+LAST_EVENT_ID_CHECK_SECONDS = 0.05
 #: MariaDB/MySQL have no NOTIFY and no cheap change counter (a table's update_time
 #: counts whole seconds). Every move into ready and every event appends an event, and
 #: the newest event id is one look at the end of the primary key: the cheapest change

@@ -61,7 +61,7 @@ _EXPRESSION_INDEXES = frozenset({"ix_kanban_tasks_done_order"})
 #: How often an idle waiter's held connection asks whether the file changed. PRAGMA
 #: data_version costs microseconds and reads no page, so checking often is cheap; a
 #: latency of this order is what SQLite's wake-up costs.
-DATA_VERSION_CHECK_SECONDS = 0.01
+DATA_VERSION_CHECK_SECONDS = 0.02
 #: Changes when another connection commits a change to the file (its own writes, and
 #: a write transaction that changed nothing, leave it alone). Any commit, so a wake-up
 #: is broad: the claim or read that follows decides.
