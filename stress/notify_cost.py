@@ -6,6 +6,8 @@ into ``ready``, so it notifies), then drain them with claim_next + complete_task
 do not move into ready, but every event insert notifies ``kanban_events``). Each phase
 runs with the triggers and without them (dropped, then put back), interleaved, REPEAT
 times; the report is tasks per second per phase and the ratio with/without.
+``--which events`` leaves the ready triggers in place and toggles only the events
+channel's (the one a claim and a completion fire).
 """
 
 from __future__ import annotations
@@ -23,16 +25,21 @@ from kanban_orm.models import READY_NOTIFY_DDL, READY_NOTIFY_TRIGGERS
 
 from .harness import _wipe
 
-_DROPS = [f"DROP TRIGGER IF EXISTS {name} ON kanban_tasks" for name in READY_NOTIFY_TRIGGERS] + [
-    "DROP TRIGGER IF EXISTS kanban_task_events_notify ON kanban_task_events"
-]
+_READY_DROPS = [f"DROP TRIGGER IF EXISTS {name} ON kanban_tasks" for name in READY_NOTIFY_TRIGGERS]
+_EVENTS_DROP = "DROP TRIGGER IF EXISTS kanban_task_events_notify ON kanban_task_events"
 
 
-def _set_triggers(url: str, on: bool) -> None:
+def _set_triggers(url: str, on: bool, which: str = "all") -> None:
+    """All the wake-up triggers on, or off; ``which="events"`` turns off only the
+    events channel's (the ready triggers stay)."""
+    drops = [_EVENTS_DROP] if which == "events" else [*_READY_DROPS, _EVENTS_DROP]
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        for statement in _DROPS + (list(READY_NOTIFY_DDL) if on else []):
+        for statement in [*_READY_DROPS, _EVENTS_DROP, *READY_NOTIFY_DDL]:
             conn.exec_driver_sql(statement)
+        if not on:
+            for statement in drops:
+                conn.exec_driver_sql(statement)
     engine.dispose()
 
 
@@ -68,13 +75,19 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--which",
+        choices=["all", "events"],
+        default="all",
+        help="without what: every wake-up trigger (all) or only the events channel's",
+    )
     args = parser.parse_args()
     kb.upgrade(kb.create_engine(args.db))
     rates: dict[tuple[str, bool], list[float]] = {}
     for _ in range(args.repeat):
         for on in (True, False):
             _wipe(args.db)
-            _set_triggers(args.db, on)
+            _set_triggers(args.db, on, args.which)
             per_proc = args.tasks // args.procs
             total = per_proc * args.procs
             for name, target in (("create", _create), ("claim+complete", _drain)):
