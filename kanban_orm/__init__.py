@@ -92,6 +92,7 @@ from .service import (
     unblock_task,
 )
 from .states import TRANSITIONS, Status
+from .wakeup import wait_for_ready
 from .worker import CommandHandler, TaskFailed, Worker, WorkerStats
 from .workflow import (
     TaskLinks,
@@ -207,4 +208,5 @@ __all__ = [
     "unlink_tasks",
     "update_task",
     "upgrade",
+    "wait_for_ready",
 ]

@@ -235,6 +235,34 @@ EVENT_LOG_GUARD_DDL = (
     f"FOR EACH STATEMENT EXECUTE FUNCTION {EVENT_LOG_GUARD_FUNCTION}()",
 )
 
+#: PostgreSQL only: the wake-up channel (see :mod:`kanban_orm.wakeup`) a worker LISTENs
+#: on. NOTIFY is transactional: a listener hears it once the transaction that moved the
+#: task commits, never before, never for a rollback. The event log has no channel:
+#: PostgreSQL queues the commits of notifying transactions one at a time, and every claim
+#: and completion appends events (measured: claim + complete at 0.8x with an events
+#: trigger), so ``events --follow`` polls the newest event id instead.
+READY_CHANNEL = "kanban_ready"
+READY_NOTIFY_FUNCTION = "kanban_notify_ready"
+READY_NOTIFY_TRIGGERS = ("kanban_tasks_ready_insert", "kanban_tasks_ready_update")
+#: Every move into ``ready`` notifies, whichever statement makes it (create, promote,
+#: release, retry, unblock, reclaim, specify, reopen, a repair by hand): one rule in
+#: the database rather than one call per transition. Row triggers with a WHEN clause:
+#: the condition is evaluated without calling the function, so the claims and
+#: completions of the hot path (ready -> running -> done) pay a comparison, no call.
+#: The payload is empty, so PostgreSQL folds a transaction's notifications into one;
+#: the wake-up is broad (any tenant, any assignee): the claim that follows decides.
+#: Alembic revision kb0010 installs the same objects.
+READY_NOTIFY_DDL = (
+    f"CREATE OR REPLACE FUNCTION {READY_NOTIFY_FUNCTION}() RETURNS trigger "
+    "LANGUAGE plpgsql AS $$ BEGIN "
+    f"PERFORM pg_notify('{READY_CHANNEL}', ''); RETURN NULL; END $$",
+    f"CREATE TRIGGER {READY_NOTIFY_TRIGGERS[0]} AFTER INSERT ON kanban_tasks "
+    f"FOR EACH ROW WHEN (NEW.status = 'ready') EXECUTE FUNCTION {READY_NOTIFY_FUNCTION}()",
+    f"CREATE TRIGGER {READY_NOTIFY_TRIGGERS[1]} AFTER UPDATE OF status ON kanban_tasks "
+    "FOR EACH ROW WHEN (NEW.status = 'ready' AND OLD.status <> 'ready') "
+    f"EXECUTE FUNCTION {READY_NOTIFY_FUNCTION}()",
+)
+
 
 class TaskLink(Base):
     """A dependency edge: the child is not claimable until the parent is finished."""
@@ -545,3 +573,19 @@ event.listen(
         dialect=_MYSQL  # type: ignore[arg-type]
     ),
 )
+# The wake-up triggers, for create_all() as for kb0010. After the events table's
+# creation: the last DDL statement needs both tables (kanban_tasks is created first).
+for _statement in READY_NOTIFY_DDL:
+    event.listen(
+        TaskEvent.__table__,
+        "after_create",
+        DDL(_statement).execute_if(dialect="postgresql"),  # type: ignore[no-untyped-call]
+    )
+for _function in (READY_NOTIFY_FUNCTION,):
+    event.listen(
+        TaskEvent.__table__,
+        "after_drop",
+        DDL(f"DROP FUNCTION IF EXISTS {_function}() CASCADE").execute_if(  # type: ignore[no-untyped-call]
+            dialect="postgresql"
+        ),
+    )

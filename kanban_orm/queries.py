@@ -350,6 +350,24 @@ def expired_claims_statement(by_assignee: bool, by_tenant: bool) -> Select[Any]:
     )
 
 
+@cache
+def claimable_exists_statement(by_assignee: bool, by_tenant: bool) -> Select[Any]:
+    """True when :func:`claim_next_statement` (or the takeover of an expired lease)
+    within the same filters would find a task: what kanban_orm.wait_for_ready asks.
+    Two EXISTS rather than one OR, so each can use its own index."""
+    ready, expired = tasks.alias("ready"), tasks.alias("expired")
+    waiting = [claimable(ready)]
+    lapsed = [
+        expired.c.status == Status.RUNNING.value,
+        expired.c.claim_expires < utcnow_at_statement_start(),
+    ]
+    for wanted, field in ((by_assignee, "assignee"), (by_tenant, "tenant")):
+        if wanted:
+            waiting.append(ready.c[field] == bindparam(f"only_{field}"))
+            lapsed.append(expired.c[field] == bindparam(f"only_{field}"))
+    return select(or_(exists().where(*waiting), exists().where(*lapsed)))
+
+
 # -- finishing a run --------------------------------------------------------------------
 
 _CLOSING_RUN: dict[str, Any] = {

@@ -34,9 +34,11 @@ runs CMD once per task. The rules, for both:
   The ones waiting hold their leases like a running one: the heartbeat thread renews
   them, and a stopping worker releases them at once (outcome ``released``, no attempt
   counted), so a Worker never holds more than ``concurrency * (1 + prefetch)`` claims;
-* when nothing is claimable a slot sleeps with exponential backoff (``idle_min`` doubling
-  to ``idle_max``); with ``drain=True`` it stops instead, and :meth:`Worker.run` returns
-  once every slot has stopped;
+* when nothing is claimable a slot sleeps until a task may have become ready (the
+  process's wake-up, :mod:`kanban_orm.wakeup`: NOTIFY on PostgreSQL, a change check on
+  SQLite and MariaDB), or at the latest for its backoff (``idle_min`` doubling to
+  ``idle_max``), the safety poll; with ``drain=True`` it stops instead, and
+  :meth:`Worker.run` returns once every slot has stopped;
 * :meth:`Worker.stop` stops claiming and gives running handlers ``grace_seconds`` to
   finish. Those still running then are abandoned: a cancellable handler (one with a
   ``cancel(task)`` method, like :class:`CommandHandler`) is cancelled, and the task is
@@ -64,7 +66,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from . import db, greenlets, service, steps
+from . import db, greenlets, service, steps, wakeup
 from . import validation as check
 from .errors import (
     ClaimLost,
@@ -362,6 +364,9 @@ class Worker:
 
     def _slot(self) -> None:
         session = self._slot_session()
+        # The process's shared wake-up (kanban_orm.wakeup): an idle slot sleeps until
+        # a task may have become ready; its backoff is only the safety poll.
+        ready = wakeup.watch(session)
         idle = self.idle_min
         #: Tasks this slot holds claimed and has not started yet (prefetched): their
         #: jobs are registered, so the heartbeat thread renews their leases.
@@ -370,6 +375,7 @@ class Worker:
         try:
             while not self.stopping:
                 if not waiting:
+                    seen = ready.mark()  # before the claim: a change during it still wakes
                     try:
                         claimed = service.claim_many(
                             session,
@@ -390,7 +396,7 @@ class Worker:
                     if not claimed:
                         if self.drain:
                             return
-                        self._stop.wait(idle)
+                        ready.wait(seen, idle, self._stop)
                         idle = min(self.idle_max, idle * 2)
                         continue
                     idle = self.idle_min
@@ -412,6 +418,7 @@ class Worker:
             try:
                 self._hand_back(session, waiting)
             finally:
+                ready.release()
                 session.close()
 
     def _slot_session(self) -> Session:

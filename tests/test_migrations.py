@@ -474,6 +474,8 @@ SEEDS: dict[str, Callable[[Connection], Seeded]] = {
     # kb0009 adds the status tallies (a table, its rows, an index and triggers): the
     # same rows must survive it, and their counts stay exact (through is NULL).
     "kb0009": seed_kb0006,
+    # kb0010 adds PostgreSQL's wake-up triggers (NOTIFY): the same rows must survive it.
+    "kb0010": seed_kb0006,
 }
 
 

@@ -18,6 +18,7 @@ backend may run says so in its name's comment, and the backend that runs it says
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -39,6 +40,24 @@ WRITE_OPTION = "kanban_write"
 
 #: The parameters CLOSE_OPEN_RUN takes (see kanban_orm.steps._closing).
 RunClosing = dict[str, Any]
+
+#: What a :class:`ChangeSignal` watches: a task may have become claimable (``READY``),
+#: an event may have been appended (``EVENTS``).
+READY = "ready"
+EVENTS = "events"
+
+
+class ChangeSignal(Protocol):
+    """A connection of its own that tells when the board may have changed (see
+    :mod:`kanban_orm.wakeup`). Used by one thread; any error means the connection is
+    gone (the caller closes it and opens a new one)."""
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds; True as soon as a change may have happened
+        (a spurious True costs a look; a missed one, a wait for the safety poll)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class Backend(Protocol):
@@ -185,6 +204,12 @@ class Backend(Protocol):
         moves a row in or out of a tally (models.STATUS_TALLY_DDL)."""
         ...
 
+    def change_signal(self, engine: Engine, topic: str) -> ChangeSignal | None:
+        """A new :class:`ChangeSignal` on ``engine``'s database for ``topic``
+        (:data:`READY` or :data:`EVENTS`), or None where there is none (an in-memory
+        SQLite database): waiters then wake only at their safety poll."""
+        ...
+
     # -- migrations -----------------------------------------------------------------
 
     def prepare_migration(self, conn: Connection) -> None:
@@ -308,6 +333,9 @@ class PortableBackend:
         # SQLite's BEGIN IMMEDIATE already holds every other writer off.
         s.execute(q.LOCK_TALLIES).all()
 
+    def change_signal(self, engine: Engine, topic: str) -> ChangeSignal | None:
+        return None
+
     def prepare_migration(self, conn: Connection) -> None:
         return None
 
@@ -319,6 +347,60 @@ class PortableBackend:
 
     def schema_differences(self, context: MigrationContext, found: list[Any]) -> list[Any]:
         return found
+
+
+def connect_apart(engine: Engine) -> Any:
+    """A driver connection to ``engine``'s database outside its pool, for a
+    :class:`ChangeSignal`: it lives as long as its watcher, and a pool would lend it out."""
+    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+    return engine.dialect.connect(*cargs, **cparams)
+
+
+#: How often an idle waiter polls NEWEST_EVENT_ID (a round trip to the server each time).
+NEWEST_EVENT_CHECK_SECONDS = 0.05
+#: Every move into ready and every transition appends an event, and the newest event id
+#: is one look at the end of the primary key: the cheapest change check where there is
+#: no NOTIFY (MariaDB/MySQL) or where one would cost every writer (PostgreSQL's event
+#: log). An id committed out of order (lower than one already seen) is missed until the
+#: next change or the safety poll; a tailing read still gets it, as the event guard
+#: makes it wait for every drawn id.
+NEWEST_EVENT_ID = "SELECT MAX(id) FROM kanban_task_events"
+
+
+def newest_event_signal(connection: Any) -> PolledSignal:
+    """A :class:`PolledSignal` on the newest event id; ``connection`` in autocommit."""
+    return PolledSignal(connection, NEWEST_EVENT_ID, NEWEST_EVENT_CHECK_SECONDS)
+
+
+class PolledSignal:
+    """A :class:`ChangeSignal` that reads one cheap value every ``interval`` seconds on
+    a held connection in autocommit mode and reports a change when the value differs."""
+
+    def __init__(self, connection: Any, statement: str, interval: float) -> None:
+        self._connection = connection
+        self._cursor = connection.cursor()
+        self._statement = statement
+        self._interval = interval
+        self._last = self._read()
+
+    def _read(self) -> Any:
+        self._cursor.execute(self._statement)
+        return self._cursor.fetchall()
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self._read()
+            if value != self._last:
+                self._last = value
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(self._interval, left))
+
+    def close(self) -> None:
+        self._connection.close()
 
 
 def run_closing(

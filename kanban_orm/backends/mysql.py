@@ -75,7 +75,7 @@ from ..models import (
     MYSQL_EVENT_GUARD_TRIGGER_DDL,
 )
 from ..states import Status
-from .base import PortableBackend
+from .base import ChangeSignal, PortableBackend, connect_apart, newest_event_signal
 
 if TYPE_CHECKING:
     from alembic.runtime.migration import MigrationContext
@@ -269,6 +269,15 @@ class MySQLBackend(PortableBackend):
 
     def snapshot_reads(self, session: Session) -> None:
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+    def change_signal(self, engine: Engine, topic: str) -> ChangeSignal | None:
+        # MariaDB/MySQL have no NOTIFY and no cheap change counter (a table's
+        # update_time counts whole seconds); every move into ready appends an event.
+        connection = connect_apart(engine)
+        # Each poll its own transaction: at REPEATABLE READ an open one would keep
+        # reading the snapshot of its first poll.
+        connection.autocommit(True)
+        return newest_event_signal(connection)
 
     def lock_migrations(self, conn: Any) -> None:
         conn.execute(LOCK_MIGRATIONS)

@@ -30,10 +30,11 @@ one stops rewriting the parent row.
 
 from __future__ import annotations
 
+from select import select as wait_readable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import Integer, bindparam, exc, func, inspect, select, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
@@ -42,8 +43,22 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from .. import queries as q
 from ..clock import new_claim_token, utcnow, utcnow_at_statement_start
-from ..models import EVENT_LOG_GUARD_TRIGGER, EVENT_LOG_LOCK_KEY, STATUS_TALLY_LOCK_KEY, TaskEvent
-from .base import PortableBackend, RunClosing
+from ..models import (
+    EVENT_LOG_GUARD_TRIGGER,
+    EVENT_LOG_LOCK_KEY,
+    READY_CHANNEL,
+    READY_NOTIFY_TRIGGERS,
+    STATUS_TALLY_LOCK_KEY,
+    TaskEvent,
+)
+from .base import (
+    READY,
+    ChangeSignal,
+    PortableBackend,
+    RunClosing,
+    connect_apart,
+    newest_event_signal,
+)
 
 if TYPE_CHECKING:
     from alembic.runtime.migration import MigrationContext
@@ -88,12 +103,21 @@ LOCK_TALLIES_EXCLUSIVE = (
     select(func.pg_advisory_xact_lock(STATUS_TALLY_LOCK_KEY)),
 )
 
+#: Which of the wake-up's NOTIFY triggers (models.READY_NOTIFY_DDL) exist.
+WAKEUP_TRIGGERS_PRESENT = text(
+    "SELECT tgname FROM pg_trigger WHERE tgrelid IN "
+    "(to_regclass('kanban_tasks'), to_regclass('kanban_task_events'))"
+)
+
 #: Concurrent migrators queue on this transaction lock (kanban_orm.migrate).
 LOCK_MIGRATIONS = text("SELECT pg_advisory_xact_lock(:key)")
 
 #: pg_advisory_xact_lock key of concurrent migrations: the first eight bytes of
 #: sha1("kanban_orm.migrate").
 MIGRATION_LOCK_KEY = 0x2C6A_04F0_5B11_7A3D
+
+#: libpq's CONNECTION_OK (psycopg.pq.ConnStatus.OK), without importing psycopg here.
+_CONNECTION_OK = 0
 
 #: The transitions that can make a child wait on a parent, each of which must rewrite
 #: the parent's row (see the module docstring): the function, and the touch it runs.
@@ -219,6 +243,15 @@ class PostgreSQLBackend(PortableBackend):
         # between two reads of one board would be drawn in two columns.
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
 
+    def change_signal(self, engine: Engine, topic: str) -> ChangeSignal | None:
+        connection = connect_apart(engine)
+        if topic == READY:
+            return Listener(connection, READY_CHANNEL)
+        # No NOTIFY on the event log (see models.READY_CHANNEL): a NOTIFY in every claim
+        # and completion would queue their commits one behind another.
+        connection.autocommit = True
+        return newest_event_signal(connection)
+
     def prepare_migration(self, conn: Connection) -> None:
         # The lock must come before the snapshot: at REPEATABLE READ or above a waiter
         # would otherwise see the schema as it was before the upgrader it waited for
@@ -233,8 +266,43 @@ class PostgreSQLBackend(PortableBackend):
         if bind is None or not inspect(bind).has_table(TaskEvent.__tablename__):
             return found
         if bind.execute(EVENT_LOG_GUARD_PRESENT).first() is None:
-            return [*found, ("missing_trigger", EVENT_LOG_GUARD_TRIGGER)]
+            found = [*found, ("missing_trigger", EVENT_LOG_GUARD_TRIGGER)]
+        present = {row.tgname for row in bind.execute(WAKEUP_TRIGGERS_PRESENT)}
+        for trigger in sorted(set(WAKEUP_TRIGGERS) - present):
+            found = [*found, ("missing_trigger", trigger)]
         return found
+
+
+#: The NOTIFY triggers the wake-up needs (models.READY_NOTIFY_DDL, revision kb0010).
+WAKEUP_TRIGGERS = READY_NOTIFY_TRIGGERS
+
+
+class Listener:
+    """A :class:`~kanban_orm.backends.base.ChangeSignal`: a connection that LISTENs on
+    one channel (see models.READY_NOTIFY_DDL) and waits on its socket, so an idle
+    waiter costs nothing until a notification arrives. libpq's calls, not psycopg's
+    ``notifies()`` generator: the same on every psycopg 3 this package accepts."""
+
+    def __init__(self, connection: Any, channel: str) -> None:
+        connection.autocommit = True
+        connection.execute(f"LISTEN {channel}")
+        self._connection = connection
+
+    def wait(self, timeout: float) -> bool:
+        pgconn = self._connection.pgconn
+        readable, _, _ = wait_readable([pgconn.socket], [], [], timeout)
+        if not readable:
+            return False
+        pgconn.consume_input()  # raises once the server has closed the connection
+        heard = False
+        while pgconn.notifies() is not None:
+            heard = True
+        if not heard and pgconn.status != _CONNECTION_OK:
+            raise ConnectionError("the LISTEN connection was lost")
+        return heard
+
+    def close(self) -> None:
+        self._connection.close()
 
 
 # -- the database clock and the fencing token ------------------------------------------

@@ -30,7 +30,14 @@ from .. import config, files, greenlets
 from .. import queries as q
 from ..clock import new_claim_token, utcnow
 from ..errors import KanbanError
-from .base import WRITE_OPTION, PortableBackend, record_events
+from .base import (
+    WRITE_OPTION,
+    ChangeSignal,
+    PolledSignal,
+    PortableBackend,
+    connect_apart,
+    record_events,
+)
 
 if TYPE_CHECKING:
     from alembic.runtime.migration import MigrationContext
@@ -53,6 +60,14 @@ _EXPRESSION_INDEXES = frozenset({"ix_kanban_tasks_done_order"})
 #: SQLITE_READONLY; its extended codes (a read-only file, directory, connection) share
 #: the low byte.
 _SQLITE_READONLY = 8
+#: How often an idle waiter's held connection asks whether the file changed. PRAGMA
+#: data_version costs microseconds and reads no page, so checking often is cheap; a
+#: latency of this order is what SQLite's wake-up costs.
+DATA_VERSION_CHECK_SECONDS = 0.02
+#: Changes when another connection commits a change to the file (its own writes, and
+#: a write transaction that changed nothing, leave it alone). Any commit, so a wake-up
+#: is broad: the claim or read that follows decides.
+DATA_VERSION = "PRAGMA data_version"
 
 
 def is_busy_message(message: str) -> bool:
@@ -81,6 +96,13 @@ class SQLiteBackend(PortableBackend):
         from sqlalchemy.pool import AsyncAdaptedQueuePool
 
         return {"poolclass": AsyncAdaptedQueuePool}
+
+    def change_signal(self, engine: Engine, topic: str) -> ChangeSignal | None:
+        # One signal for both topics: data_version sees every commit. An in-memory
+        # database is private to its connection: nothing to watch from another one.
+        if files.sqlite_file(engine.url) is None:
+            return None
+        return PolledSignal(connect_apart(engine), DATA_VERSION, DATA_VERSION_CHECK_SECONDS)
 
     def configure_engine(
         self, engine: Engine, *, synchronous: str | None, busy_timeout_ms: int | None

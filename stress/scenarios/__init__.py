@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..harness import Scenario
-from . import chaos, claims, deps, mixed, partition, readonly, reclaim, restart, soak
+from . import chaos, claims, deps, mixed, partition, readonly, reclaim, restart, soak, wakeup
 
 SCENARIOS: dict[str, Scenario] = {
     "claims": claims,
@@ -15,4 +15,5 @@ SCENARIOS: dict[str, Scenario] = {
     "readonly": readonly,
     "soak": soak,
     "partition": partition,
+    "wakeup": wakeup,
 }
