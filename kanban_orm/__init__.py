@@ -61,6 +61,7 @@ from .migrate import (
 from .models import (
     Base,
     BoardEvent,
+    RegisteredWorker,
     Task,
     TaskAttachment,
     TaskComment,
@@ -68,6 +69,7 @@ from .models import (
     TaskLink,
     TaskRun,
 )
+from .registry import WorkerInfo, list_workers, release_dead_claims
 from .service import (
     block_task,
     claim_many,
@@ -130,6 +132,7 @@ __all__ = [
     "KeepingSession",
     "MigrationError",
     "PruneResult",
+    "RegisteredWorker",
     "RetentionSettings",
     "RetryPolicy",
     "SchemaOutOfDate",
@@ -144,6 +147,7 @@ __all__ = [
     "TaskNotFound",
     "TaskRun",
     "Worker",
+    "WorkerInfo",
     "WorkerStats",
     "__version__",
     "add_comment",
@@ -183,9 +187,11 @@ __all__ = [
     "list_links",
     "list_runs",
     "list_tasks",
+    "list_workers",
     "prune",
     "read_attachment",
     "reassign_task",
+    "release_dead_claims",
     "release_stale_claims",
     "release_task",
     "reopen_task",

@@ -48,6 +48,7 @@ from .models import (
     EVENT_LOG_GUARD_TRIGGER,
     EVENT_LOG_LOCK_KEY,
     JsonDoc,
+    RegisteredWorker,
     Task,
     TaskComment,
     TaskEvent,
@@ -61,6 +62,7 @@ runs: Table = TaskRun.__table__  # type: ignore[assignment]
 events: Table = TaskEvent.__table__  # type: ignore[assignment]
 links: Table = TaskLink.__table__  # type: ignore[assignment]
 comments: Table = TaskComment.__table__  # type: ignore[assignment]
+workers: Table = RegisteredWorker.__table__  # type: ignore[assignment]
 
 _FINISHED = [s.value for s in FINISHED]
 
@@ -227,6 +229,8 @@ def claim_next_statement(
 
 
 _claimer = bindparam("claimer", type_=runs.c.claimer.type)
+#: The registered worker that claims (kb0008), or NULL for a caller that is none.
+_worker_id = bindparam("worker_id", type_=runs.c.worker_id.type)
 
 
 def _runs_and_events(
@@ -235,12 +239,22 @@ def _runs_and_events(
     """The run and the ``claimed`` event of each claimed task: INSERT ... SELECT from
     ``claimed`` (task rows whose ``current_run_id`` names the new run), ``where`` given."""
     opened = insert(runs).from_select(
-        ["id", "task_id", "attempt", "claimer", "claim_lock", "started_at", "last_heartbeat_at"],
+        [
+            "id",
+            "task_id",
+            "attempt",
+            "claimer",
+            "worker_id",
+            "claim_lock",
+            "started_at",
+            "last_heartbeat_at",
+        ],
         select(
             claimed.c.current_run_id,
             claimed.c.id,
             claimed.c.attempts,
             _claimer,
+            _worker_id,
             claimed.c.claim_lock,
             utcnow(),
             utcnow(),
@@ -323,6 +337,94 @@ def expired_claims_statement(by_assignee: bool, by_tenant: bool) -> Select[Any]:
         .limit(bindparam("limit", type_=Integer))
         .with_for_update(skip_locked=True)
     )
+
+
+# -- registered workers (kanban_orm.registry) -------------------------------------------
+
+INSERT_WORKER = insert(workers).values(
+    claimer=bindparam("claimer"),
+    host=bindparam("host"),
+    pid=bindparam("pid"),
+    process_start=bindparam("process_start"),
+    started_at=utcnow(),
+    last_seen_at=utcnow(),
+    locked_at=utcnow(),
+)
+_THE_WORKER = workers.c.id == bindparam("worker_id")
+WORKER_SEEN = update(workers).where(_THE_WORKER).values(last_seen_at=utcnow())
+#: The worker took its liveness lock again (a new connection after the old one died).
+WORKER_LOCKED = update(workers).where(_THE_WORKER).values(locked_at=utcnow(), last_seen_at=utcnow())
+#: A clean stop, or a death proven by another worker: the row is history from now on.
+WORKER_ENDED = (
+    update(workers)
+    .where(
+        workers.c.id.in_(bindparam("worker_ids", expanding=True)), workers.c.stopped_at.is_(None)
+    )
+    .values(stopped_at=utcnow(), end_reason=bindparam("end_reason"))
+)
+FORGET_ENDED_WORKERS = delete(workers).where(
+    workers.c.stopped_at < utcnow(-bindparam("keep_seconds"))
+)
+#: The tasks a registered worker still holds, through each task's open run.
+_HELD_BY_WORKERS = tasks.join(runs, runs.c.id == tasks.c.current_run_id).join(
+    workers, workers.c.id == runs.c.worker_id
+)
+_WORKER_LIVENESS = (
+    workers.c.host,
+    workers.c.pid,
+    workers.c.process_start,
+    workers.c.locked_at,
+    workers.c.stopped_at,
+)
+
+
+@cache
+def worker_claims_statement(by_assignee: bool, by_tenant: bool) -> Select[Any]:
+    """Up to ``:limit`` running tasks held by registered workers, with what proves each
+    worker alive, within the same filters a claim uses."""
+    statement = (
+        select(
+            tasks.c.id,
+            tasks.c.claim_lock,
+            tasks.c.attempts,
+            tasks.c.max_attempts,
+            workers.c.id.label("worker_id"),
+            workers.c.claimer,
+            *_WORKER_LIVENESS,
+        )
+        .select_from(_HELD_BY_WORKERS)
+        .where(tasks.c.status == Status.RUNNING.value)
+    )
+    if by_assignee:
+        statement = statement.where(tasks.c.assignee == bindparam("only_assignee"))
+    if by_tenant:
+        statement = statement.where(tasks.c.tenant == bindparam("only_tenant"))
+    return statement.limit(bindparam("limit", type_=Integer))
+
+
+#: Take back the claim of a worker proven dead: a compare-and-swap on the token seen,
+#: whatever the lease says (RECLAIM_EXPIRED's twin without its expiry guard).
+RECLAIM_HELD = (
+    update(tasks)
+    .where(_HELD)
+    .values(
+        status=bindparam("next_status"), block_reason=bindparam("reason"), **_RELEASE_CLAIM, **_BUMP
+    )
+    .returning(tasks.c.id)
+)
+_claims_held = (
+    select(func.count())
+    .select_from(tasks.join(runs, runs.c.id == tasks.c.current_run_id))
+    .where(runs.c.worker_id == workers.c.id, tasks.c.status == Status.RUNNING.value)
+    .scalar_subquery()
+)
+#: Registered workers, newest first, each with the number of claims it holds.
+LIST_WORKERS = (
+    select(workers, _claims_held.label("claims"))
+    .order_by(workers.c.id.desc())
+    .limit(bindparam("limit", type_=Integer))
+)
+LIST_LIVE_WORKERS = LIST_WORKERS.where(workers.c.stopped_at.is_(None))
 
 
 # -- finishing a run --------------------------------------------------------------------
@@ -626,6 +728,7 @@ OPEN_RUN = insert(runs).values(
     task_id=bindparam("task_id"),
     attempt=_attempt,
     claimer=_claimer,
+    worker_id=_worker_id,
     claim_lock=bindparam("token"),
     started_at=utcnow(),
     last_heartbeat_at=utcnow(),

@@ -32,7 +32,13 @@ runs CMD once per task. The rules, for both:
   ``cancel(task)`` method, like :class:`CommandHandler`) is cancelled, and the task is
   handed back with :func:`~kanban_orm.service.release_task` (run outcome ``released``,
   no attempt counted). An in-process handler that cannot be cancelled keeps running in
-  its (daemon) thread, but its outcome is ignored.
+  its (daemon) thread, but its outcome is ignored;
+* the worker registers itself on the board while it runs (:mod:`kanban_orm.registry`)
+  and its claims name it, so when it dies (SIGKILL, a crash) the next claimer proves it
+  dead and takes its claims back at once instead of at lease expiry;
+* a run that outlasts its limit (the task's ``max_runtime``, or the worker's, whichever
+  is shorter) is cancelled like an abandoned one and the task failed with an error
+  naming the limit (retried as any failure is).
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from . import db, service, steps
+from . import db, registry, service, steps
 from . import validation as check
 from .errors import (
     ClaimLost,
@@ -164,8 +170,9 @@ class Worker:
     ``ttl_seconds`` is the lease asked for on every claim and heartbeat (default: the
     configured claim TTL); heartbeats run every ``heartbeat_seconds`` (default
     ``ttl/3``). ``housekeeping=True`` also runs a :class:`~kanban_orm.maintenance.Housekeeper`
-    (prune on the ``KANBAN_RETENTION_*`` schedule) while the worker runs. See the module
-    docstring for the outcome rules.
+    (prune on the ``KANBAN_RETENTION_*`` schedule) while the worker runs.
+    ``max_runtime`` (seconds) limits every run; a task's own ``max_runtime`` applies
+    when shorter. See the module docstring for the outcome rules.
     """
 
     def __init__(
@@ -185,6 +192,7 @@ class Worker:
         idle_max: float = 5.0,
         heartbeat_seconds: float | None = None,
         housekeeping: bool = False,
+        max_runtime: float | None = None,
     ) -> None:
         # Checked here, not when run() first uses them: a bad argument is the caller's
         # mistake to see at once, not a worker thread's to die of later.
@@ -212,6 +220,7 @@ class Worker:
             if not heartbeat_seconds > 0:
                 raise InvalidInput(f"heartbeat_seconds must be positive, not {heartbeat_seconds}")
         self.heartbeat_seconds = heartbeat_seconds or lease / 3
+        self.max_runtime = check.runtime_limit(max_runtime, "max_runtime")
         self.concurrency = concurrency
         self.drain = check.boolean(drain, "drain")
         self.grace_seconds = grace_seconds
@@ -231,6 +240,8 @@ class Worker:
             else None
         )
         self._outage = _Outage()
+        #: This worker's row on the board while it runs (kanban_orm.registry).
+        self.registration = registry.Registration(self._sessions, self.claimer)
 
     # -- control --------------------------------------------------------------------
 
@@ -270,6 +281,7 @@ class Worker:
         beats = threading.Thread(target=self._heartbeats, name="kanban-heartbeat", daemon=True)
         if self._stop_at is not None:
             self._stop.set()  # stopped before it started: claim nothing
+        self.registration.start()
         for thread in slots:
             thread.start()
         beats.start()
@@ -298,6 +310,7 @@ class Worker:
             self._stop.set()
             self._done.set()
             beats.join(5.0)
+            self.registration.stop()
             if self.housekeeper is not None:
                 self.housekeeper.stop(5.0)
         if self._error is not None:
@@ -322,6 +335,7 @@ class Worker:
                         assignee=self.assignee,
                         tenant=self.tenant,
                         ttl_seconds=self.ttl_seconds,
+                        worker_id=self.registration.worker_id,
                     )
                 except OUTAGE as error:
                     # Not the end of the worker: back off (idle doubles up to idle_max)
@@ -365,6 +379,7 @@ class Worker:
             self._jobs[task.id] = job
             self.stats.claimed += 1
         log.info("task %s: claimed (attempt %s): %s", task.id, task.attempts, task.title)
+        deadline = self._deadline(session, job)
         try:
             try:
                 result = self.handler(task)
@@ -380,6 +395,9 @@ class Worker:
             else:
                 self._finish(session, job, result=result)
         finally:
+            if deadline is not None:
+                deadline.cancel()
+                deadline.join()  # a limit that ran out is recorded before the next claim
             with self._jobs_lock:
                 self._jobs.pop(task.id, None)
 
@@ -400,10 +418,22 @@ class Worker:
         error: str | None = None,
         retry: bool = True,
     ) -> None:
-        task_id = job.task.id
         if not self._settle(job):
-            log.info("task %s: handler finished after its claim was given up; ignored", task_id)
+            log.info("task %s: handler finished after its claim was given up; ignored", job.task.id)
             return
+        self._record(session, job, result=result, error=error, retry=retry)
+
+    def _record(
+        self,
+        session: Session,
+        job: _Job,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        retry: bool = True,
+    ) -> None:
+        """Record a settled job's outcome: complete its task, or fail it with ``error``."""
+        task_id = job.task.id
         try:
             if error is None:
                 try:
@@ -519,12 +549,45 @@ class Worker:
         except Exception as error:
             log.error("task %s: cancelling the handler failed: %r", job.task.id, error)
 
+    # -- runtime limits -------------------------------------------------------------------
+
+    def _deadline(self, session: Session, job: _Job) -> threading.Timer | None:
+        """A timer that ends the job when it outlasts its limit (None without one)."""
+        limits = {"task": job.task.max_runtime, "worker": self.max_runtime}
+        whose, limit = min(
+            ((who, seconds) for who, seconds in limits.items() if seconds is not None),
+            key=lambda pair: pair[1],
+            default=(None, None),
+        )
+        if limit is None:
+            return None
+        error = f"max_runtime exceeded: the {whose}'s limit of {limit:g}s ran out; cancelled"
+        timer = threading.Timer(limit, self._overran, (job, error))
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _overran(self, job: _Job, error: str) -> None:
+        """The run outlasted its limit: cancel the handler (a command's whole process
+        group goes), then fail the task. An in-process handler that cannot be cancelled
+        runs on in its thread, its outcome ignored."""
+        if not self._settle(job):
+            return
+        log.warning("task %s: %s", job.task.id, error)
+        self._cancel(job)
+        session = self._sessions()
+        try:
+            self._record(session, job, error=error, retry=True)
+        finally:
+            session.close()
+
     # -- leases ---------------------------------------------------------------------------
 
     def _heartbeats(self) -> None:
         session: Session | None = None
         try:
             while not self._done.wait(self.heartbeat_seconds):
+                self.registration.seen()
                 with self._jobs_lock:
                     jobs = [job for job in self._jobs.values() if not job.settled]
                 if jobs and session is None:

@@ -34,6 +34,7 @@ KANBAN_TABLES = (
     "kanban_task_links",
     "kanban_task_runs",
     "kanban_tasks",
+    "kanban_workers",
 )
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

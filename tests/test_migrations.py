@@ -451,6 +451,9 @@ SEEDS: dict[str, Callable[[Connection], Seeded]] = {
     # kb0007 adds MySQL/MariaDB's event log guard (a one-row table and a trigger):
     # the same rows must survive it, and nothing changes elsewhere.
     "kb0007": seed_kb0006,
+    # kb0008 adds the workers table and two nullable columns: the same rows must
+    # survive it (their new columns NULL).
+    "kb0008": seed_kb0006,
 }
 
 

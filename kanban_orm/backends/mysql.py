@@ -43,6 +43,7 @@ an event id has ended, and none can draw one until the read's transaction ends.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import (
@@ -59,7 +60,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
@@ -68,6 +69,7 @@ from sqlalchemy.sql.dml import Delete, Insert, Update, UpdateBase
 
 from .. import queries as q
 from ..clock import new_claim_token, utcnow
+from ..errors import DatabaseBusy
 from ..models import EVENT_LOG_GUARD_TRIGGER
 from ..states import Status
 from .base import PortableBackend
@@ -115,11 +117,12 @@ _JUST_CLAIMED = (
     tasks.c.current_run_id.is_(None),
 )
 OPEN_CLAIMED_RUNS = insert(runs).from_select(
-    ["task_id", "attempt", "claimer", "claim_lock", "started_at", "last_heartbeat_at"],
+    ["task_id", "attempt", "claimer", "worker_id", "claim_lock", "started_at", "last_heartbeat_at"],
     select(
         tasks.c.id,
         tasks.c.attempts,
         bindparam("claimer", type_=runs.c.claimer.type),
+        bindparam("worker_id", type_=runs.c.worker_id.type),
         tasks.c.claim_lock,
         utcnow(),
         utcnow(),
@@ -202,6 +205,21 @@ LOCK_MIGRATIONS = select(func.get_lock(literal("kanban_orm.migrate"), literal(60
 UNLOCK_MIGRATIONS = select(func.release_lock(literal("kanban_orm.migrate")))
 
 
+#: A registered worker's liveness lock: a named lock, which the server frees when the
+#: connection that took it ends. Names are server-wide, so the database's name (hashed:
+#: a name holds at most 64 characters) keeps two boards on one server apart.
+_WORKER_LOCK_NAME = "CONCAT('kbw:', LEFT(SHA1(DATABASE()), 16), ':', :worker_id)"
+#: Waits up to 10 s: the lock of a fresh id is free, unless a checker holds it a moment.
+LOCK_WORKER = text(f"SELECT GET_LOCK({_WORKER_LOCK_NAME}, 10)")
+#: The lock is free and the server has run since the worker took it (a restart frees
+#: every lock, which then proves nothing). Uptime is MariaDB's GLOBAL_STATUS.
+WORKER_LOCK_FREED = text(
+    f"SELECT IS_FREE_LOCK({_WORKER_LOCK_NAME}) = 1 AND UTC_TIMESTAMP(6) - INTERVAL ("
+    "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS"
+    " WHERE VARIABLE_NAME = 'UPTIME') SECOND < :locked_at"
+)
+
+
 class MySQLBackend(PortableBackend):
     name: ClassVar[str] = "mysql"
     title: ClassVar[str] = "MariaDB/MySQL"
@@ -228,6 +246,22 @@ class MySQLBackend(PortableBackend):
     def is_contention(self, error: exc.DBAPIError) -> bool:
         args: tuple[Any, ...] = tuple(getattr(error.orig, "args", ()))
         return len(args) > 0 and args[0] in _CONTENTION_CODES
+
+    liveness_lock: ClassVar[bool] = True
+
+    def lock_worker(self, conn: Connection, worker_id: int) -> None:
+        if conn.execute(LOCK_WORKER, {"worker_id": worker_id}).scalar() != 1:
+            raise DatabaseBusy(f"worker {worker_id}'s liveness lock is held elsewhere")
+
+    def dead_workers(self, s: Tx | Session, workers: Sequence[Any]) -> set[int]:
+        return {
+            w.worker_id
+            for w in workers
+            if w.locked_at is not None
+            and s.execute(
+                WORKER_LOCK_FREED, {"worker_id": w.worker_id, "locked_at": w.locked_at}
+            ).scalar()
+        }
 
     def claim_by_id(self, s: Tx, params: dict[str, Any], claimer: str) -> list[Any]:
         ids = list(s.scalars(PICK_BY_ID, params))
@@ -267,7 +301,12 @@ class MySQLBackend(PortableBackend):
 def _claim(s: Tx, ids: list[int], params: dict[str, Any], claimer: str) -> list[Any]:
     if not ids:
         return []
-    picked = {"ids": ids, "ttl": params["ttl"], "claimer": claimer}
+    picked = {
+        "ids": ids,
+        "ttl": params["ttl"],
+        "claimer": claimer,
+        "worker_id": params.get("worker_id"),
+    }
     if s.run_for_cursor(CLAIM_PICKED, picked).rowcount == 0:
         return []  # the guard decides; the picked rows were locked, so it seldom says no
     s.execute(OPEN_CLAIMED_RUNS, picked)

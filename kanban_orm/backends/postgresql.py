@@ -30,9 +30,10 @@ one stops rewriting the parent row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import exc, inspect
+from sqlalchemy import exc, inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
@@ -57,6 +58,21 @@ _RETRYABLE = frozenset({"40001", "40P01", "55P03"})
 #: pg_advisory_xact_lock key of concurrent migrations: the first eight bytes of
 #: sha1("kanban_orm.migrate").
 MIGRATION_LOCK_KEY = 0x2C6A_04F0_5B11_7A3D
+#: A registered worker's liveness lock is the two-key advisory lock (this, its id):
+#: the two-key space never meets the one-key locks above. Advisory locks belong to
+#: one database, so two boards on one server never share a worker's lock.
+WORKER_LOCK_CLASS = 0x6B62_776B  # "kbwk"
+#: Session-level: it outlives the registering transaction and ends with the connection.
+LOCK_WORKER = text(
+    "SELECT pg_advisory_lock(CAST(:lock_class AS integer), CAST(:lock_id AS integer))"
+)
+#: The lock is free (taking it for this transaction succeeds, and it goes with the
+#: transaction) and the server has run since the worker took it: a restart frees
+#: every lock, which then proves nothing about the worker.
+WORKER_LOCK_FREED = text(
+    "SELECT pg_try_advisory_xact_lock(CAST(:lock_class AS integer), CAST(:lock_id AS integer))"
+    " AND pg_postmaster_start_time() AT TIME ZONE 'UTC' < :locked_at"
+)
 
 #: The transitions that can make a child wait on a parent, each of which must rewrite
 #: the parent's row (see the module docstring): the function, and the touch it runs.
@@ -86,6 +102,21 @@ class PostgreSQLBackend(PortableBackend):
 
     def is_contention(self, error: exc.DBAPIError) -> bool:
         return getattr(error.orig, "sqlstate", None) in _RETRYABLE
+
+    liveness_lock: ClassVar[bool] = True
+
+    def lock_worker(self, conn: Connection, worker_id: int) -> None:
+        conn.execute(LOCK_WORKER, _worker_lock(worker_id))
+
+    def dead_workers(self, s: Tx | Session, workers: Sequence[Any]) -> set[int]:
+        return {
+            w.worker_id
+            for w in workers
+            if w.locked_at is not None
+            and s.execute(
+                WORKER_LOCK_FREED, {**_worker_lock(w.worker_id), "locked_at": w.locked_at}
+            ).scalar()
+        }
 
     def claim_by_id(self, s: Tx, params: dict[str, Any], claimer: str) -> list[Any]:
         return s.execute(q.opening_runs(q.CLAIM_BY_ID), {**params, "claimer": claimer}).all()
@@ -191,3 +222,9 @@ def _statement_start_postgresql(
 @compiles(new_claim_token, "postgresql")
 def _token_postgresql(element: new_claim_token, compiler: SQLCompiler, **kw: Any) -> str:
     return "replace(CAST(gen_random_uuid() AS TEXT), '-', '')"
+
+
+def _worker_lock(worker_id: int) -> dict[str, int]:
+    # The second key is a 32-bit integer: ids past it wrap, which only a board that
+    # registered two billion workers could notice.
+    return {"lock_class": WORKER_LOCK_CLASS, "lock_id": worker_id % 2**31}
