@@ -114,9 +114,6 @@ class Task(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int | None] = mapped_column(Integer)
-    #: Seconds a run of this task may take before the Worker cancels it and fails the
-    #: task (kb0008); None: no limit of its own. Kept in milliseconds.
-    max_runtime: Mapped[float | None] = mapped_column("max_runtime_ms", Milliseconds)
     run_at: Mapped[datetime | None] = mapped_column(Timestamp)
     idempotency_key: Mapped[str | None] = mapped_column(String(NAME_MAX_LENGTH))
     result: Mapped[str | None] = mapped_column(Text)
@@ -125,6 +122,9 @@ class Task(Base):
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow())
     started_at: Mapped[datetime | None] = mapped_column(Timestamp)
     completed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    #: Seconds a run of this task may take before the Worker cancels it and fails the
+    #: task (kb0008, which adds it last); None: no limit of its own. Kept in milliseconds.
+    max_runtime: Mapped[float | None] = mapped_column("max_runtime_ms", Milliseconds)
 
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 - SQLAlchemy's API
     __table_args__ = (
@@ -180,10 +180,6 @@ class TaskRun(Base):
     attempt: Mapped[int] = mapped_column(Integer)
     claimer: Mapped[str] = mapped_column(String(NAME_MAX_LENGTH))
     claim_lock: Mapped[str] = mapped_column(String(TOKEN_LENGTH))
-    # The registered worker (kb0008) that claimed, if a Worker did: what lets another
-    # worker prove the claimer dead and release the claim before its lease ends. No
-    # foreign key, as for current_run_id: a run outlives its worker's row.
-    worker_id: Mapped[int | None] = mapped_column(BigId)
     started_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow())
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(Timestamp)
     ended_at: Mapped[datetime | None] = mapped_column(Timestamp)
@@ -192,6 +188,10 @@ class TaskRun(Base):
     # "metadata" is reserved on declarative classes; the column keeps its name.
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JsonDoc)
     error: Mapped[str | None] = mapped_column(Text)
+    # The registered worker that claimed, if a Worker did: what lets another worker
+    # prove the claimer dead and release the claim before its lease ends. No foreign
+    # key, as for current_run_id: a run outlives its worker's row. kb0008 adds it last.
+    worker_id: Mapped[int | None] = mapped_column(BigId)
 
     __table_args__ = (
         CheckConstraint("(ended_at IS NULL) = (outcome IS NULL)", name="ended_iff_outcome"),

@@ -211,13 +211,24 @@ UNLOCK_MIGRATIONS = select(func.release_lock(literal("kanban_orm.migrate")))
 _WORKER_LOCK_NAME = "CONCAT('kbw:', LEFT(SHA1(DATABASE()), 16), ':', :worker_id)"
 #: Waits up to 10 s: the lock of a fresh id is free, unless a checker holds it a moment.
 LOCK_WORKER = text(f"SELECT GET_LOCK({_WORKER_LOCK_NAME}, 10)")
-#: The lock is free and the server has run since the worker took it (a restart frees
-#: every lock, which then proves nothing). Uptime is MariaDB's GLOBAL_STATUS.
-WORKER_LOCK_FREED = text(
-    f"SELECT IS_FREE_LOCK({_WORKER_LOCK_NAME}) = 1 AND UTC_TIMESTAMP(6) - INTERVAL ("
-    "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS"
-    " WHERE VARIABLE_NAME = 'UPTIME') SECOND < :locked_at"
-)
+
+
+def _worker_lock_freed(status_table: str) -> Any:
+    """The lock is free and the server has run since the worker took it (a restart frees
+    every lock, which then proves nothing). An uptime that cannot be read (no such
+    status) proves nothing either: NULL, not dead."""
+    return text(
+        f"SELECT IS_FREE_LOCK({_WORKER_LOCK_NAME}) = 1 AND UTC_TIMESTAMP(6) - INTERVAL ("
+        f"SELECT VARIABLE_VALUE FROM {status_table}"
+        " WHERE VARIABLE_NAME = 'UPTIME') SECOND < :locked_at"
+    )
+
+
+#: The server's status is in information_schema on MariaDB, performance_schema on MySQL 8.
+WORKER_LOCK_FREED = {
+    True: _worker_lock_freed("information_schema.GLOBAL_STATUS"),
+    False: _worker_lock_freed("performance_schema.global_status"),
+}
 
 
 class MySQLBackend(PortableBackend):
@@ -254,13 +265,13 @@ class MySQLBackend(PortableBackend):
             raise DatabaseBusy(f"worker {worker_id}'s liveness lock is held elsewhere")
 
     def dead_workers(self, s: Tx | Session, workers: Sequence[Any]) -> set[int]:
+        dialect = s.dialect if not isinstance(s, Session) else s.get_bind().dialect
+        freed = WORKER_LOCK_FREED[bool(getattr(dialect, "is_mariadb", False))]
         return {
             w.worker_id
             for w in workers
             if w.locked_at is not None
-            and s.execute(
-                WORKER_LOCK_FREED, {"worker_id": w.worker_id, "locked_at": w.locked_at}
-            ).scalar()
+            and s.execute(freed, {"worker_id": w.worker_id, "locked_at": w.locked_at}).scalar()
         }
 
     def claim_by_id(self, s: Tx, params: dict[str, Any], claimer: str) -> list[Any]:

@@ -119,13 +119,15 @@ class PostgreSQLBackend(PortableBackend):
         }
 
     def claim_by_id(self, s: Tx, params: dict[str, Any], claimer: str) -> list[Any]:
-        return s.execute(q.opening_runs(q.CLAIM_BY_ID), {**params, "claimer": claimer}).all()
+        claiming = {"worker_id": None, **params, "claimer": claimer}
+        return s.execute(q.opening_runs(q.CLAIM_BY_ID), claiming).all()
 
     def claim_next(
         self, s: Tx, by_assignee: bool, by_tenant: bool, params: dict[str, Any], claimer: str
     ) -> list[Any]:
         claim = q.claim_next_statement(by_assignee, by_tenant)
-        return s.execute(q.opening_runs(claim), {**params, "claimer": claimer}).all()
+        claiming = {"worker_id": None, **params, "claimer": claimer}
+        return s.execute(q.opening_runs(claim), claiming).all()
 
     def finish_run(
         self, s: Tx, closing: RunClosing, payload: dict[str, Any] | None, see_children: bool

@@ -55,8 +55,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("kanban_tasks") as batch:
-        batch.drop_column("max_runtime_ms")
-    with op.batch_alter_table("kanban_task_runs") as batch:
-        batch.drop_column("worker_id")
+    # A plain DROP COLUMN (SQLite 3.35+): a batch copy of kanban_tasks would lose the
+    # expression index kb0005 made, which reflection cannot see.
+    op.drop_column("kanban_tasks", "max_runtime_ms")
+    op.drop_column("kanban_task_runs", "worker_id")
     op.drop_table("kanban_workers")
