@@ -11,6 +11,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import subprocess
 import sys
 import time
 from datetime import timedelta
@@ -253,3 +254,16 @@ def test_a_registration_that_cannot_reach_the_database_is_tried_again(
     assert [w.claimer for w in kb.list_workers(session)] == ["flaky"]
     registration.stop()
     assert kb.list_workers(session) == []
+
+
+# -- the measurement ----------------------------------------------------------------------
+
+
+def test_crash_bench_measures_kills_and_stops(db_url: str) -> None:
+    bench = [sys.executable, "-m", "stress.crash_bench", "--db", db_url]
+    sizes = ["--kills", "2", "--stops", "1", "--rescuers", "1"]
+    done = subprocess.run([*bench, *sizes], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.splitlines()
+    assert "2 SIGKILLs, kill -> claimed by another: p50 " in line
+    assert line.endswith("1 SIGSTOPs: 0 released before the lease ended")
