@@ -75,7 +75,8 @@ def _signal_all(procs: list[Any], signum: int) -> None:
 def victim_holds(url: str, session: Any, rescuers: list[Any], ttl: float | None, tmp: str) -> Any:
     """Start a victim and give it the round's task while the rescuers are stopped."""
     marker = Path(tmp) / f"held-{time.monotonic_ns()}.json"
-    victim = SPAWN.Process(target=hold, args=(url, str(marker), ttl))
+    # A daemon: a round that fails leaves no victim running after the bench exits.
+    victim = SPAWN.Process(target=hold, args=(url, str(marker), ttl), daemon=True)
     _signal_all(rescuers, signal.SIGSTOP)
     try:
         victim.start()
@@ -83,6 +84,7 @@ def victim_holds(url: str, session: Any, rescuers: list[Any], ttl: float | None,
         deadline = time.monotonic() + PATIENCE
         while not marker.exists() or not marker.read_text():
             if not victim.is_alive() or time.monotonic() > deadline:
+                victim.kill()
                 raise RuntimeError("the victim never claimed its task")
             time.sleep(0.02)
     finally:
@@ -104,7 +106,18 @@ def kill_round(url: str, session: Any, rescuers: list[Any], tmp: str) -> float:
     first, second = runs[0], runs[1]
     if first.outcome != "reclaimed" or "died" not in (first.error or ""):
         raise RuntimeError(f"unexpected first run: {first.outcome} {first.error}")
+    rescued(session, held["task"])
     return (second.started_at - killed_at).total_seconds()
+
+
+def rescued(session: Any, task_id: int) -> None:
+    """Wait until a rescuer has completed the task: the next round stops the rescuers,
+    and one stopped inside its completion would hold SQLite's write lock."""
+    deadline = time.monotonic() + PATIENCE
+    while kb.get_task(session, task_id).status != "done":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"task {task_id} was never completed by a rescuer")
+        time.sleep(0.02)
 
 
 def stop_round(url: str, session: Any, rescuers: list[Any], tmp: str) -> bool:
@@ -122,6 +135,7 @@ def stop_round(url: str, session: Any, rescuers: list[Any], tmp: str) -> bool:
         os.kill(victim.pid, signal.SIGKILL)
         os.kill(victim.pid, signal.SIGCONT)
         victim.join()
+    rescued(session, held["task"])
     first = kb.list_runs(session, task_id=held["task"])[0]
     early = first.ended_at is None or lease_end is None or first.ended_at < lease_end
     return early or first.error != "lease expired"
