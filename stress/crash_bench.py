@@ -5,11 +5,12 @@ and that a SIGSTOPped worker's claim is never released before its lease ends.
 
 ``--rescuers`` ``kb.Worker`` processes run all along with their default settings (idle
 backoff up to 5 s, the default 15-minute lease), completing whatever they claim. Each
-kill round starts a victim ``kb.Worker`` whose handler never returns; the rescuers are
-SIGSTOPped while the victim claims the round's one task (so the victim, not a rescuer,
-gets it), resumed, and after a random 0-5 s (any phase of their polling) the victim is
-SIGKILLed. Measured: kill -> the task's next run started (the database's clock; the
-server runs on this host, as SQLite always does), p50/p95 over the kills.
+kill round starts a victim ``kb.Worker`` whose handler never returns and gives it the
+round's one task (assigned to the victim alone, then reassigned to the rescuers while the
+victim holds it: a running task keeps its claim); after a random 0-5 s (any phase of the
+rescuers' polling) the victim is SIGKILLed. Measured: kill -> the task's next run
+started (the database's clock; the server runs on this host, as SQLite always does),
+p50/p95 over the kills.
 
 Each stop round does the same with a victim whose lease is 4 s, SIGSTOPs it instead,
 and waits until its claim is released: an *early release* is one whose run closed
@@ -40,6 +41,7 @@ from kanban_orm.models import Base
 
 SPAWN = mp.get_context("spawn")
 TENANT = "crash-bench"
+VICTIM, RESCUER = "victim", "rescuer"
 STOP_TTL_SECONDS = 4.0
 #: A bound against a hung round, not a measurement.
 PATIENCE = 120.0
@@ -47,7 +49,7 @@ PATIENCE = 120.0
 
 def rescue(url: str) -> None:
     """A rescuer: a default kb.Worker that completes whatever it claims."""
-    kb.Worker(lambda task: "rescued", url=url, tenant=TENANT).run()
+    kb.Worker(lambda task: "rescued", url=url, tenant=TENANT, assignee=RESCUER).run()
 
 
 def hold(url: str, marker: str, ttl_seconds: float | None) -> None:
@@ -58,7 +60,9 @@ def hold(url: str, marker: str, ttl_seconds: float | None) -> None:
         while True:
             time.sleep(3600)
 
-    kb.Worker(handler, url=url, tenant=TENANT, ttl_seconds=ttl_seconds, idle_max=0.25).run()
+    kb.Worker(
+        handler, url=url, tenant=TENANT, assignee=VICTIM, ttl_seconds=ttl_seconds, idle_max=0.25
+    ).run()
 
 
 def empty(engine: sa.Engine) -> None:
@@ -67,33 +71,26 @@ def empty(engine: sa.Engine) -> None:
             conn.execute(table.delete())
 
 
-def _signal_all(procs: list[Any], signum: int) -> None:
-    for proc in procs:
-        os.kill(proc.pid, signum)
-
-
-def victim_holds(url: str, session: Any, rescuers: list[Any], ttl: float | None, tmp: str) -> Any:
-    """Start a victim and give it the round's task while the rescuers are stopped."""
+def victim_holds(url: str, session: Any, ttl: float | None, tmp: str) -> Any:
+    """Start a victim, let it claim the round's task, then hand the task to the
+    rescuers (it stays the victim's while the victim's claim holds)."""
     marker = Path(tmp) / f"held-{time.monotonic_ns()}.json"
     # A daemon: a round that fails leaves no victim running after the bench exits.
     victim = SPAWN.Process(target=hold, args=(url, str(marker), ttl), daemon=True)
-    _signal_all(rescuers, signal.SIGSTOP)
-    try:
-        victim.start()
-        kb.create_task(session, title="victim's task", tenant=TENANT)
-        deadline = time.monotonic() + PATIENCE
-        while not marker.exists() or not marker.read_text():
-            if not victim.is_alive() or time.monotonic() > deadline:
-                victim.kill()
-                raise RuntimeError("the victim never claimed its task")
-            time.sleep(0.02)
-    finally:
-        _signal_all(rescuers, signal.SIGCONT)
+    victim.start()
+    task_id = kb.create_task(session, title="victim's task", tenant=TENANT, assignee=VICTIM)
+    deadline = time.monotonic() + PATIENCE
+    while not marker.exists() or not marker.read_text():
+        if not victim.is_alive() or time.monotonic() > deadline:
+            victim.kill()
+            raise RuntimeError("the victim never claimed its task")
+        time.sleep(0.02)
+    kb.reassign_task(session, task_id, assignee=RESCUER)
     return victim, json.loads(marker.read_text())
 
 
-def kill_round(url: str, session: Any, rescuers: list[Any], tmp: str) -> float:
-    victim, held = victim_holds(url, session, rescuers, None, tmp)
+def kill_round(url: str, session: Any, tmp: str) -> float:
+    victim, held = victim_holds(url, session, None, tmp)
     time.sleep(random.uniform(0.0, 5.0))
     killed_at = datetime.now(UTC).replace(tzinfo=None)
     os.kill(victim.pid, signal.SIGKILL)
@@ -111,8 +108,7 @@ def kill_round(url: str, session: Any, rescuers: list[Any], tmp: str) -> float:
 
 
 def rescued(session: Any, task_id: int) -> None:
-    """Wait until a rescuer has completed the task: the next round stops the rescuers,
-    and one stopped inside its completion would hold SQLite's write lock."""
+    """Wait until a rescuer has completed the task, so rounds do not overlap."""
     deadline = time.monotonic() + PATIENCE
     while kb.get_task(session, task_id).status != "done":
         if time.monotonic() > deadline:
@@ -120,9 +116,9 @@ def rescued(session: Any, task_id: int) -> None:
         time.sleep(0.02)
 
 
-def stop_round(url: str, session: Any, rescuers: list[Any], tmp: str) -> bool:
+def stop_round(url: str, session: Any, tmp: str) -> bool:
     """True if the stopped victim's claim was released early (a violation)."""
-    victim, held = victim_holds(url, session, rescuers, STOP_TTL_SECONDS, tmp)
+    victim, held = victim_holds(url, session, STOP_TTL_SECONDS, tmp)
     os.kill(victim.pid, signal.SIGSTOP)
     try:
         lease_end = kb.get_task(session, held["task"]).claim_expires
@@ -168,11 +164,13 @@ def main() -> None:
         with TemporaryDirectory() as tmp:
             time.sleep(3.0)  # the rescuers are up and idle
             for _ in range(args.kills):
-                delays.append(kill_round(args.db, session, rescuers, tmp))
+                delays.append(kill_round(args.db, session, tmp))
             for _ in range(args.stops):
-                early += stop_round(args.db, session, rescuers, tmp)
+                early += stop_round(args.db, session, tmp)
     finally:
-        _signal_all(rescuers, signal.SIGINT)
+        for proc in rescuers:
+            if proc.pid is not None:
+                os.kill(proc.pid, signal.SIGINT)  # a Worker stops cleanly on Ctrl-C
         for proc in rescuers:
             proc.join(10)
             if proc.is_alive():
