@@ -379,7 +379,7 @@ class Worker:
             self._jobs[task.id] = job
             self.stats.claimed += 1
         log.info("task %s: claimed (attempt %s): %s", task.id, task.attempts, task.title)
-        deadline = self._deadline(session, job)
+        deadline = self._deadline(job)
         try:
             try:
                 result = self.handler(task)
@@ -551,7 +551,7 @@ class Worker:
 
     # -- runtime limits -------------------------------------------------------------------
 
-    def _deadline(self, session: Session, job: _Job) -> threading.Timer | None:
+    def _deadline(self, job: _Job) -> threading.Timer | None:
         """A timer that ends the job when it outlasts its limit (None without one)."""
         limits = {"task": job.task.max_runtime, "worker": self.max_runtime}
         whose, limit = min(

@@ -190,6 +190,25 @@ def test_a_task_within_its_limit_completes(db_url: str, session: Session) -> Non
     assert stats.completed == 1
 
 
+def test_the_cli_sets_both_limits(db_url: str, session: Session, tmp_path: Path) -> None:
+    created = CliRunner().invoke(
+        main, ["--db", db_url, "create", "--title", "cli", "--max-runtime", "30"]
+    )
+    assert created.exit_code == 0, created.output
+    task_id = int(created.output.strip())
+    assert kb.get_task(session, task_id).max_runtime == 30
+    argv, pid_file = sleeper(tmp_path)
+    worked = CliRunner().invoke(
+        main, ["--db", db_url, "work", "--drain", "--max-runtime", "1", "--", *argv]
+    )
+    assert worked.exit_code == 0, worked.output
+    run = first_run(session, task_id)
+    assert run.error == "max_runtime exceeded: the worker's limit of 1s ran out; cancelled"
+    assert gone(int(pid_file.read_text()))
+    refused = CliRunner().invoke(main, ["--db", db_url, "work", "--max-runtime", "0", "--", "x"])
+    assert refused.exit_code == 2
+
+
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "5", True])
 def test_max_runtime_is_validated(session: Session, bad: object) -> None:
     with pytest.raises(kb.InvalidInput, match="max_runtime"):
