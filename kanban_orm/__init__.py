@@ -62,6 +62,7 @@ from .migrate import (
 from .models import (
     Base,
     BoardEvent,
+    RegisteredWorker,
     StatusTally,
     Task,
     TaskAttachment,
@@ -70,6 +71,7 @@ from .models import (
     TaskLink,
     TaskRun,
 )
+from .registry import WorkerInfo, list_workers, release_dead_claims
 from .service import (
     block_task,
     claim_many,
@@ -135,6 +137,7 @@ __all__ = [
     "KeepingSession",
     "MigrationError",
     "PruneResult",
+    "RegisteredWorker",
     "RetentionSettings",
     "RetryPolicy",
     "SchemaOutOfDate",
@@ -150,6 +153,7 @@ __all__ = [
     "TaskNotFound",
     "TaskRun",
     "Worker",
+    "WorkerInfo",
     "WorkerStats",
     "__version__",
     "add_comment",
@@ -191,10 +195,12 @@ __all__ = [
     "list_links",
     "list_runs",
     "list_tasks",
+    "list_workers",
     "prune",
     "read_attachment",
     "reassign_task",
     "refresh_counts",
+    "release_dead_claims",
     "release_stale_claims",
     "release_task",
     "reopen_task",

@@ -339,6 +339,12 @@ _STATUS = click.Choice([s.value for s in Status])
 @click.option("parents", "--parent", type=int, multiple=True, metavar="ID", help="Wait for ID.")
 @click.option("--idempotency-key", metavar="KEY", help="Return the live task with KEY if any.")
 @click.option("--max-attempts", type=int, help="Attempts before the task is blocked.")
+@click.option(
+    "--max-runtime",
+    type=float,
+    metavar="SECONDS",
+    help="A run that takes longer is cancelled and the task failed.",
+)
 @click.option("--triage", is_flag=True, help="Start in triage rather than ready/todo.")
 @click.option("--created-by", metavar="NAME")
 @_json_option()
@@ -353,6 +359,7 @@ def create(
     parents: tuple[int, ...],
     idempotency_key: str | None,
     max_attempts: int | None,
+    max_runtime: float | None,
     triage: bool,
     created_by: str | None,
     as_json: bool,
@@ -373,6 +380,7 @@ def create(
         parents=parents,
         idempotency_key=idempotency_key,
         max_attempts=max_attempts,
+        max_runtime=max_runtime,
         triage=triage,
         created_by=created_by,
     )
@@ -1046,6 +1054,12 @@ def _claimers(session: Session, tasks: list[Task]) -> dict[int, str]:
     show_default=True,
     help="Longest sleep between polls of an empty board.",
 )
+@click.option(
+    "--max-runtime",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Kill a command running longer (its process group) and fail its task.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Log warnings and errors only.")
 @click.option(
     "--workspace",
@@ -1079,6 +1093,7 @@ def work(
     claimer: str | None,
     grace: float,
     idle_max: float,
+    max_runtime: float | None,
     quiet: bool,
     workspace: Path | None,
     git_repo: Path | None,
@@ -1095,6 +1110,11 @@ def work(
     newline dropped); any other status fails it with the tail of stderr as the
     error, so it is retried with backoff until max attempts, then blocked.
     The lease is renewed every ttl/3 seconds while the command runs.
+    --max-runtime SECONDS (or a task's own max runtime, if shorter): a command still
+    running then is terminated with its process group (SIGTERM, then SIGKILL after
+    5 s) and its task failed with an error naming the limit.
+    The worker registers itself (see `workers`): if it dies, the next worker to claim
+    releases its tasks at once instead of when their leases expire.
     \b
     --workspace DIR / --git REPO / --log-dir DIR: each run works in DIR/<task>-<run>
     (a git worktree of REPO on branch kanban/task-<task>-run-<run>, removed on
@@ -1131,6 +1151,7 @@ def work(
         grace_seconds=grace,
         idle_max=max(idle_max, 0.25),
         idle_min=min(0.25, idle_max),
+        max_runtime=max_runtime,
     )
     logger = logging.getLogger("kanban_orm.worker")
 

@@ -14,8 +14,9 @@ import click
 from sqlalchemy.orm import Session
 
 from . import doctor as checks
-from . import maintenance
+from . import maintenance, registry
 from .errors import InvalidInput
+from .serialize import iso
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -189,4 +190,47 @@ def doctor_command(
         ctx.exit(1)
 
 
-COMMANDS = (prune_command, delete_command, reassign_command, doctor_command)
+@click.command("workers")
+@click.option("everyone", "--all", is_flag=True, help="Also the stopped and dead ones.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("as_json", "--json", is_flag=True, help="Print the workers as JSON.")
+@click.pass_context
+def workers_command(ctx: click.Context, everyone: bool, limit: int, as_json: bool) -> None:
+    """List the registered workers, newest first: host, pid, started, last seen,
+    state (alive, dead: its claims are released by the next claimer; with --all also
+    stopped) and the claims each holds.
+
+    \b
+    Plain: one line each: ID STATE CLAIMER HOST PID STARTED LAST-SEEN CLAIMS.
+    --json: [{"id", "claimer", "host", "pid", "started_at", "last_seen_at",
+              "stopped_at", "state", "claims"}, ...]
+    """
+    found = registry.list_workers(_session(ctx), everyone=everyone, limit=limit)
+    if as_json:
+        _emit_json([_worker_json(worker) for worker in found])
+        return
+    if not found:
+        click.echo("no workers registered" if everyone else "no live workers")
+    for w in found:
+        seen = iso(w.last_seen_at)
+        click.echo(
+            f"{w.id:>5}  {w.state:<7}  {w.claimer}  {w.host}  pid {w.pid}"
+            f"  started {iso(w.started_at)}  seen {seen}  claims {w.claims}"
+        )
+
+
+def _worker_json(worker: registry.WorkerInfo) -> dict[str, Any]:
+    return {
+        "id": worker.id,
+        "claimer": worker.claimer,
+        "host": worker.host,
+        "pid": worker.pid,
+        "started_at": iso(worker.started_at),
+        "last_seen_at": iso(worker.last_seen_at),
+        "stopped_at": iso(worker.stopped_at),
+        "state": worker.state,
+        "claims": worker.claims,
+    }
+
+
+COMMANDS = (prune_command, delete_command, reassign_command, doctor_command, workers_command)

@@ -24,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     event,
     text,
 )
@@ -56,6 +57,23 @@ JsonDoc = JSON().with_variant(JSONB(), "postgresql")
 Blob = LargeBinary().with_variant(LONGBLOB(), "mysql", "mariadb")
 #: Naive UTC. MySQL and MariaDB store whole seconds unless told a precision (kb0004).
 Timestamp = DateTime().with_variant(MYSQL_DATETIME(fsp=6), "mysql", "mariadb")
+
+
+class Milliseconds(TypeDecorator[float]):
+    """Seconds in Python, whole milliseconds in an INTEGER column: the same on every
+    database (no float column, whose width and driver handling differ)."""
+
+    impl = Integer
+    cache_ok = True
+
+    def process_bind_param(self, value: float | None, dialect: Any) -> int | None:
+        return None if value is None else max(1, round(value * 1000))
+
+    def process_result_value(self, value: int | None, dialect: Any) -> float | None:
+        return None if value is None else value / 1000
+
+
+HOST_MAX_LENGTH = 255
 
 _KEY_WITH_TENANT = "idempotency_key IS NOT NULL AND tenant IS NOT NULL AND status <> 'archived'"
 _KEY_WITHOUT_TENANT = "idempotency_key IS NOT NULL AND tenant IS NULL AND status <> 'archived'"
@@ -108,6 +126,9 @@ class Task(Base):
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow())
     started_at: Mapped[datetime | None] = mapped_column(Timestamp)
     completed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    #: Seconds a run of this task may take before the Worker cancels it and fails the
+    #: task (kb0011, which adds it last); None: no limit of its own. Kept in milliseconds.
+    max_runtime: Mapped[float | None] = mapped_column("max_runtime_ms", Milliseconds)
 
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 - SQLAlchemy's API
     __table_args__ = (
@@ -174,6 +195,10 @@ class TaskRun(Base):
     # "metadata" is reserved on declarative classes; the column keeps its name.
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JsonDoc)
     error: Mapped[str | None] = mapped_column(Text)
+    # The registered worker that claimed, if a Worker did: what lets another worker
+    # prove the claimer dead and release the claim before its lease ends. No foreign
+    # key, as for current_run_id: a run outlives its worker's row. kb0011 adds it last.
+    worker_id: Mapped[int | None] = mapped_column(BigId)
 
     __table_args__ = (
         CheckConstraint("(ended_at IS NULL) = (outcome IS NULL)", name="ended_iff_outcome"),
@@ -455,6 +480,43 @@ STATUS_TALLY_DDL: dict[str, tuple[str, ...]] = {
     "mysql": _MYSQL_TALLY_DDL,
     "mariadb": _MYSQL_TALLY_DDL,
 }
+
+
+class RegisteredWorker(Base):
+    """A registered worker process (kb0011): who it is, where it runs, when it was last
+    seen, and what proves it alive.
+
+    ``kanban_orm.registry`` writes these rows. On PostgreSQL and MySQL/MariaDB the worker
+    holds a lock named by its id on a connection of its own, which the server frees when
+    the process dies; ``locked_at`` is when it took it (a server restarted since frees
+    every lock, which then proves nothing). On SQLite ``host``, ``pid`` and
+    ``process_start`` (the operating system's start mark of the process, so a reused pid
+    is not taken for the worker) prove it. ``stopped_at`` is set by a clean stop, or when
+    another worker proves this one dead.
+    """
+
+    __tablename__ = "kanban_workers"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    claimer: Mapped[str] = mapped_column(String(NAME_MAX_LENGTH))
+    host: Mapped[str] = mapped_column(String(HOST_MAX_LENGTH))
+    pid: Mapped[int] = mapped_column(Integer)
+    process_start: Mapped[str | None] = mapped_column(String(NAME_MAX_LENGTH))
+    started_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow())
+    last_seen_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow())
+    locked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    stopped_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    #: Why the row ended: ``stopped`` (a clean stop) or ``dead`` (proven so by another).
+    end_reason: Mapped[str | None] = mapped_column(String(16))
+
+    __table_args__ = (
+        # The live workers, which the dead-claim sweep and `kanban-orm workers` read.
+        Index("ix_kanban_workers_stopped_at", "stopped_at"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<RegisteredWorker {self.id} {self.claimer} {self.host}:{self.pid}>"
+
 
 KANBAN_TABLES = frozenset(Base.metadata.tables)
 

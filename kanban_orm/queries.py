@@ -66,6 +66,7 @@ from sqlalchemy.types import TypeDecorator
 from .clock import new_claim_token, utcnow, utcnow_at_statement_start
 from .models import (
     JsonDoc,
+    RegisteredWorker,
     StatusTally,
     Task,
     TaskComment,
@@ -81,6 +82,7 @@ events: Table = TaskEvent.__table__  # type: ignore[assignment]
 links: Table = TaskLink.__table__  # type: ignore[assignment]
 comments: Table = TaskComment.__table__  # type: ignore[assignment]
 tallies: Table = StatusTally.__table__  # type: ignore[assignment]
+workers: Table = RegisteredWorker.__table__  # type: ignore[assignment]
 
 _FINISHED = [s.value for s in FINISHED]
 _UNFINISHED = [s.value for s in Status if s not in FINISHED]
@@ -252,6 +254,8 @@ def claim_next_statement(
 
 
 _claimer = bindparam("claimer", type_=runs.c.claimer.type)
+#: The registered worker that claims (kb0011), or NULL for a caller that is none.
+_worker_id = bindparam("worker_id", type_=runs.c.worker_id.type)
 
 
 def _runs_and_events(
@@ -260,12 +264,22 @@ def _runs_and_events(
     """The run and the ``claimed`` event of each claimed task: INSERT ... SELECT from
     ``claimed`` (task rows whose ``current_run_id`` names the new run), ``where`` given."""
     opened = insert(runs).from_select(
-        ["id", "task_id", "attempt", "claimer", "claim_lock", "started_at", "last_heartbeat_at"],
+        [
+            "id",
+            "task_id",
+            "attempt",
+            "claimer",
+            "worker_id",
+            "claim_lock",
+            "started_at",
+            "last_heartbeat_at",
+        ],
         select(
             claimed.c.current_run_id,
             claimed.c.id,
             claimed.c.attempts,
             _claimer,
+            _worker_id,
             claimed.c.claim_lock,
             utcnow(),
             utcnow(),
@@ -366,6 +380,94 @@ def claimable_exists_statement(by_assignee: bool, by_tenant: bool) -> Select[Any
             waiting.append(ready.c[field] == bindparam(f"only_{field}"))
             lapsed.append(expired.c[field] == bindparam(f"only_{field}"))
     return select(or_(exists().where(*waiting), exists().where(*lapsed)))
+
+
+# -- registered workers (kanban_orm.registry) -------------------------------------------
+
+INSERT_WORKER = insert(workers).values(
+    claimer=bindparam("claimer"),
+    host=bindparam("host"),
+    pid=bindparam("pid"),
+    process_start=bindparam("process_start"),
+    started_at=utcnow(),
+    last_seen_at=utcnow(),
+    locked_at=utcnow(),
+)
+_THE_WORKER = workers.c.id == bindparam("worker_id")
+WORKER_SEEN = update(workers).where(_THE_WORKER).values(last_seen_at=utcnow())
+#: The worker took its liveness lock again (a new connection after the old one died).
+WORKER_LOCKED = update(workers).where(_THE_WORKER).values(locked_at=utcnow(), last_seen_at=utcnow())
+#: A clean stop, or a death proven by another worker: the row is history from now on.
+WORKER_ENDED = (
+    update(workers)
+    .where(
+        workers.c.id.in_(bindparam("worker_ids", expanding=True)), workers.c.stopped_at.is_(None)
+    )
+    .values(stopped_at=utcnow(), end_reason=bindparam("end_reason"))
+)
+FORGET_ENDED_WORKERS = delete(workers).where(
+    workers.c.stopped_at < utcnow(-bindparam("keep_seconds"))
+)
+#: The tasks a registered worker still holds, through each task's open run.
+_HELD_BY_WORKERS = tasks.join(runs, runs.c.id == tasks.c.current_run_id).join(
+    workers, workers.c.id == runs.c.worker_id
+)
+_WORKER_LIVENESS = (
+    workers.c.host,
+    workers.c.pid,
+    workers.c.process_start,
+    workers.c.locked_at,
+    workers.c.stopped_at,
+)
+
+
+@cache
+def worker_claims_statement(by_assignee: bool, by_tenant: bool) -> Select[Any]:
+    """Up to ``:limit`` running tasks held by registered workers, with what proves each
+    worker alive, within the same filters a claim uses."""
+    statement = (
+        select(
+            tasks.c.id,
+            tasks.c.claim_lock,
+            tasks.c.attempts,
+            tasks.c.max_attempts,
+            workers.c.id.label("worker_id"),
+            workers.c.claimer,
+            *_WORKER_LIVENESS,
+        )
+        .select_from(_HELD_BY_WORKERS)
+        .where(tasks.c.status == Status.RUNNING.value)
+    )
+    if by_assignee:
+        statement = statement.where(tasks.c.assignee == bindparam("only_assignee"))
+    if by_tenant:
+        statement = statement.where(tasks.c.tenant == bindparam("only_tenant"))
+    return statement.limit(bindparam("limit", type_=Integer))
+
+
+#: Take back the claim of a worker proven dead: a compare-and-swap on the token seen,
+#: whatever the lease says (RECLAIM_EXPIRED's twin without its expiry guard).
+RECLAIM_HELD = (
+    update(tasks)
+    .where(_HELD)
+    .values(
+        status=bindparam("next_status"), block_reason=bindparam("reason"), **_RELEASE_CLAIM, **_BUMP
+    )
+    .returning(tasks.c.id)
+)
+_claims_held = (
+    select(func.count())
+    .select_from(tasks.join(runs, runs.c.id == tasks.c.current_run_id))
+    .where(runs.c.worker_id == workers.c.id, tasks.c.status == Status.RUNNING.value)
+    .scalar_subquery()
+)
+#: Registered workers, newest first, each with the number of claims it holds.
+LIST_WORKERS = (
+    select(workers, _claims_held.label("claims"))
+    .order_by(workers.c.id.desc())
+    .limit(bindparam("limit", type_=Integer))
+)
+LIST_LIVE_WORKERS = LIST_WORKERS.where(workers.c.stopped_at.is_(None))
 
 
 # -- finishing a run --------------------------------------------------------------------
@@ -676,6 +778,7 @@ OPEN_RUN = insert(runs).values(
     task_id=bindparam("task_id"),
     attempt=_attempt,
     claimer=_claimer,
+    worker_id=_worker_id,
     claim_lock=bindparam("token"),
     started_at=utcnow(),
     last_heartbeat_at=utcnow(),
@@ -802,7 +905,7 @@ RECLAIM_EXPIRED = (
 @cache
 def completing_and_claiming(by_assignee: bool, by_tenant: bool) -> Select[Any]:
     """PostgreSQL: :data:`COMPLETE_ONE_UNCONTESTED` of ``:task_id`` and then, only if it
-    completed, the claim of up to ``:limit`` tasks (:func:`opening_runs`), in one
+    completed, the claim of up to ``:limit`` tasks (as :func:`claim_opening_runs_statement`), in one
     statement: what complete_and_claim_many writes when nothing needs promoting.
 
     The claim's pick waits for the completion's event (``after``), so the completed

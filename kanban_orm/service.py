@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import backends, config, maintenance, steps
+from . import backends, config, maintenance, registry, steps
 from . import queries as q
 from . import validation as check
 from ._deprecation import keyword_only_since
@@ -58,6 +58,7 @@ def create_task(
     run_at: datetime | None = None,
     created_by: str | None = None,
     triage: bool = False,
+    max_runtime: float | None = None,
 ) -> int:
     """Create a task and return its id.
 
@@ -65,6 +66,9 @@ def create_task(
     ``parents`` is unfinished, else in ``ready``. With an ``idempotency_key`` that a live
     (not archived) task of the same tenant already holds, that task's id is returned
     and nothing is written.
+
+    ``max_runtime`` (seconds) limits each run of the task: a
+    :class:`~kanban_orm.worker.Worker` cancels a run that outlasts it and fails the task.
 
     Raises :class:`InvalidInput` (empty or over-long title, bad types) and
     :class:`TaskNotFound` (a parent that does not exist); nothing is written then.
@@ -79,6 +83,7 @@ def create_task(
         "priority": check.integer(priority, "priority"),
         "max_attempts": check.optional_integer(max_attempts, "max_attempts", minimum=1),
         "run_at": check.timestamp(run_at, "run_at"),
+        "max_runtime_ms": check.runtime_limit(max_runtime, "max_runtime"),
     }
     parent_ids = check.task_ids(parents, "parents")
     triage = check.boolean(triage, "triage")
@@ -142,7 +147,12 @@ def _initial_status(s: Tx, parent_ids: list[int], triage: bool) -> Status:
 
 
 def claim_task(
-    session: Session, task_id: int, *, claimer: str, ttl_seconds: float | None = None
+    session: Session,
+    task_id: int,
+    *,
+    claimer: str,
+    ttl_seconds: float | None = None,
+    worker_id: int | None = None,
 ) -> Task | None:
     """Claim one specific ready task for ``claimer``; return it running, or None.
 
@@ -151,15 +161,20 @@ def claim_task(
     The returned task carries a fresh ``claim_lock`` (a fencing token unique to this
     claim) that later fenced calls must present, and ``current_run_id``, the new run.
 
+    ``worker_id`` names the registered worker claiming (see :mod:`kanban_orm.registry`),
+    recorded on the run, so the claim is released as soon as that worker is proven
+    dead; a :class:`~kanban_orm.worker.Worker` passes its own.
+
     Raises :class:`TaskNotFound` for an unknown id, :class:`InvalidInput` for a bad
-    claimer or TTL.
+    claimer, TTL or worker id.
     """
     task_id = check.task_id(task_id)
     who = steps.claimer_name(claimer)
     ttl = check.ttl(ttl_seconds)
+    params = {"task_id": task_id, "ttl": ttl, "worker_id": _worker_id(worker_id)}
 
     def work(s: Tx) -> Task | None:
-        claimed = s.backend.claim_by_id(s, {"task_id": task_id, "ttl": ttl}, who)
+        claimed = s.backend.claim_by_id(s, params, who)
         if not claimed:
             if s.execute(q.TASK_EXISTS, {"task_id": task_id}).first() is None:
                 raise TaskNotFound(task_id)
@@ -176,14 +191,21 @@ def claim_next(
     assignee: str | None = None,
     tenant: str | None = None,
     ttl_seconds: float | None = None,
+    worker_id: int | None = None,
 ) -> Task | None:
     """Claim the best claimable task (highest priority, then oldest), or return None.
 
-    Expired leases are taken over (see :func:`claim_many`), so a board with no reaper
-    still heals.
+    Expired leases, and the claims of workers proven dead, are taken over (see
+    :func:`claim_many`), so a board with no reaper still heals.
     """
     claimed = claim_many(
-        session, claimer=claimer, limit=1, assignee=assignee, tenant=tenant, ttl_seconds=ttl_seconds
+        session,
+        claimer=claimer,
+        limit=1,
+        assignee=assignee,
+        tenant=tenant,
+        ttl_seconds=ttl_seconds,
+        worker_id=worker_id,
     )
     return claimed[0] if claimed else None
 
@@ -196,18 +218,21 @@ def claim_many(
     assignee: str | None = None,
     tenant: str | None = None,
     ttl_seconds: float | None = None,
+    worker_id: int | None = None,
 ) -> list[Task]:
     """Claim up to ``limit`` claimable tasks in one transaction, best first.
 
     Each claimed task gets its own run, fencing token and ``claimed`` event. An empty
-    list means nothing was claimable.
+    list means nothing was claimable. ``worker_id`` is as for :func:`claim_task`.
 
-    Expired leases within the same filters are taken over, so a board with no reaper
-    still heals: whenever the claimable tasks fall short of ``limit``, and otherwise at
-    most once every :data:`RECLAIM_CHECK_SECONDS` per process and engine (looking for
-    them costs a query, which a busy claimer should not pay on every call).
+    Expired leases within the same filters are taken over, and so are the claims of
+    registered workers proven dead (:func:`kanban_orm.registry.release_dead_claims`),
+    so a board with no reaper still heals: whenever the claimable tasks fall short of
+    ``limit``, and otherwise at most once every :data:`RECLAIM_CHECK_SECONDS` per
+    process and engine (looking for them costs a query, which a busy claimer should
+    not pay on every call).
     """
-    wanted = _ClaimFilter.of(claimer, limit, assignee, tenant, ttl_seconds)
+    wanted = _ClaimFilter.of(claimer, limit, assignee, tenant, ttl_seconds, worker_id)
     return _claiming(session, wanted, lambda limit: _claim_only(session, wanted, limit))
 
 
@@ -228,10 +253,15 @@ class _ClaimFilter:
         assignee: str | None,
         tenant: str | None,
         ttl_seconds: float | None,
+        worker_id: int | None = None,
     ) -> _ClaimFilter:
         who = steps.claimer_name(claimer)
         count = check.integer(limit, "limit", minimum=1)
-        params: dict[str, Any] = {"limit": count, "ttl": check.ttl(ttl_seconds)}
+        params: dict[str, Any] = {
+            "limit": count,
+            "ttl": check.ttl(ttl_seconds),
+            "worker_id": _worker_id(worker_id),
+        }
         if assignee is not None:
             params["only_assignee"] = check.name(assignee, "assignee")
         if tenant is not None:
@@ -261,15 +291,26 @@ def _claiming(
     reclaim_first: bool = True,
 ) -> list[Task]:
     """``first(limit)`` (a transaction that claims), with the takeover of expired leases
-    that every claim does (see :func:`claim_many`): looked for when due, before ``first``
-    (or, without ``reclaim_first``, after it), and whenever ``first`` fell short, the
-    tasks reclaimed then claimed in a transaction of their own."""
+    and of dead workers' claims that every claim does (see :func:`claim_many`): looked
+    for when due, before ``first`` (or, without ``reclaim_first``, after it), and
+    whenever ``first`` fell short, the tasks reclaimed then claimed in a transaction of
+    their own."""
     expired = q.expired_claims_statement(wanted.by_assignee, wanted.by_tenant)
+    engine = session.get_bind().engine
 
     def reclaim() -> int:
-        return run_write(session, lambda s: _reclaim_expired(s, expired, wanted.params))
+        # Proving workers dead costs a query per worker holding claims: at most once a
+        # second per process, not on every empty poll.
+        dead_too = registry.check_due(engine)
+        return run_write(
+            session,
+            lambda s: (
+                _reclaim_expired(s, expired, wanted.params)
+                + (registry.release_dead(s, wanted.params) if dead_too else 0)
+            ),
+        )
 
-    due = _reclaim_check_due(session.get_bind().engine)
+    due = _reclaim_check_due(engine)
     looked = due and reclaim_first
     if looked:
         reclaim()
@@ -328,35 +369,25 @@ def release_stale_claims(session: Session) -> int:
     task goes back to ``ready``, or to ``blocked`` once its attempts are used up; one
     ``reclaimed`` event each. A lease renewed or finished after it was seen expired is
     left alone: the reclaim is a compare-and-swap on the token it saw.
+
+    The claims of registered workers proven dead are reclaimed the same way, lease or
+    no lease (see :func:`kanban_orm.registry.release_dead_claims`), and counted too.
     """
     every_lease = q.expired_claims_statement(False, False)
-    return run_write(session, lambda s: _reclaim_expired(s, every_lease, {"limit": RECLAIM_BATCH}))
+    limit = {"limit": RECLAIM_BATCH}
+    return run_write(
+        session,
+        lambda s: _reclaim_expired(s, every_lease, limit) + registry.release_dead(s, limit),
+    )
 
 
 def _reclaim_expired(s: Tx, expired: Select[Any], params: dict[str, Any]) -> int:
-    reclaimed = 0
-    for lease in s.execute(expired, params).all():
-        cap = lease.max_attempts or config.max_attempts()
-        gave_up = lease.attempts >= cap
-        next_status = Status.BLOCKED if gave_up else Status.READY
-        reason = f"gave up after {lease.attempts} attempts: lease expired" if gave_up else None
-        moved = s.execute(
-            q.RECLAIM_EXPIRED,
-            {
-                "task_id": lease.id,
-                "token": lease.claim_lock,
-                "next_status": next_status.value,
-                "reason": reason,
-            },
-        ).first()
-        if moved is None:
-            continue
-        run_id = steps.close_run(s, lease.id, "reclaimed", error="lease expired")
-        steps.record(
-            s, lease.id, "reclaimed", run_id, {"status": next_status.value, "gave_up": gave_up}
-        )
-        reclaimed += 1
-    return reclaimed
+    leases = s.execute(expired, params).all()
+    return sum(steps.reclaim(s, lease, q.RECLAIM_EXPIRED, "lease expired") for lease in leases)
+
+
+def _worker_id(worker_id: object) -> int | None:
+    return None if worker_id is None else check.task_id(worker_id, "worker_id")
 
 
 # -- finishing a run --------------------------------------------------------------------
@@ -449,11 +480,12 @@ def complete_and_claim_next(
     assignee: str | None = None,
     tenant: str | None = None,
     ttl_seconds: float | None = None,
+    worker_id: int | None = None,
 ) -> Task | None:
     """Complete a claimed task and claim the next one, in one transaction.
 
     What :func:`complete_task` (fenced by ``claim_lock``) and then :func:`claim_next`
-    (with ``claimer``, ``assignee``, ``tenant``, ``ttl_seconds``) would do, with the
+    (with ``claimer``, ``assignee``, ``tenant``, ``ttl_seconds``, ``worker_id``) would do, with the
     same runs, events and promotions, for one commit instead of two; a worker loop's
     call. Returns the newly claimed task, or None when nothing was claimable (the
     completion stands either way).
@@ -478,6 +510,7 @@ def complete_and_claim_next(
         assignee=assignee,
         tenant=tenant,
         ttl_seconds=ttl_seconds,
+        worker_id=worker_id,
     )
     return claimed[0] if claimed else None
 
@@ -495,6 +528,7 @@ def complete_and_claim_many(
     assignee: str | None = None,
     tenant: str | None = None,
     ttl_seconds: float | None = None,
+    worker_id: int | None = None,
 ) -> list[Task]:
     """:func:`complete_and_claim_next` claiming up to ``limit`` tasks, as
     :func:`claim_many` does; an empty list when nothing was claimable.
@@ -514,7 +548,7 @@ def complete_and_claim_many(
         check.text(summary, "summary"),
         check.json_object(metadata, "metadata"),
     )
-    wanted = _ClaimFilter.of(claimer, limit, assignee, tenant, ttl_seconds)
+    wanted = _ClaimFilter.of(claimer, limit, assignee, tenant, ttl_seconds, worker_id)
 
     def work(s: Tx, limit: int) -> list[Task]:
         completion.write(s)

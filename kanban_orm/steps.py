@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from sqlalchemy.orm import Session
 
-from . import backends
+from . import backends, config
 from . import queries as q
 from . import validation as check
 from .backends.base import record_events, run_closing
@@ -43,6 +43,35 @@ def close_run(
     params = run_closing(task_id, outcome, summary, metadata, error)
     run_id: int | None = s.execute(q.CLOSE_OPEN_RUN, params).scalar()
     return run_id
+
+
+def reclaim(
+    s: Tx, lease: Any, statement: Any, why: str, detail: dict[str, Any] | None = None
+) -> bool:
+    """Take a claim back from a worker that cannot finish it: ``lease`` (a row with the
+    task's ``id``, ``claim_lock``, ``attempts`` and ``max_attempts``) is moved by
+    ``statement`` (a compare-and-swap on the token seen), its run closed as
+    ``reclaimed`` with ``why`` as the error, its attempt counted, and one ``reclaimed``
+    event written (``detail`` added to its payload). False if the claim moved first."""
+    cap = lease.max_attempts or config.max_attempts()
+    gave_up = lease.attempts >= cap
+    next_status = Status.BLOCKED if gave_up else Status.READY
+    reason = f"gave up after {lease.attempts} attempts: {why}" if gave_up else None
+    moved = s.execute(
+        statement,
+        {
+            "task_id": lease.id,
+            "token": lease.claim_lock,
+            "next_status": next_status.value,
+            "reason": reason,
+        },
+    ).first()
+    if moved is None:
+        return False
+    run_id = close_run(s, lease.id, "reclaimed", error=why)
+    payload = {"status": next_status.value, "gave_up": gave_up, **(detail or {})}
+    record(s, lease.id, "reclaimed", run_id, payload)
+    return True
 
 
 def finish_run(

@@ -113,6 +113,16 @@ def number(value: object, field: str, *, infinity: bool = False) -> float:
     return float(value)
 
 
+def runtime_limit(value: object, field: str) -> float | None:
+    """Seconds one run may take (``max_runtime``): None for no limit, else positive."""
+    if value is None:
+        return None
+    seconds = number(value, field)
+    if not seconds > 0:
+        raise InvalidInput(f"{field} must be a positive number of seconds, not {seconds}")
+    return seconds
+
+
 def ttl(value: object) -> float:
     """Seconds a claim lasts without a heartbeat; defaults to the configured TTL."""
     if value is None:

@@ -44,7 +44,13 @@ runs CMD once per task. The rules, for both:
   ``cancel(task)`` method, like :class:`CommandHandler`) is cancelled, and the task is
   handed back with :func:`~kanban_orm.service.release_task` (run outcome ``released``,
   no attempt counted). An in-process handler that cannot be cancelled keeps running in
-  its (daemon) thread, but its outcome is ignored.
+  its (daemon) thread, but its outcome is ignored;
+* the worker registers itself on the board while it runs (:mod:`kanban_orm.registry`)
+  and its claims name it, so when it dies (SIGKILL, a crash) the next claimer proves it
+  dead and takes its claims back at once instead of at lease expiry;
+* a run that outlasts its limit (the task's ``max_runtime``, or the worker's, whichever
+  is shorter) is cancelled like an abandoned one and the task failed with an error
+  naming the limit (retried as any failure is).
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from . import db, greenlets, service, steps, wakeup
+from . import db, greenlets, registry, service, steps, wakeup
 from . import validation as check
 from .errors import (
     ClaimLost,
@@ -209,8 +215,9 @@ class Worker:
     ``ttl/3``). ``prefetch`` (0 to :data:`MAX_PREFETCH`, default 0) lets each slot hold
     that many claimed tasks beside the one it runs while its handlers are short.
     ``housekeeping=True`` also runs a :class:`~kanban_orm.maintenance.Housekeeper` (prune
-    on the ``KANBAN_RETENTION_*`` schedule) while the worker runs. See the module
-    docstring for the outcome rules.
+    on the ``KANBAN_RETENTION_*`` schedule) while the worker runs. ``max_runtime``
+    (seconds) limits every run; a task's own ``max_runtime`` applies when shorter. See
+    the module docstring for the outcome rules.
     """
 
     def __init__(
@@ -231,6 +238,7 @@ class Worker:
         heartbeat_seconds: float | None = None,
         housekeeping: bool = False,
         prefetch: int = 0,
+        max_runtime: float | None = None,
     ) -> None:
         # Checked here, not when run() first uses them: a bad argument is the caller's
         # mistake to see at once, not a worker thread's to die of later.
@@ -264,6 +272,7 @@ class Worker:
             if not heartbeat_seconds > 0:
                 raise InvalidInput(f"heartbeat_seconds must be positive, not {heartbeat_seconds}")
         self.heartbeat_seconds = heartbeat_seconds or lease / 3
+        self.max_runtime = check.runtime_limit(max_runtime, "max_runtime")
         self.concurrency = concurrency
         self.drain = check.boolean(drain, "drain")
         self.grace_seconds = grace_seconds
@@ -283,6 +292,8 @@ class Worker:
             else None
         )
         self._outage = _Outage()
+        #: This worker's row on the board while it runs (kanban_orm.registry).
+        self.registration = registry.Registration(self._sessions, self.claimer)
 
     # -- control --------------------------------------------------------------------
 
@@ -322,6 +333,7 @@ class Worker:
         beats = threading.Thread(target=self._heartbeats, name="kanban-heartbeat", daemon=True)
         if self._stop_at is not None:
             self._stop.set()  # stopped before it started: claim nothing
+        self.registration.start()
         for thread in slots:
             thread.start()
         beats.start()
@@ -350,6 +362,7 @@ class Worker:
             self._stop.set()
             self._done.set()
             beats.join(5.0)
+            self.registration.stop()
             if self.housekeeper is not None:
                 self.housekeeper.stop(5.0)
         if self._error is not None:
@@ -384,6 +397,7 @@ class Worker:
                             assignee=self.assignee,
                             tenant=self.tenant,
                             ttl_seconds=self.ttl_seconds,
+                            worker_id=self.registration.worker_id,
                         )
                     except OUTAGE as error:
                         # Not the end of the worker: back off (idle doubles up to
@@ -469,6 +483,7 @@ class Worker:
         """Run the handler on the job's task and record its outcome; the tasks claimed
         with the completion (``claim_next``: the slot holds nothing else)."""
         task = job.task
+        deadline = self._deadline(job)
         try:
             started = time.monotonic()
             try:
@@ -487,6 +502,9 @@ class Worker:
                 limit = self._batch(durations) if claim_next else 0
                 return self._finish(session, job, result=result, claim_next=limit)
         finally:
+            if deadline is not None:
+                deadline.cancel()
+                deadline.join()  # a limit that ran out is recorded before the next claim
             with self._jobs_lock:
                 self._jobs.pop(task.id, None)
         return []
@@ -512,10 +530,26 @@ class Worker:
         """Record the handler's outcome; with ``claim_next`` (a limit), a completion also
         claims up to that many tasks, in the same transaction, unless the worker is
         stopping by then: the tasks it claimed."""
-        task_id = job.task.id
         if not self._settle(job):
-            log.info("task %s: handler finished after its claim was given up; ignored", task_id)
+            log.info("task %s: handler finished after its claim was given up; ignored", job.task.id)
             return []
+        return self._record(
+            session, job, result=result, error=error, retry=retry, claim_next=claim_next
+        )
+
+    def _record(
+        self,
+        session: Session,
+        job: _Job,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        retry: bool = True,
+        claim_next: int = 0,
+    ) -> list[Task]:
+        """Record a settled job's outcome: complete its task (claiming up to
+        ``claim_next`` more with it), or fail it with ``error``; the tasks claimed."""
+        task_id = job.task.id
         try:
             if error is None:
                 try:
@@ -567,6 +601,7 @@ class Worker:
                 assignee=self.assignee,
                 tenant=self.tenant,
                 ttl_seconds=self.ttl_seconds,
+                worker_id=self.registration.worker_id,
             )
 
         first = complete_and_claim if claim_next else complete_only
@@ -661,12 +696,45 @@ class Worker:
         except Exception as error:
             log.error("task %s: cancelling the handler failed: %r", job.task.id, error)
 
+    # -- runtime limits -------------------------------------------------------------------
+
+    def _deadline(self, job: _Job) -> threading.Timer | None:
+        """A timer that ends the job when it outlasts its limit (None without one)."""
+        limits = {"task": job.task.max_runtime, "worker": self.max_runtime}
+        whose, limit = min(
+            ((who, seconds) for who, seconds in limits.items() if seconds is not None),
+            key=lambda pair: pair[1],
+            default=(None, None),
+        )
+        if limit is None:
+            return None
+        error = f"max_runtime exceeded: the {whose}'s limit of {limit:g}s ran out; cancelled"
+        timer = threading.Timer(limit, self._overran, (job, error))
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _overran(self, job: _Job, error: str) -> None:
+        """The run outlasted its limit: cancel the handler (a command's whole process
+        group goes), then fail the task. An in-process handler that cannot be cancelled
+        runs on in its thread, its outcome ignored."""
+        if not self._settle(job):
+            return
+        log.warning("task %s: %s", job.task.id, error)
+        self._cancel(job)
+        session = self._sessions()
+        try:
+            self._record(session, job, error=error, retry=True)
+        finally:
+            session.close()
+
     # -- leases ---------------------------------------------------------------------------
 
     def _heartbeats(self) -> None:
         session: Session | None = None
         try:
             while not self._done.wait(self.heartbeat_seconds):
+                self.registration.seen()
                 with self._jobs_lock:
                     jobs = [job for job in self._jobs.values() if not job.settled]
                 if jobs and session is None:

@@ -35,6 +35,7 @@ KANBAN_TABLES = (
     "kanban_task_runs",
     "kanban_tasks",
     "kanban_status_tallies",
+    "kanban_workers",
 )
 #: What a test starts from: every table emptied but the tallies, whose rows are reset
 #: (TRUNCATE fires no trigger; the rows are the table's, made with it).

@@ -476,6 +476,9 @@ SEEDS: dict[str, Callable[[Connection], Seeded]] = {
     "kb0009": seed_kb0006,
     # kb0010 adds PostgreSQL's wake-up triggers (NOTIFY): the same rows must survive it.
     "kb0010": seed_kb0006,
+    # kb0011 adds the workers table and two nullable columns: the same rows must
+    # survive it (their new columns NULL).
+    "kb0011": seed_kb0006,
 }
 
 

@@ -175,3 +175,16 @@ def run_a_worker(url: str, name: str, prefetch: int, barrier: Barrier, out: str)
     stats = worker.run()
     assert stats.completed == len(seen), stats
     Path(out).write_text(json.dumps(seen))
+
+
+def hold_one_task(url: str, marker: str, ttl_seconds: float | None = None) -> None:
+    """Run a kb.Worker whose handler signals through ``marker`` that it holds its task,
+    then never returns: the test kills or stops this process."""
+    import time
+
+    def handler(task: kb.Task) -> str:
+        Path(marker).write_text(json.dumps({"task": task.id, "token": task.claim_lock}))
+        while True:
+            time.sleep(3600)
+
+    kb.Worker(handler, url=url, ttl_seconds=ttl_seconds, idle_max=0.25).run()

@@ -67,10 +67,12 @@ list_events = awaitable(_kb.list_events, "list_events")
 list_links = awaitable(_kb.list_links, "list_links")
 list_runs = awaitable(_kb.list_runs, "list_runs")
 list_tasks = awaitable(_kb.list_tasks, "list_tasks")
+list_workers = awaitable(_kb.list_workers, "list_workers")
 prune = awaitable(_kb.prune, "prune")
 read_attachment = awaitable(_kb.read_attachment, "read_attachment")
 reassign_task = awaitable(_kb.reassign_task, "reassign_task")
 refresh_counts = awaitable(_kb.refresh_counts, "refresh_counts")
+release_dead_claims = awaitable(_kb.release_dead_claims, "release_dead_claims")
 release_stale_claims = awaitable(_kb.release_stale_claims, "release_stale_claims")
 release_task = awaitable(_kb.release_task, "release_task")
 reopen_task = awaitable(_kb.reopen_task, "reopen_task")
@@ -111,10 +113,12 @@ TRANSITION_NAMES = (
     "list_links",
     "list_runs",
     "list_tasks",
+    "list_workers",
     "prune",
     "read_attachment",
     "reassign_task",
     "refresh_counts",
+    "release_dead_claims",
     "release_stale_claims",
     "release_task",
     "reopen_task",
@@ -166,10 +170,12 @@ __all__ = [
     "list_links",
     "list_runs",
     "list_tasks",
+    "list_workers",
     "prune",
     "read_attachment",
     "reassign_task",
     "refresh_counts",
+    "release_dead_claims",
     "release_stale_claims",
     "release_task",
     "reopen_task",

@@ -210,6 +210,23 @@ class Backend(Protocol):
         SQLite database): waiters then wake only at their safety poll."""
         ...
 
+    # -- worker liveness (kanban_orm.registry) ------------------------------------------
+
+    #: A registered worker proves itself alive by a lock held on a connection of its
+    #: own, which the server frees when the process dies (so the worker keeps it open).
+    liveness_lock: ClassVar[bool]
+
+    def lock_worker(self, conn: Connection, worker_id: int) -> None:
+        """Take worker ``worker_id``'s liveness lock on ``conn``, inside the transaction
+        that registers it, so no one sees the row before the lock is held."""
+        ...
+
+    def dead_workers(self, s: Tx | Session, workers: Sequence[Any]) -> set[int]:
+        """The ids of those ``workers`` (rows with ``worker_id``, ``host``, ``pid``,
+        ``process_start``, ``locked_at``) proven dead. Never a live one, however slow or
+        stopped (SIGSTOP): a backend that cannot prove a death returns none."""
+        ...
+
     # -- migrations -----------------------------------------------------------------
 
     def prepare_migration(self, conn: Connection) -> None:
@@ -335,6 +352,14 @@ class PortableBackend:
 
     def change_signal(self, engine: Engine, topic: str) -> ChangeSignal | None:
         return None
+
+    liveness_lock: ClassVar[bool] = False
+
+    def lock_worker(self, conn: Connection, worker_id: int) -> None:
+        return None
+
+    def dead_workers(self, s: Tx | Session, workers: Sequence[Any]) -> set[int]:
+        return set()
 
     def prepare_migration(self, conn: Connection) -> None:
         return None

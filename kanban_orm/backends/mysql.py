@@ -43,6 +43,7 @@ an event id has ended, and none can draw one until the read's transaction ends.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import (
@@ -59,7 +60,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement, operators
@@ -69,6 +70,7 @@ from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClau
 
 from .. import queries as q
 from ..clock import new_claim_token, utcnow
+from ..errors import DatabaseBusy
 from ..models import (
     EVENT_LOG_GUARD_TRIGGER,
     MYSQL_EVENT_GUARD_TABLE,
@@ -132,11 +134,12 @@ _JUST_CLAIMED = (
     tasks.c.current_run_id.is_(None),
 )
 OPEN_CLAIMED_RUNS = insert(runs).from_select(
-    ["task_id", "attempt", "claimer", "claim_lock", "started_at", "last_heartbeat_at"],
+    ["task_id", "attempt", "claimer", "worker_id", "claim_lock", "started_at", "last_heartbeat_at"],
     select(
         tasks.c.id,
         tasks.c.attempts,
         bindparam("claimer", type_=runs.c.claimer.type),
+        bindparam("worker_id", type_=runs.c.worker_id.type),
         tasks.c.claim_lock,
         utcnow(),
         utcnow(),
@@ -214,6 +217,32 @@ LOCK_MIGRATIONS = select(func.get_lock(literal("kanban_orm.migrate"), literal(60
 UNLOCK_MIGRATIONS = select(func.release_lock(literal("kanban_orm.migrate")))
 
 
+#: A registered worker's liveness lock: a named lock, which the server frees when the
+#: connection that took it ends. Names are server-wide, so the database's name (hashed:
+#: a name holds at most 64 characters) keeps two boards on one server apart.
+_WORKER_LOCK_NAME = "CONCAT('kbw:', LEFT(SHA1(DATABASE()), 16), ':', :worker_id)"
+#: Waits up to 10 s: the lock of a fresh id is free, unless a checker holds it a moment.
+LOCK_WORKER = text(f"SELECT GET_LOCK({_WORKER_LOCK_NAME}, 10)")
+
+
+def _worker_lock_freed(status_table: str) -> Any:
+    """The lock is free and the server has run since the worker took it (a restart frees
+    every lock, which then proves nothing). An uptime that cannot be read (no such
+    status) proves nothing either: NULL, not dead."""
+    return text(
+        f"SELECT IS_FREE_LOCK({_WORKER_LOCK_NAME}) = 1 AND UTC_TIMESTAMP(6) - INTERVAL ("
+        f"SELECT VARIABLE_VALUE FROM {status_table}"
+        " WHERE VARIABLE_NAME = 'UPTIME') SECOND < :locked_at"
+    )
+
+
+#: The server's status is in information_schema on MariaDB, performance_schema on MySQL 8.
+WORKER_LOCK_FREED = {
+    True: _worker_lock_freed("information_schema.GLOBAL_STATUS"),
+    False: _worker_lock_freed("performance_schema.global_status"),
+}
+
+
 class MySQLBackend(PortableBackend):
     name: ClassVar[str] = "mysql"
     title: ClassVar[str] = "MariaDB/MySQL"
@@ -252,6 +281,22 @@ class MySQLBackend(PortableBackend):
 
     def is_read_only(self, error: exc.DBAPIError) -> bool:
         return _error_code(error) in _READ_ONLY_CODES
+
+    liveness_lock: ClassVar[bool] = True
+
+    def lock_worker(self, conn: Connection, worker_id: int) -> None:
+        if conn.execute(LOCK_WORKER, {"worker_id": worker_id}).scalar() != 1:
+            raise DatabaseBusy(f"worker {worker_id}'s liveness lock is held elsewhere")
+
+    def dead_workers(self, s: Tx | Session, workers: Sequence[Any]) -> set[int]:
+        dialect = s.dialect if not isinstance(s, Session) else s.get_bind().dialect
+        freed = WORKER_LOCK_FREED[bool(getattr(dialect, "is_mariadb", False))]
+        return {
+            w.worker_id
+            for w in workers
+            if w.locked_at is not None
+            and s.execute(freed, {"worker_id": w.worker_id, "locked_at": w.locked_at}).scalar()
+        }
 
     def claim_by_id(self, s: Tx, params: dict[str, Any], claimer: str) -> list[Any]:
         ids = list(s.scalars(PICK_BY_ID, params))
@@ -308,7 +353,12 @@ def _error_code(error: exc.DBAPIError) -> int | None:
 def _claim(s: Tx, ids: list[int], params: dict[str, Any], claimer: str) -> list[Any]:
     if not ids:
         return []
-    picked = {"ids": ids, "ttl": params["ttl"], "claimer": claimer}
+    picked = {
+        "ids": ids,
+        "ttl": params["ttl"],
+        "claimer": claimer,
+        "worker_id": params.get("worker_id"),
+    }
     if s.run_for_cursor(CLAIM_PICKED, picked).rowcount == 0:
         return []  # the guard decides; the picked rows were locked, so it seldom says no
     s.execute(OPEN_CLAIMED_RUNS, picked)

@@ -30,6 +30,7 @@ one stops rewriting the parent row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from select import select as wait_readable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -115,6 +116,21 @@ LOCK_MIGRATIONS = text("SELECT pg_advisory_xact_lock(:key)")
 #: pg_advisory_xact_lock key of concurrent migrations: the first eight bytes of
 #: sha1("kanban_orm.migrate").
 MIGRATION_LOCK_KEY = 0x2C6A_04F0_5B11_7A3D
+#: A registered worker's liveness lock is the two-key advisory lock (this, its id):
+#: the two-key space never meets the one-key locks above. Advisory locks belong to
+#: one database, so two boards on one server never share a worker's lock.
+WORKER_LOCK_CLASS = 0x6B62_776B  # "kbwk"
+#: Session-level: it outlives the registering transaction and ends with the connection.
+LOCK_WORKER = text(
+    "SELECT pg_advisory_lock(CAST(:lock_class AS integer), CAST(:lock_id AS integer))"
+)
+#: The lock is free (taking it for this transaction succeeds, and it goes with the
+#: transaction) and the server has run since the worker took it: a restart frees
+#: every lock, which then proves nothing about the worker.
+WORKER_LOCK_FREED = text(
+    "SELECT pg_try_advisory_xact_lock(CAST(:lock_class AS integer), CAST(:lock_id AS integer))"
+    " AND pg_postmaster_start_time() AT TIME ZONE 'UTC' < :locked_at"
+)
 
 #: libpq's CONNECTION_OK (psycopg.pq.ConnStatus.OK), without importing psycopg here.
 _CONNECTION_OK = 0
@@ -173,18 +189,31 @@ class PostgreSQLBackend(PortableBackend):
     def is_read_only(self, error: exc.DBAPIError) -> bool:
         return getattr(error.orig, "sqlstate", None) == _READ_ONLY
 
+    liveness_lock: ClassVar[bool] = True
+
+    def lock_worker(self, conn: Connection, worker_id: int) -> None:
+        conn.execute(LOCK_WORKER, _worker_lock(worker_id))
+
+    def dead_workers(self, s: Tx | Session, workers: Sequence[Any]) -> set[int]:
+        return {
+            w.worker_id
+            for w in workers
+            if w.locked_at is not None
+            and s.execute(
+                WORKER_LOCK_FREED, {**_worker_lock(w.worker_id), "locked_at": w.locked_at}
+            ).scalar()
+        }
+
     def claim_by_id(self, s: Tx, params: dict[str, Any], claimer: str) -> list[Any]:
-        return s.execute(
-            q.claim_opening_runs_statement(q.CLAIM_BY_ID), {**params, "claimer": claimer}
-        ).all()
+        claiming = {"worker_id": None, **params, "claimer": claimer}
+        return s.execute(q.claim_opening_runs_statement(q.CLAIM_BY_ID), claiming).all()
 
     def claim_next(
         self, s: Tx, by_assignee: bool, by_tenant: bool, params: dict[str, Any], claimer: str
     ) -> list[Any]:
         claim = q.claim_next_statement(by_assignee, by_tenant)
-        return s.execute(
-            q.claim_opening_runs_statement(claim), {**params, "claimer": claimer}
-        ).all()
+        claiming = {"worker_id": None, **params, "claimer": claimer}
+        return s.execute(q.claim_opening_runs_statement(claim), claiming).all()
 
     def finish_run(
         self, s: Tx, closing: RunClosing, payload: dict[str, Any] | None, see_children: bool
@@ -336,3 +365,9 @@ def _statement_start_postgresql(
 @compiles(new_claim_token, "postgresql")
 def _token_postgresql(element: new_claim_token, compiler: SQLCompiler, **kw: Any) -> str:
     return "replace(CAST(gen_random_uuid() AS TEXT), '-', '')"
+
+
+def _worker_lock(worker_id: int) -> dict[str, int]:
+    # The second key is a 32-bit integer: ids past it wrap, which only a board that
+    # registered two billion workers could notice.
+    return {"lock_class": WORKER_LOCK_CLASS, "lock_id": worker_id % 2**31}

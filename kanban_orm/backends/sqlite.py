@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from .. import config, files, greenlets
+from .. import config, files, greenlets, processes
 from .. import queries as q
 from ..clock import new_claim_token, utcnow
 from ..errors import KanbanError
@@ -104,6 +105,16 @@ class SQLiteBackend(PortableBackend):
             return None
         return PolledSignal(connect_apart(engine), DATA_VERSION, DATA_VERSION_CHECK_SECONDS)
 
+    def dead_workers(self, s: Tx | Session, workers: Sequence[Any]) -> set[int]:
+        # One host shares the file (a network file system would break its locking): a
+        # worker of another host is never proven dead, one of this host by its pid.
+        here = processes.host_name()
+        return {
+            w.worker_id
+            for w in workers
+            if w.host == here and processes.is_gone(w.pid, w.process_start)
+        }
+
     def configure_engine(
         self, engine: Engine, *, synchronous: str | None, busy_timeout_ms: int | None
     ) -> None:
@@ -178,13 +189,15 @@ class SQLiteBackend(PortableBackend):
     # writer can take those run ids before the INSERT that follows, under the write lock.
 
     def claim_by_id(self, s: Tx, params: dict[str, Any], claimer: str) -> list[Any]:
-        return _open_numbered_runs(s, s.execute(q.CLAIM_BY_ID_NUMBERED, params).all(), claimer)
+        claimed = s.execute(q.CLAIM_BY_ID_NUMBERED, params).all()
+        return _open_numbered_runs(s, claimed, claimer, params.get("worker_id"))
 
     def claim_next(
         self, s: Tx, by_assignee: bool, by_tenant: bool, params: dict[str, Any], claimer: str
     ) -> list[Any]:
         claim = q.claim_next_statement(by_assignee, by_tenant, numbered=True)
-        return _open_numbered_runs(s, s.execute(claim, params).all(), claimer)
+        claimed = s.execute(claim, params).all()
+        return _open_numbered_runs(s, claimed, claimer, params.get("worker_id"))
 
     def complete_pairs(
         self,
@@ -222,7 +235,9 @@ class SQLiteBackend(PortableBackend):
         return kept + _missing_sort_order_indexes(context)
 
 
-def _open_numbered_runs(s: Tx, claimed: list[Any], claimer: str) -> list[Any]:
+def _open_numbered_runs(
+    s: Tx, claimed: list[Any], claimer: str, worker_id: int | None
+) -> list[Any]:
     """After a numbered claim: the run and ``claimed`` event of each claimed task; the
     rows best first."""
     rows = sorted(claimed, key=lambda t: (-t.priority, t.id))
@@ -236,10 +251,10 @@ def _open_numbered_runs(s: Tx, claimed: list[Any], claimer: str) -> list[Any]:
             "attempt": one.attempts,
             "claimer": claimer,
         }
-        s.execute(q.OPEN_RUN, {**opened, "token": one.claim_lock})
+        s.execute(q.OPEN_RUN, {**opened, "token": one.claim_lock, "worker_id": worker_id})
         s.execute(q.LOG_CLAIM, opened)
     elif rows:
-        numbered = {"ids": [t.id for t in rows], "claimer": claimer}
+        numbered = {"ids": [t.id for t in rows], "claimer": claimer, "worker_id": worker_id}
         s.execute(q.OPEN_NUMBERED_RUNS, numbered)
         s.execute(q.LOG_CLAIMS, numbered)
     return rows
