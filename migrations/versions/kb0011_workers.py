@@ -50,8 +50,21 @@ def upgrade() -> None:
     )
     op.create_index("ix_kanban_workers_stopped_at", "kanban_workers", ["stopped_at"])
     # Plain ADD COLUMN of a nullable column: no table rebuild, even on SQLite.
-    op.add_column("kanban_task_runs", sa.Column("worker_id", BIG_ID, nullable=True))
-    op.add_column("kanban_tasks", sa.Column("max_runtime_ms", sa.Integer(), nullable=True))
+    _add_column("kanban_task_runs", sa.Column("worker_id", BIG_ID, nullable=True), "error")
+    _add_column(
+        "kanban_tasks", sa.Column("max_runtime_ms", sa.Integer(), nullable=True), "completed_at"
+    )
+
+
+def _add_column(table: str, column: sa.Column[object], after: str) -> None:
+    """ADD COLUMN, last on SQLite and PostgreSQL; on MySQL/MariaDB ``AFTER`` the last
+    mapped column, before the generated ones kb0004 added, where create_all puts it."""
+    bind = op.get_bind()
+    if bind.dialect.name not in ("mysql", "mariadb"):
+        op.add_column(table, column)
+        return
+    kind = column.type.compile(dialect=bind.dialect)
+    op.execute(f"ALTER TABLE {table} ADD COLUMN {column.name} {kind} NULL AFTER {after}")
 
 
 def downgrade() -> None:
