@@ -933,3 +933,16 @@ EVENT_LOG_GUARD_PRESENT = text(
 
 #: PostgreSQL only: concurrent migrators queue on this transaction lock (kanban_orm.migrate).
 LOCK_MIGRATIONS = text("SELECT pg_advisory_xact_lock(:key)")
+
+# -- storage ----------------------------------------------------------------------------
+
+#: PostgreSQL only: the bytes the current database takes on disk.
+DATABASE_BYTES_POSTGRESQL = text("SELECT pg_database_size(current_database())")
+#: MariaDB/MySQL only: data and index bytes of the current schema's tables, as InnoDB's
+#: statistics last estimated them (they lag the truth by up to ~10 % of a table's rows).
+DATABASE_BYTES_MYSQL = text(
+    "SELECT COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables"
+    " WHERE table_schema = DATABASE()"
+)
+#: SQLite only: the files of the main database (its path in column ``file``).
+SQLITE_DATABASE_LIST = text("PRAGMA database_list")

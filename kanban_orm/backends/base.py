@@ -148,6 +148,13 @@ class Backend(Protocol):
         """Make the reads of the Session's next transaction share one snapshot."""
         ...
 
+    # -- storage --------------------------------------------------------------------
+
+    def storage_bytes(self, conn: Connection) -> dict[str, int]:
+        """Bytes the database takes, by part (``database``; SQLite adds its ``wal``):
+        what an operator watches grow in a long run."""
+        ...
+
     # -- migrations -----------------------------------------------------------------
 
     def prepare_migration(self, conn: Connection) -> None:
@@ -248,6 +255,9 @@ class PortableBackend:
 
     def snapshot_reads(self, session: Session) -> None:
         return None
+
+    def storage_bytes(self, conn: Connection) -> dict[str, int]:
+        raise NotImplementedError  # each database measures itself in its own way
 
     def prepare_migration(self, conn: Connection) -> None:
         return None

@@ -59,7 +59,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
@@ -257,6 +257,9 @@ class MySQLBackend(PortableBackend):
     ) -> list[Any] | None:
         """Statements with RETURNING, emulated (see :func:`run_returning`)."""
         return run_returning(s, statement, params)
+
+    def storage_bytes(self, conn: Connection) -> dict[str, int]:
+        return {"database": int(conn.execute(q.DATABASE_BYTES_MYSQL).scalar_one())}
 
     def schema_differences(self, context: MigrationContext, found: list[Any]) -> list[Any]:
         from . import mysql_schema

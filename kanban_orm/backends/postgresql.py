@@ -151,6 +151,9 @@ class PostgreSQLBackend(PortableBackend):
     def lock_migrations(self, conn: Connection) -> None:
         conn.execute(q.LOCK_MIGRATIONS, {"key": MIGRATION_LOCK_KEY})
 
+    def storage_bytes(self, conn: Connection) -> dict[str, int]:
+        return {"database": int(conn.execute(q.DATABASE_BYTES_POSTGRESQL).scalar_one())}
+
     def schema_differences(self, context: MigrationContext, found: list[Any]) -> list[Any]:
         bind = context.bind
         if bind is None or not inspect(bind).has_table(TaskEvent.__tablename__):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import event, exc
@@ -165,6 +166,13 @@ class SQLiteBackend(PortableBackend):
         record_events(s, "completed", [(t, run_of.get(t), {"forced": False}) for t in ids])
         return rows
 
+    def storage_bytes(self, conn: Connection) -> dict[str, int]:
+        main = next(row for row in conn.execute(q.SQLITE_DATABASE_LIST) if row.name == "main")
+        if not main.file:  # an in-memory database
+            return {"database": 0, "wal": 0}
+        path = Path(main.file)
+        return {"database": _file_bytes(path), "wal": _file_bytes(Path(f"{path}-wal"))}
+
     def schema_differences(self, context: MigrationContext, found: list[Any]) -> list[Any]:
         artifacts = _sort_order_artifacts(found)
         kept = [d for d in found if id(d) not in artifacts]
@@ -192,6 +200,13 @@ def _open_numbered_runs(s: Tx, claimed: list[Any], claimer: str) -> list[Any]:
         s.execute(q.OPEN_NUMBERED_RUNS, numbered)
         s.execute(q.LOG_CLAIMS, numbered)
     return rows
+
+
+def _file_bytes(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # no WAL between the last connection's close and the next
+        return 0
 
 
 def _retry_pragma(cursor: Any, sql: str, attempts: int = 50) -> None:
