@@ -6,6 +6,8 @@
   writes must upgrade its lock, and two such transactions can deadlock: SQLite then fails
   one with SQLITE_BUSY at once, whatever the timeout. Taking the write lock up front
   means a writer only ever waits. Plain reads keep a deferred BEGIN and take no lock.
+* a bounded WAL (:class:`WalBound`): under writes that never pause the WAL file would
+  grow without end, as SQLite's own checkpoints can never restart it;
 * ``synchronous=NORMAL`` by default: in WAL mode a process crash loses nothing, a power
   cut may roll back the last commits. ``KANBAN_SQLITE_SYNCHRONOUS=FULL`` (or
   ``configure_engine(engine, synchronous="FULL")``) makes every commit durable at the
@@ -52,6 +54,18 @@ _SORT_ORDER_INDEXES = frozenset({"ix_kanban_tasks_claim_order"})
 _EXPRESSION_INDEXES = frozenset({"ix_kanban_tasks_done_order"})
 
 
+#: A WAL file past this size has been starved of restarts (see WalBound).
+WAL_BOUND_BYTES = 16 * 2**20
+#: How often, at most, one process looks at its WAL's size after a commit.
+WAL_CHECK_SECONDS = 1.0
+#: How long a bounding checkpoint waits for the writer and readers ahead of it; it holds
+#: the write lock while it waits for readers, so it gives up early rather than stall
+#: writers behind a long read (and tries again WAL_CHECK_SECONDS later).
+WAL_CHECKPOINT_BUSY_MS = 200
+#: Where a pooled connection's info keeps the WalBound of its database file.
+_WAL_BOUND = "kanban_wal_bound"
+
+
 def is_busy_message(message: str) -> bool:
     message = message.lower()
     return any(fragment in message for fragment in _BUSY_MESSAGES)
@@ -91,8 +105,10 @@ class SQLiteBackend(PortableBackend):
             if database is not None and database.parent.is_dir():
                 files.create_private_file(database)
 
+        bounds: dict[str, WalBound] = {}  # one per file, shared by the pool's connections
+
         @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        def _on_connect(dbapi_connection: Any, record: Any) -> None:
             dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
             cursor = dbapi_connection.cursor()
             try:
@@ -103,8 +119,13 @@ class SQLiteBackend(PortableBackend):
                     _retry_pragma(cursor, "PRAGMA journal_mode = WAL")
                 cursor.execute(f"PRAGMA synchronous = {synchronous}")
                 cursor.execute("PRAGMA foreign_keys = ON")
+                # The file as SQLite opened it (an in-memory database has none).
+                path = next(r[2] for r in cursor.execute("PRAGMA database_list") if r[1] == "main")
             finally:
                 cursor.close()
+            if path:
+                bound = bounds.setdefault(path, WalBound(Path(path), int(busy_timeout_ms)))
+                record.info[_WAL_BOUND] = bound
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
@@ -116,6 +137,9 @@ class SQLiteBackend(PortableBackend):
 
     def commit_write(self, tx: Tx) -> None:
         tx.raw("COMMIT")
+        bound: WalBound | None = tx.pool_info.get(_WAL_BOUND)
+        if bound is not None:
+            bound.after_commit(tx)
 
     def roll_back(self, dbapi_connection: Any) -> None:
         if dbapi_connection.in_transaction:
@@ -177,6 +201,67 @@ class SQLiteBackend(PortableBackend):
         artifacts = _sort_order_artifacts(found)
         kept = [d for d in found if id(d) not in artifacts]
         return kept + _missing_sort_order_indexes(context)
+
+
+class WalBound:
+    """Keeps a database's WAL file bounded while writers never pause.
+
+    SQLite writes commits to the WAL and copies them back to the database file in
+    checkpoints: a committer whose WAL holds 1000 pages (``wal_autocheckpoint``) runs
+    a PASSIVE one after its COMMIT. The WAL file is only rewritten from its start
+    ("restarted") by a writer that began reading after a checkpoint had copied every
+    frame. With two or more processes writing back to back, the next writer always
+    takes its snapshot as the lock passes, before the previous committer's checkpoint
+    has run: so no writer ever restarts the WAL, it grows by every commit (3 → 152 MB in
+    a 5-minute soak), and each commit past the first 1000 pages runs a checkpoint too.
+
+    So, at most every WAL_CHECK_SECONDS, a committer looks at the WAL's size and past
+    WAL_BOUND_BYTES runs a TRUNCATE checkpoint: it takes the write lock like any
+    writer, copies what is left, waits for readers still on older frames and empties
+    the file. Busy (another connection's checkpoint, a long read), it tries again for
+    up to WAL_CHECKPOINT_BUSY_MS, then gives up until the next check. The commit it follows has landed either way: nothing here
+    can fail it.
+    """
+
+    def __init__(self, database: Path, busy_timeout_ms: int) -> None:
+        self.wal = Path(f"{database}-wal")
+        self.busy_timeout_ms = busy_timeout_ms
+        self.next_check = 0.0
+        #: Checkpoints run, and those that emptied the WAL (for tests and reports).
+        self.checkpoints = 0
+        self.truncations = 0
+
+    def after_commit(self, tx: Tx) -> None:
+        now = time.monotonic()
+        if now < self.next_check:
+            return
+        self.next_check = now + WAL_CHECK_SECONDS
+        if _file_bytes(self.wal) > WAL_BOUND_BYTES:
+            self.checkpoint(tx)
+
+    def checkpoint(self, tx: Tx) -> None:
+        self.checkpoints += 1
+        try:
+            tx.raw(f"PRAGMA busy_timeout = {WAL_CHECKPOINT_BUSY_MS}")
+            try:
+                emptied = self._truncate(tx)
+            finally:
+                tx.raw(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+        except exc.DBAPIError:
+            return  # a connection gone is the next transaction's to find
+        self.truncations += emptied
+
+    @staticmethod
+    def _truncate(tx: Tx) -> bool:
+        # Another connection's checkpoint (a PASSIVE one after each of its commits, once
+        # the WAL is this long) makes ours busy at once, without the busy handler:
+        # tried again until that one is done, within the same budget.
+        deadline = time.monotonic() + WAL_CHECKPOINT_BUSY_MS / 1000
+        while True:
+            busy = tx.execute(q.CHECKPOINT_TRUNCATE).first()[0]
+            if not busy or time.monotonic() >= deadline:
+                return not busy
+            time.sleep(0.002)
 
 
 def _open_numbered_runs(s: Tx, claimed: list[Any], claimer: str) -> list[Any]:
