@@ -48,6 +48,18 @@ def test_every_engine_has_a_backend(engine: Engine) -> None:
     assert backends.named(backend.name) is backend
 
 
+def test_storage_bytes_grow_with_what_is_written(engine: Engine, session: Session) -> None:
+    backend = backends.of(engine)
+    with engine.connect() as conn:
+        before = backend.storage_bytes(conn)
+    for i in range(300):
+        kb.create_task(session, title=f"task {i}", body="x" * 2000)
+    with engine.connect() as conn:
+        after = backend.storage_bytes(conn)
+    assert set(after) == set(before) and "database" in after
+    assert sum(after.values()) > sum(before.values()) > 0
+
+
 def test_an_unknown_backend_is_refused() -> None:
     with pytest.raises(backends.UnsupportedBackend):
         backends.named("oracle")

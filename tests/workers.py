@@ -114,3 +114,20 @@ def create_children_in_lockstep(url: str, parents: list[int], barrier: Barrier, 
     finally:
         session.close()
     Path(out).write_text(json.dumps(children))
+
+
+def write_back_to_back(url: str, count: int, bound: int, barrier: Barrier, out: str) -> None:
+    """``count`` create_task commits without a pause, with the WAL bounded at ``bound``
+    bytes and looked at after every commit (tests/test_wal_bound.py)."""
+    from kanban_orm.backends import sqlite
+
+    sqlite.WAL_BOUND_BYTES = bound
+    sqlite.WAL_CHECK_SECONDS = 0.0
+    session = kb.connect(url, keep_connection=True)
+    try:
+        barrier.wait(timeout=60)
+        for i in range(count):
+            kb.create_task(session, title=f"back to back #{i}")
+    finally:
+        session.close()
+    Path(out).write_text(json.dumps(count))

@@ -219,8 +219,8 @@ class WalBound:
     WAL_BOUND_BYTES runs a TRUNCATE checkpoint: it takes the write lock like any
     writer, copies what is left, waits for readers still on older frames and empties
     the file. Busy (another connection's checkpoint, a long read), it tries again for
-    up to WAL_CHECKPOINT_BUSY_MS, then gives up until the next check. The commit it follows has landed either way: nothing here
-    can fail it.
+    up to WAL_CHECKPOINT_BUSY_MS, then gives up until the next check. The commit it
+    follows has landed either way: nothing here can fail it.
     """
 
     def __init__(self, database: Path, busy_timeout_ms: int) -> None:
