@@ -4,6 +4,7 @@ fault scenario's checker (restart, readonly, soak, partition) failing a broken r
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -197,3 +198,26 @@ def test_partition_fails_a_late_completion_that_landed(
     nobody = _outcome("partition", db_url, tmp_path, log)
     nobody.numbers.update(cut_at=cut_at, held_at_cut=[])
     assert {"5", "6"} <= set(_failed(partition.checks(nobody, session)))
+
+
+def test_the_soak_chart_draws_every_backends_curves(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from stress import soak_chart
+
+    numbers = {"minutes": 2, "window_s": 24, "throughput_curve_per_s": [[0, 90.0], [24, 80.0]],
+               "rss_curve_kb": {"worker-0": [[0, 60000], [120, 61000]]},
+               "db_size_mb": [[0, 1.0], [120, 3.0]],
+               "db_parts_mb": {"wal": [[0, 0.5]]}}  # fmt: skip
+    reports = [tmp_path / "sqlite.json", tmp_path / "mysql.json"]
+    for path in reports:
+        report = {"backend": path.stem, "workers": 1, "numbers": numbers}
+        path.write_text(json.dumps(report))
+    load = tmp_path / "load.txt"
+    load.write_text("13:56:21 2.56 1.21 0.52 8/182 1\n13:57:21 3.1 1.3 0.6 1/190 9\n")
+    out = tmp_path / "soak.png"
+
+    code = soak_chart.main([*map(str, reports), "--load", str(load), "--out", str(out)])
+
+    assert code == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert soak_chart.load_samples(str(load)) == [(0.0, 2.56), (1.0, 3.1)]
