@@ -944,8 +944,9 @@ DATABASE_BYTES_MYSQL = text(
     "SELECT COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables"
     " WHERE table_schema = DATABASE()"
 )
-#: SQLite only: copy the whole WAL back, wait for its readers, empty the file; one row
-#: (busy, frames in the WAL, frames copied), busy 1 when a lock was not had in time.
-CHECKPOINT_TRUNCATE = text("PRAGMA wal_checkpoint(TRUNCATE)")
+#: SQLite only: copy the whole WAL back and wait for its readers, so the next writer
+#: starts it afresh; one row (busy, frames in the WAL, frames copied), busy 1 when a
+#: lock was not had in time.
+CHECKPOINT_RESTART = text("PRAGMA wal_checkpoint(RESTART)")
 #: SQLite only: the files of the main database (its path in column ``file``).
 SQLITE_DATABASE_LIST = text("PRAGMA database_list")

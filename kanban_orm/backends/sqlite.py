@@ -119,6 +119,7 @@ class SQLiteBackend(PortableBackend):
                     _retry_pragma(cursor, "PRAGMA journal_mode = WAL")
                 cursor.execute(f"PRAGMA synchronous = {synchronous}")
                 cursor.execute("PRAGMA foreign_keys = ON")
+                cursor.execute(f"PRAGMA journal_size_limit = {WAL_BOUND_BYTES}")
                 # The file as SQLite opened it (an in-memory database has none).
                 path = next(r[2] for r in cursor.execute("PRAGMA database_list") if r[1] == "main")
             finally:
@@ -216,20 +217,23 @@ class WalBound:
     a 5-minute soak), and each commit past the first 1000 pages runs a checkpoint too.
 
     So, at most every WAL_CHECK_SECONDS, a committer looks at the WAL's size and past
-    WAL_BOUND_BYTES runs a TRUNCATE checkpoint: it takes the write lock like any
-    writer, copies what is left, waits for readers still on older frames and empties
-    the file. Busy (another connection's checkpoint, a long read), it tries again for
-    up to WAL_CHECKPOINT_BUSY_MS, then gives up until the next check. The commit it
-    follows has landed either way: nothing here can fail it.
+    WAL_BOUND_BYTES runs a RESTART checkpoint: it takes the write lock like any writer,
+    copies what is left and waits for readers still on older frames, so the next
+    writer rewrites the WAL from its start; ``journal_size_limit`` (set on every
+    connection) then cuts the file back to WAL_BOUND_BYTES. (The file is reused rather
+    than emptied, as SQLite prefers: overwriting is cheaper than growing it again.)
+    Busy (another connection's checkpoint, a long read), it tries again for up to
+    WAL_CHECKPOINT_BUSY_MS, then gives up until the next check. The commit it follows
+    has landed either way: nothing here can fail it.
     """
 
     def __init__(self, database: Path, busy_timeout_ms: int) -> None:
         self.wal = Path(f"{database}-wal")
         self.busy_timeout_ms = busy_timeout_ms
         self.next_check = 0.0
-        #: Checkpoints run, and those that emptied the WAL (for tests and reports).
+        #: Checkpoints run, and those that let the WAL restart (for tests and reports).
         self.checkpoints = 0
-        self.truncations = 0
+        self.restarts = 0
 
     def after_commit(self, tx: Tx) -> None:
         now = time.monotonic()
@@ -244,21 +248,21 @@ class WalBound:
         try:
             tx.raw(f"PRAGMA busy_timeout = {WAL_CHECKPOINT_BUSY_MS}")
             try:
-                emptied = self._truncate(tx)
+                restarted = self._restart(tx)
             finally:
                 tx.raw(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
         except exc.DBAPIError:
             return  # a connection gone is the next transaction's to find
-        self.truncations += emptied
+        self.restarts += restarted
 
     @staticmethod
-    def _truncate(tx: Tx) -> bool:
+    def _restart(tx: Tx) -> bool:
         # Another connection's checkpoint (a PASSIVE one after each of its commits, once
         # the WAL is this long) makes ours busy at once, without the busy handler:
         # tried again until that one is done, within the same budget.
         deadline = time.monotonic() + WAL_CHECKPOINT_BUSY_MS / 1000
         while True:
-            busy = tx.execute(q.CHECKPOINT_TRUNCATE).first()[0]
+            busy = tx.execute(q.CHECKPOINT_RESTART).first()[0]
             if not busy or time.monotonic() >= deadline:
                 return not busy
             time.sleep(0.002)
