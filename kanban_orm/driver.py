@@ -372,6 +372,9 @@ class Tx:
         # connection (cleared when the pool replaces the connection; a cursor of
         # another connection found there is not used).
         self._kept = kept if self.backend.keeps_cursor else None
+        #: The pool's info of the connection, where a backend keeps what it tracks per
+        #: connection (SQLite: its WalBound); empty for a Session's own connection.
+        self.pool_info: dict[Any, Any] = kept if kept is not None else {}
         #: A backend without UPDATE ... RETURNING runs such statements its own way.
         self._returning: Callable[[Tx, ClauseElement, Params], list[Any] | None] | None = getattr(
             self.backend, "run_returning", None

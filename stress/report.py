@@ -85,13 +85,20 @@ def render(report: dict[str, Any]) -> str:
     lines += [
         f"{name + ':':<12} {_number(value)}"
         for name, value in report["numbers"].items()
-        if not isinstance(value, list)  # per-item detail: the JSON report only
+        if not _is_detail(value)
     ]
     lines += [
         "",
         "ALL INVARIANTS HELD" if report["ok"] else "INVARIANTS VIOLATED",
     ]
     return "\n".join(lines)
+
+
+def _is_detail(value: Any) -> bool:
+    """Per-item detail (a list, or a dict of lists: curves): the JSON report only."""
+    if isinstance(value, dict):
+        return any(isinstance(v, list) for v in value.values())
+    return isinstance(value, list)
 
 
 def _number(value: Any) -> str:

@@ -8,6 +8,7 @@ dialect's name.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +48,27 @@ def test_every_engine_has_a_backend(engine: Engine) -> None:
     backend = backends.of(engine)
     assert backend.name == engine.dialect.name
     assert backends.named(backend.name) is backend
+
+
+def test_storage_bytes_grow_with_what_is_written(engine: Engine, session: Session) -> None:
+    backend = backends.of(engine)
+
+    def measured() -> dict[str, int]:
+        with engine.connect() as conn:
+            return backend.storage_bytes(conn)
+
+    before = measured()
+    for i in range(300):
+        kb.create_task(session, title=f"task {i}", body="x" * 2000)
+    after = measured()
+    # MariaDB's figure is InnoDB's estimate, which its statistics thread updates a
+    # little after the writes: waited for, up to a minute.
+    deadline = time.monotonic() + 60
+    while sum(after.values()) <= sum(before.values()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        after = measured()
+    assert set(after) == set(before) and "database" in after
+    assert sum(after.values()) > sum(before.values()) > 0
 
 
 def test_an_unknown_backend_is_refused() -> None:

@@ -188,3 +188,20 @@ def hold_one_task(url: str, marker: str, ttl_seconds: float | None = None) -> No
             time.sleep(3600)
 
     kb.Worker(handler, url=url, ttl_seconds=ttl_seconds, idle_max=0.25).run()
+
+
+def write_back_to_back(url: str, count: int, bound: int, barrier: Barrier, out: str) -> None:
+    """``count`` create_task commits without a pause, with the WAL bounded at ``bound``
+    bytes and looked at after every commit (tests/test_wal_bound.py)."""
+    from kanban_orm.backends import sqlite
+
+    sqlite.WAL_BOUND_BYTES = bound
+    sqlite.WAL_CHECK_SECONDS = 0.0
+    session = kb.connect(url, keep_connection=True)
+    try:
+        barrier.wait(timeout=60)
+        for i in range(count):
+            kb.create_task(session, title=f"back to back #{i}")
+    finally:
+        session.close()
+    Path(out).write_text(json.dumps(count))

@@ -227,6 +227,13 @@ class Backend(Protocol):
         stopped (SIGSTOP): a backend that cannot prove a death returns none."""
         ...
 
+    # -- storage --------------------------------------------------------------------
+
+    def storage_bytes(self, conn: Connection) -> dict[str, int]:
+        """Bytes the database takes, by part (``database``; SQLite adds its ``wal``):
+        what an operator watches grow in a long run."""
+        ...
+
     # -- migrations -----------------------------------------------------------------
 
     def prepare_migration(self, conn: Connection) -> None:
@@ -360,6 +367,9 @@ class PortableBackend:
 
     def dead_workers(self, s: Tx | Session, workers: Sequence[Any]) -> set[int]:
         return set()
+
+    def storage_bytes(self, conn: Connection) -> dict[str, int]:
+        raise NotImplementedError  # each database measures itself in its own way
 
     def prepare_migration(self, conn: Connection) -> None:
         return None

@@ -147,6 +147,10 @@ WAIT_MAKERS = {
 }
 
 
+#: The bytes the current database takes on disk.
+DATABASE_BYTES = text("SELECT pg_database_size(current_database())")
+
+
 class PostgreSQLBackend(PortableBackend):
     name: ClassVar[str] = "postgresql"
     title: ClassVar[str] = "PostgreSQL"
@@ -289,6 +293,9 @@ class PostgreSQLBackend(PortableBackend):
 
     def lock_migrations(self, conn: Connection) -> None:
         conn.execute(LOCK_MIGRATIONS, {"key": MIGRATION_LOCK_KEY})
+
+    def storage_bytes(self, conn: Connection) -> dict[str, int]:
+        return {"database": int(conn.execute(DATABASE_BYTES).scalar_one())}
 
     def schema_differences(self, context: MigrationContext, found: list[Any]) -> list[Any]:
         bind = context.bind

@@ -6,6 +6,8 @@
   writes must upgrade its lock, and two such transactions can deadlock: SQLite then fails
   one with SQLITE_BUSY at once, whatever the timeout. Taking the write lock up front
   means a writer only ever waits. Plain reads keep a deferred BEGIN and take no lock.
+* a bounded WAL (:class:`WalBound`): under writes that never pause the WAL file would
+  grow without end, as SQLite's own checkpoints can never restart it;
 * ``synchronous=NORMAL`` by default: in WAL mode a process crash loses nothing, a power
   cut may roll back the last commits. ``KANBAN_SQLITE_SYNCHRONOUS=FULL`` (or
   ``configure_engine(engine, synchronous="FULL")``) makes every commit durable at the
@@ -18,10 +20,12 @@ locking clause (it renders none), no event-log guard and no link-graph lock.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import event, exc
+from sqlalchemy import event, exc, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
@@ -69,11 +73,29 @@ DATA_VERSION_CHECK_SECONDS = 0.02
 #: a write transaction that changed nothing, leave it alone). Any commit, so a wake-up
 #: is broad: the claim or read that follows decides.
 DATA_VERSION = "PRAGMA data_version"
+#: A WAL file past this size has been starved of restarts (see WalBound).
+WAL_BOUND_BYTES = 16 * 2**20
+#: How often, at most, one process looks at its WAL's size after a commit.
+WAL_CHECK_SECONDS = 1.0
+#: How long a bounding checkpoint waits for the writer and readers ahead of it; it holds
+#: the write lock while it waits for readers, so it gives up early rather than stall
+#: writers behind a long read (and tries again WAL_CHECK_SECONDS later).
+WAL_CHECKPOINT_BUSY_MS = 200
+#: Where a pooled connection's info keeps the WalBound of its database file.
+_WAL_BOUND = "kanban_wal_bound"
 
 
 def is_busy_message(message: str) -> bool:
     message = message.lower()
     return any(fragment in message for fragment in _BUSY_MESSAGES)
+
+
+#: Copy the whole WAL back and wait for its readers, so the next writer starts it
+#: afresh; one row (busy, frames in the WAL, frames copied), busy 1 when a lock was not
+#: had in time.
+CHECKPOINT_RESTART = text("PRAGMA wal_checkpoint(RESTART)")
+#: The files of the main database (its path in column ``file``).
+DATABASE_LIST = text("PRAGMA database_list")
 
 
 class SQLiteBackend(PortableBackend):
@@ -141,8 +163,10 @@ class SQLiteBackend(PortableBackend):
             if database is not None and database.parent.is_dir():
                 files.create_private_file(database)
 
+        bounds: dict[str, WalBound] = {}  # one per file, shared by the pool's connections
+
         @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        def _on_connect(dbapi_connection: Any, record: Any) -> None:
             dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
             cursor = dbapi_connection.cursor()
             try:
@@ -156,8 +180,14 @@ class SQLiteBackend(PortableBackend):
                     _retry_pragma(cursor, "PRAGMA journal_mode = WAL")
                 cursor.execute(f"PRAGMA synchronous = {synchronous}")
                 cursor.execute("PRAGMA foreign_keys = ON")
+                cursor.execute(f"PRAGMA journal_size_limit = {WAL_BOUND_BYTES}")
+                # The file as SQLite opened it (an in-memory database has none).
+                path = next(r[2] for r in cursor.execute("PRAGMA database_list") if r[1] == "main")
             finally:
                 cursor.close()
+            if path:
+                bound = bounds.setdefault(path, WalBound(Path(path), int(busy_timeout_ms)))
+                record.info[_WAL_BOUND] = bound
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
@@ -169,6 +199,9 @@ class SQLiteBackend(PortableBackend):
 
     def commit_write(self, tx: Tx) -> None:
         tx.raw("COMMIT")
+        bound: WalBound | None = tx.pool_info.get(_WAL_BOUND)
+        if bound is not None:
+            bound.after_commit(tx)
 
     def roll_back(self, dbapi_connection: Any) -> None:
         # sqlite3's rollback() ends whatever transaction is open, our BEGIN IMMEDIATE's
@@ -229,10 +262,81 @@ class SQLiteBackend(PortableBackend):
         record_events(s, "completed", [(t, run_of.get(t), {"forced": False}) for t in ids])
         return rows
 
+    def storage_bytes(self, conn: Connection) -> dict[str, int]:
+        main = next(row for row in conn.execute(DATABASE_LIST) if row.name == "main")
+        if not main.file:  # an in-memory database
+            return {"database": 0, "wal": 0}
+        path = Path(main.file)
+        return {"database": _file_bytes(path), "wal": _file_bytes(Path(f"{path}-wal"))}
+
     def schema_differences(self, context: MigrationContext, found: list[Any]) -> list[Any]:
         artifacts = _sort_order_artifacts(found)
         kept = [d for d in found if id(d) not in artifacts]
         return kept + _missing_sort_order_indexes(context)
+
+
+class WalBound:
+    """Keeps a database's WAL file bounded while writers never pause.
+
+    SQLite writes commits to the WAL and copies them back to the database file in
+    checkpoints: a committer whose WAL holds 1000 pages (``wal_autocheckpoint``) runs
+    a PASSIVE one after its COMMIT. The WAL file is only rewritten from its start
+    ("restarted") by a writer that began reading after a checkpoint had copied every
+    frame. With two or more processes writing back to back, the next writer always
+    takes its snapshot as the lock passes, before the previous committer's checkpoint
+    has run: so no writer ever restarts the WAL, it grows by every commit (3 → 152 MB in
+    a 5-minute soak), and each commit past the first 1000 pages runs a checkpoint too.
+
+    So, at most every WAL_CHECK_SECONDS, a committer looks at the WAL's size and past
+    WAL_BOUND_BYTES runs a RESTART checkpoint: it takes the write lock like any writer,
+    copies what is left and waits for readers still on older frames, so the next
+    writer rewrites the WAL from its start; ``journal_size_limit`` (set on every
+    connection) then cuts the file back to WAL_BOUND_BYTES. (The file is reused rather
+    than emptied, as SQLite prefers: overwriting is cheaper than growing it again.)
+    Busy (another connection's checkpoint, a long read), it tries again for up to
+    WAL_CHECKPOINT_BUSY_MS, then gives up until the next check. The commit it follows
+    has landed either way: nothing here can fail it.
+    """
+
+    def __init__(self, database: Path, busy_timeout_ms: int) -> None:
+        self.wal = Path(f"{database}-wal")
+        self.busy_timeout_ms = busy_timeout_ms
+        self.next_check = 0.0
+        #: Checkpoints run, and those that let the WAL restart (for tests and reports).
+        self.checkpoints = 0
+        self.restarts = 0
+
+    def after_commit(self, tx: Tx) -> None:
+        now = time.monotonic()
+        if now < self.next_check:
+            return
+        self.next_check = now + WAL_CHECK_SECONDS
+        if _file_bytes(self.wal) > WAL_BOUND_BYTES:
+            self.checkpoint(tx)
+
+    def checkpoint(self, tx: Tx) -> None:
+        self.checkpoints += 1
+        try:
+            tx.raw(f"PRAGMA busy_timeout = {WAL_CHECKPOINT_BUSY_MS}")
+            try:
+                restarted = self._restart(tx)
+            finally:
+                tx.raw(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+        except exc.DBAPIError:
+            return  # a connection gone is the next transaction's to find
+        self.restarts += restarted
+
+    @staticmethod
+    def _restart(tx: Tx) -> bool:
+        # Another connection's checkpoint (a PASSIVE one after each of its commits, once
+        # the WAL is this long) makes ours busy at once, without the busy handler:
+        # tried again until that one is done, within the same budget.
+        deadline = time.monotonic() + WAL_CHECKPOINT_BUSY_MS / 1000
+        while True:
+            busy = tx.execute(CHECKPOINT_RESTART).first()[0]
+            if not busy or time.monotonic() >= deadline:
+                return not busy
+            greenlets.pause(0.002)  # on the event loop under kanban_orm.aio
 
 
 def _open_numbered_runs(
@@ -258,6 +362,13 @@ def _open_numbered_runs(
         s.execute(q.OPEN_NUMBERED_RUNS, numbered)
         s.execute(q.LOG_CLAIMS, numbered)
     return rows
+
+
+def _file_bytes(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # no WAL between the last connection's close and the next
+        return 0
 
 
 def _retry_pragma(cursor: Any, sql: str, attempts: int = 50) -> None:

@@ -3,9 +3,10 @@
 ``python -m stress soak --minutes M``: each worker loops claim_next → complete_task →
 create_task (a replacement, so the backlog stays at ``--tasks``) for M minutes, and
 every SAMPLE_SECONDS logs its cycles so far and its resident memory (VmRSS). The
-parent samples the database's size (SQLite: the file plus its WAL; PostgreSQL:
-``pg_database_size``). Pass: every worker's RSS grew less than RSS_LIMIT_MB from its
-first sample after the warm-up to its last, the last minute's throughput is at least
+parent samples the database's size (the backend's ``storage_bytes``: SQLite's file and
+its WAL, PostgreSQL's ``pg_database_size``, MariaDB's InnoDB estimate).
+Pass: every worker's RSS grew less than RSS_LIMIT_MB from its first sample after the
+warm-up to its last, the last minute's throughput is at least
 THROUGHPUT_FLOOR of the first minute's (fifths of the run, for runs under five
 minutes), and no error of any kind reached a worker.
 """
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
+from kanban_orm import backends
 
 from ..harness import DB_ERROR, DB_ERRORS, Check, Config, Outcome, WorkerContext, one_line
 
@@ -78,22 +80,15 @@ def work(worker: WorkerContext) -> None:
 
 
 class Disturber:
-    """Not a fault: samples the database's size every SAMPLE_SECONDS."""
+    """Not a fault: samples the database's size (by part: SQLite's WAL apart) every
+    SAMPLE_SECONDS."""
 
     def __init__(self, config: Config) -> None:
-        self.url = sa.make_url(config.db_url)
-        self.engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+        self.engine = sa.create_engine(config.db_url, poolclass=sa.pool.NullPool)
+        self.backend = backends.of(self.engine)
         self.started = time.monotonic()
         self.next = self.started
-        self.numbers: dict[str, Any] = {"db_size_mb": []}
-
-    def _size(self) -> int:
-        if self.url.get_backend_name() == "sqlite":
-            path = Path(str(self.url.database))
-            return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
-        with self.engine.connect() as conn:
-            size = conn.execute(sa.text("SELECT pg_database_size(current_database())"))
-            return int(size.scalar_one())
+        self.numbers: dict[str, Any] = {"db_size_mb": [], "db_parts_mb": {}}
 
     def step(self) -> None:
         now = time.monotonic()
@@ -101,13 +96,21 @@ class Disturber:
             return
         self.next = now + SAMPLE_SECONDS
         try:
-            size = self._size()
+            with self.engine.connect() as conn:
+                parts = self.backend.storage_bytes(conn)
         except (OSError, sa.exc.DBAPIError):
             return
-        self.numbers["db_size_mb"].append((round(now - self.started), round(size / 2**20, 2)))
+        at = round(now - self.started)
+        self.numbers["db_size_mb"].append((at, _mb(sum(parts.values()))))
+        for part, size in parts.items():
+            self.numbers["db_parts_mb"].setdefault(part, []).append((at, _mb(size)))
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _mb(size: int) -> float:
+    return round(size / 2**20, 2)
 
 
 def disturber(config: Config) -> Disturber:
@@ -150,6 +153,9 @@ def checks(outcome: Outcome, session: Session) -> list[Check]:
         for k in range(steps)
     ]
     errors = [f"{e['worker']}: {e['error']}" for e in outcome.entries(DB_ERROR)]
+    sizes = outcome.numbers.get("db_size_mb", [])
+    if sizes:
+        outcome.numbers["db_size_first_last_mb"] = {"first": sizes[0][1], "last": sizes[-1][1]}
     outcome.numbers.update(
         {
             "minutes": round(length / 60, 2),
