@@ -20,7 +20,7 @@ from stress.bench.core import POSTGRES, Result, Target, Verdict, analyze, judge,
 from stress.bench.report import render
 from stress.bench.systems import KANBAN_KEYS, RAW, system
 
-from .conftest import postgres_url_or_skip
+from .conftest import mysql_url_or_skip, postgres_url_or_skip
 
 OWN_KEYS = (*KANBAN_KEYS, RAW)
 
@@ -83,6 +83,31 @@ def test_bench_postgres_every_system_exactly_once(tmp_path: Path) -> None:
         left = conn.execute(
             sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"), {"p": prefix}
         ).all()
+    admin.dispose()
+    assert left == []
+
+
+@pytest.mark.slow
+@pytest.mark.mysql
+def test_bench_mysql_every_own_system_exactly_once(tmp_path: Path) -> None:
+    """The MariaDB/MySQL column: kanban_orm's rows and the raw mysqlclient baseline."""
+    name = f"kanban_bench_t_{uuid.uuid4().hex[:10]}"
+    url = sa.make_url(mysql_url_or_skip()).set(database=name)
+    code, report = _run(
+        tmp_path,
+        "--backends",
+        "mysql",
+        "--mysql-url",
+        url.render_as_string(hide_password=False),
+    )
+    assert code == 0
+    assert not [s for s in report["skipped"] if s["system"] == "*"], report["skipped"]
+    rows = _check_rows(report, "mysql")
+    assert "raw" in {r["system"] for r in rows}
+    assert [t["target"] for t in report["targets"]] == ["MariaDB claim_next >= 0.9x raw"]
+    admin = sa.create_engine(url.set(database=""))
+    with admin.connect() as conn:  # the bench dropped its database (NAME_PID) again
+        left = conn.execute(sa.text("SHOW DATABASES LIKE :p"), {"p": f"{name}%"}).all()
     admin.dispose()
     assert left == []
 
