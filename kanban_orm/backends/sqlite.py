@@ -182,7 +182,8 @@ class SQLiteBackend(PortableBackend):
                 cursor.execute("PRAGMA foreign_keys = ON")
                 cursor.execute(f"PRAGMA journal_size_limit = {WAL_BOUND_BYTES}")
                 # The file as SQLite opened it (an in-memory database has none).
-                path = next(r[2] for r in cursor.execute("PRAGMA database_list") if r[1] == "main")
+                cursor.execute("PRAGMA database_list")
+                path = next(row[2] for row in cursor.fetchall() if row[1] == "main")
             finally:
                 cursor.close()
             if path:
