@@ -25,6 +25,13 @@ FUTURE = datetime(2999, 1, 1)
 
 def finish(session: Session, task_id: int) -> None:
     kb.complete_task(session, task_id, force=True)
+    tick()
+
+
+def tick() -> None:
+    """Let the database clock (milliseconds on SQLite) pass what was just written, so an
+    age of zero (NOW, strictly before the prune's now) counts it as old."""
+    time.sleep(0.003)
 
 
 def board_snapshot(session: Session) -> dict[int, tuple[str, set[int]]]:
@@ -335,6 +342,7 @@ def test_events_before_removes_old_board_log_entries_but_the_horizons(session: S
     kb.prune(session, done_before=NOW, batch=1)  # three `pruned` entries, one per task
     doomed = kb.create_task(session, title="deleted")
     kb.delete_task(session, doomed, reason="test")
+    tick()
     entries = kb.list_board_events(session)
     assert [e.kind for e in entries] == ["pruned", "pruned", "pruned", "deleted"]
     horizon = max(e.events_through or 0 for e in entries)
