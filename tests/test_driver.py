@@ -8,6 +8,7 @@ without the values; ``status = $3`` hides how rare a status is, so constants of
 from __future__ import annotations
 
 import warnings
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -136,10 +137,7 @@ def test_binding_by_name_gives_what_the_compiled_statement_gives(
     the SQL and values must be what the compiled statement makes of them."""
     plan = driver.Prepared(statement, dialect, keys)
     assert plan.order is not None
-    params: dict[str, Any] = {
-        key: [3, 4] if key in {"ids", "tokens", "pairs", "payload"} else f"{key}-value"
-        for key in keys
-    }
+    params: dict[str, Any] = {key: _sample_value(key) for key in keys}
     for limit in (7, 50, 7):
         if "limit" in params:
             params["limit"] = limit
@@ -150,6 +148,15 @@ def test_binding_by_name_gives_what_the_compiled_statement_gives(
         if isinstance(values, dict):  # a named driver is not sent the rendered LIMIT
             values = {k: v for k, v in values.items() if k not in plan.per_call}
         assert repr(fast) == repr((sql, values))
+
+
+def _sample_value(key: str) -> Any:
+    """A value of the type the statement's parameter ``key`` takes."""
+    if key in {"ids", "tokens", "pairs", "payload"}:
+        return [3, 4]
+    if key == "through":  # a DateTime parameter: its type's processor refuses a string
+        return datetime(2026, 12, 2, 12, 0, 0)
+    return f"{key}-value"
 
 
 def test_a_value_given_with_the_statement_is_used_when_the_call_has_none(
