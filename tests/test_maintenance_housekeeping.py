@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
@@ -74,9 +75,14 @@ def test_the_thread_prunes_on_its_schedule(db_url: str, session: Session) -> Non
 def test_a_worker_with_housekeeping_prunes_while_it_runs(
     db_url: str, session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("KANBAN_RETENTION_DONE_DAYS", "0")
+    # The task the worker finishes must stay younger than the cutoff: with a zero-day cutoff
+    # a housekeeping pass that happens to run after it would prune it too.
+    monkeypatch.setenv("KANBAN_RETENTION_DONE_DAYS", "1")
     old = kb.create_task(session, title="finished long ago")
     kb.complete_task(session, old, force=True)
+    long_ago = datetime(2020, 1, 1)
+    session.execute(update(kb.Task).where(kb.Task.id == old).values(completed_at=long_ago))
+    session.commit()
     fresh = kb.create_task(session, title="work")
 
     worker = kb.Worker(lambda task: "ok", url=db_url, drain=True, housekeeping=True)
