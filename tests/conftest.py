@@ -53,6 +53,26 @@ def postgres_url_or_skip() -> str:
     pytest.skip(f"{POSTGRES_ENV} is not set; PostgreSQL half of the suite skipped")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``@pytest.mark.backends("postgres", ...)``: a test of one backend's own feature
+    runs on those backends only, instead of being collected everywhere and skipped."""
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is None:
+        return
+    unknown = set(marker.args) - set(BACKENDS)
+    if not marker.args or unknown:
+        raise pytest.UsageError(f"backends(...) takes some of {BACKENDS}, not {marker.args}")
+    # A parametrize mark (not a call) on the fixture's name: pytest then leaves out the
+    # fixture's own params, and parametrizes from the mark after this hook.
+    for fixture in ("db_url", "empty_db_url"):
+        if fixture in metafunc.fixturenames:
+            names = list(marker.args)
+            metafunc.definition.add_marker(
+                pytest.mark.parametrize(fixture, names, indirect=True, ids=names)
+            )
+
+
 #: reason -> the location of the first skip with it (see pytest_runtest_makereport)
 _skip_locations: dict[str, tuple[str, int | None]] = {}
 

@@ -128,17 +128,13 @@ def test_the_expired_claims_scan_is_bounded_by_the_expiry_index(engine: Engine) 
         assert re.search(r"Index Cond: \(claim_expires < timezone", plan), plan
 
 
+@pytest.mark.backends("postgres")  # SQLite prepares once; mysqlclient never prepares
 def test_hot_statements_settle_on_one_plan_for_all_calls(engine: Engine) -> None:
     """PostgreSQL re-plans a prepared statement on every call when its generic plan
     looks dearer than the plans made for the actual values; that planning cost more
     than running the claim. The claim and complete statements must settle on the
     generic plan after the planner's five trial calls. (Batch statements take arrays,
-    whose generic plan assumes a size; they may be planned per call, once per batch.)
-    SQLite has no such planner."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip(
-            "a PostgreSQL planner decision (SQLite prepares once; mysqlclient never prepares)"
-        )
+    whose generic plan assumes a size; they may be planned per call, once per batch.)"""
     history = [{"title": f"old {i}", "status": "done"} for i in range(5000)]
     with engine.begin() as conn:
         conn.execute(insert(q.tasks), history)  # what a board in use looks like
@@ -198,11 +194,10 @@ def test_a_held_claim_is_found_by_primary_key(engine: Engine) -> None:
         assert "ix_kanban_tasks_claim_order" not in found, found
 
 
+@pytest.mark.backends("sqlite")  # PostgreSQL batches in one statement; MariaDB its own way
 def test_sqlite_batch_steps_look_tasks_and_runs_up_by_key(engine: Engine) -> None:
     """SQLite runs a batch as one statement per step, its ids bound as a JSON list; each
     must look its rows up by key, not scan the board."""
-    if engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's batch statements (PostgreSQL: one statement; MariaDB: its own)")
     with engine.begin() as conn:
         conn.execute(insert(q.tasks), [{"title": f"t{i}", "status": "ready"} for i in range(6000)])
         conn.exec_driver_sql("ANALYZE")

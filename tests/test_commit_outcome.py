@@ -140,8 +140,8 @@ def test_every_fenced_write_whose_commit_reply_was_lost_reports_success(
     assert kb.submit_for_review(session, reviewed, claim_lock=r_token).status == "review"
     drop_after_next_commit()
     assert {t.status for t in kb.complete_many(session, batch)} == {"done"}
-    assert [r.outcome for r in kb.list_runs(session, blocked)] == ["blocked"]
-    assert [r.outcome for r in kb.list_runs(session, reviewed)] == ["submitted"]
+    assert [r.outcome for r in kb.list_runs(session, task_id=blocked)] == ["blocked"]
+    assert [r.outcome for r in kb.list_runs(session, task_id=reviewed)] == ["submitted"]
     assert all(counts(session, task_id) == (1, 1) for task_id, _ in batch)
 
 

@@ -74,7 +74,7 @@ def test_deleting_an_unfinished_parent_blocks_the_child_waiting_for_it(session: 
     assert task.block_reason == f"parent {parent} was deleted before it finished"
     last = kb.list_events(session, task_id=child)[-1]
     assert (last.kind, last.payload["parent_id"]) == ("blocked", parent)
-    assert kb.list_links(session, child).parents == []
+    assert kb.list_links(session, task_id=child).parents == []
 
 
 def test_deleting_a_finished_parent_only_unlinks_its_children(session: Session) -> None:

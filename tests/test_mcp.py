@@ -135,7 +135,9 @@ def test_an_agent_plans_claims_and_completes_in_order(db_url: str) -> None:
 
     run(scenario)
     with kb.connect(db_url) as session:
-        runs = [run for task in kb.list_tasks(session) for run in kb.list_runs(session, task.id)]
+        runs = [
+            run for task in kb.list_tasks(session) for run in kb.list_runs(session, task_id=task.id)
+        ]
     assert [r.claimer for r in runs] == ["agent-a"] * 3
 
 

@@ -56,7 +56,7 @@ def make_chain(session: Session, finished: int, live_children: int = 0) -> list[
     for parent in ids[:live_children]:
         child = kb.create_task(session, title=f"child of {parent}", parents=[parent])
         other = kb.create_task(session, title="unfinished other parent")
-        kb.link_tasks(session, other, child)
+        kb.link_tasks(session, parent=other, child=child)
     return ids
 
 

@@ -156,7 +156,7 @@ def test_releasing_a_stuck_claim_asks_for_confirmation(
     assert kb.get_task(session, task_id).status == "running"
     done = client.post(move, json={"to": "ready", "confirmed": True}, headers=bearer())
     assert done.json()["status"] == "ready"
-    assert kb.list_runs(session, task_id)[-1].outcome == "released"
+    assert kb.list_runs(session, task_id=task_id)[-1].outcome == "released"
 
 
 def test_drawer_offers_exactly_the_boards_allowed_moves(
@@ -187,7 +187,7 @@ def test_comment_edit_and_links(client: TestClient, session: Session) -> None:
         == "ready"
     )
     assert kb.get_task(session, child).priority == 5
-    assert [c.body for c in kb.list_comments(session, child)] == ["hi"]
+    assert [c.body for c in kb.list_comments(session, task_id=child)] == ["hi"]
 
 
 def test_read_only_serves_no_write_route(engine: Engine, session: Session) -> None:
