@@ -35,7 +35,7 @@ from .models import (
     TaskLink,
     TaskRun,
 )
-from .states import Status
+from .states import FINISHED, Status
 from .workflow import count_by_status
 
 tasks: Table = Task.__table__  # type: ignore[assignment]
@@ -115,9 +115,14 @@ _STRANDED_TODO = (
     .where(tasks.c.status == Status.TODO.value, _HAS_PARENT, queries.parents_finished(tasks))
     .order_by(tasks.c.id)
 )
+#: Unfinished tasks only: prune's events_before removes the old events of finished
+#: tasks that stay, so a finished task without events is what a prune leaves.
 _TASKS_WITHOUT_EVENTS = (
     select(tasks.c.id)
-    .where(~select(events.c.id).where(events.c.task_id == tasks.c.id).exists())
+    .where(
+        tasks.c.status.not_in([status.value for status in FINISHED]),
+        ~select(events.c.id).where(events.c.task_id == tasks.c.id).exists(),
+    )
     .order_by(tasks.c.id)
 )
 _EXACT_FINISHED_COUNTS = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,18 @@ def test_pruned_history_is_not_a_gap(session: Session) -> None:
         kb.complete_task(session, kb.create_task(session, title=f"t{i}"), force=True)
     kb.create_task(session, title="live")
     kb.prune(session, done_before=kb.get_task(session, 1).created_at.replace(year=2999))
+    assert by_check(doctor(session))["event_gaps"].severity == "ok"
+
+
+def test_finished_tasks_whose_events_were_pruned_are_not_a_gap(session: Session) -> None:
+    kept = kb.create_task(session, title="kept, its events pruned")
+    kb.complete_task(session, kept, force=True)
+    live = kb.create_task(session, title="live")
+    result = kb.prune(session, events_before=timedelta(0))
+    assert result.events >= 2 and kb.list_events(session, task_id=kept) == []
+    assert [t.id for t in kb.list_tasks(session, status="done")] == [kept]
+    assert kb.list_events(session, task_id=live) != []  # a live task's events stay
+
     assert by_check(doctor(session))["event_gaps"].severity == "ok"
 
 
