@@ -9,8 +9,9 @@ are UTC, ISO 8601 with a ``Z``; absent values are ``null``)::
 
     TASK  = {"id": 12, "title": "...", "body": null, "status": "ready", "priority": 0,
              "assignee": null, "tenant": null, "created_by": null, "attempts": 0,
-             "max_attempts": null, "claim_lock": null, "claim_expires": null,
-             "current_run_id": null, "run_at": null, "idempotency_key": null,
+             "max_attempts": null, "max_runtime": null, "claim_lock": null,
+             "claim_expires": null, "current_run_id": null, "run_at": null,
+             "idempotency_key": null,
              "result": null, "block_reason": null, "version": 1,
              "created_at": "2024-05-01T12:00:00.000000Z", "updated_at": "...",
              "started_at": null, "completed_at": null}
@@ -57,6 +58,7 @@ from .errors import DatabaseError, KanbanError
 from .models import Task
 from .serialize import comment_json, event_json, iso, run_json, task_json
 from .states import Status
+from .validation import MAX_RUNTIME_SECONDS
 from .worker import MAX_PREFETCH, CommandHandler, Worker
 from .workspace import WorkspaceCommandHandler
 
@@ -435,9 +437,10 @@ def show(ctx: click.Context, task_id: int, as_json: bool) -> None:
              "parents": [ID, ...], "children": [ID, ...]}
     \b
     TASK  = {"id", "title", "body", "status", "priority", "assignee", "tenant",
-             "created_by", "attempts", "max_attempts", "claim_lock", "claim_expires",
-             "current_run_id", "run_at", "idempotency_key", "result", "block_reason",
-             "version", "created_at", "updated_at", "started_at", "completed_at"}
+             "created_by", "attempts", "max_attempts", "max_runtime", "claim_lock",
+             "claim_expires", "current_run_id", "run_at", "idempotency_key", "result",
+             "block_reason", "version", "created_at", "updated_at", "started_at",
+             "completed_at"}
     RUN   = {"id", "task_id", "attempt", "claimer", "claim_lock", "started_at",
              "last_heartbeat_at", "ended_at", "outcome", "summary", "metadata", "error"}
     EVENT = {"id", "task_id", "run_id", "kind", "payload", "created_at"}
@@ -472,6 +475,7 @@ def show(ctx: click.Context, task_id: int, as_json: bool) -> None:
         click.echo(f"  {name:<14} {fields[name] if fields[name] is not None else '-'}")
     for name in (
         "max_attempts",
+        "max_runtime",
         "claim_lock",
         "claim_expires",
         "run_at",
@@ -822,6 +826,12 @@ def comment(ctx: click.Context, task_id: int, body: str, author: str | None, as_
 @click.option("--unassign", is_flag=True, help="Clear the assignee.")
 @click.option("--priority", type=int)
 @click.option("--max-attempts", type=int)
+@click.option(
+    "--max-runtime",
+    type=float,
+    metavar="SECONDS",
+    help="A run of this task that takes longer is cancelled and the task failed.",
+)
 @_json_option()
 @click.pass_context
 def edit(
@@ -833,6 +843,7 @@ def edit(
     unassign: bool,
     priority: int | None,
     max_attempts: int | None,
+    max_runtime: float | None,
     as_json: bool,
 ) -> None:
     """Change a task's fields, in any state. --json: TASK."""
@@ -846,6 +857,7 @@ def edit(
             ("assignee", assignee),
             ("priority", priority),
             ("max_attempts", max_attempts),
+            ("max_runtime", max_runtime),
         )
         if value is not None
     }
@@ -1056,7 +1068,7 @@ def _claimers(session: Session, tasks: list[Task]) -> dict[int, str]:
 )
 @click.option(
     "--max-runtime",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0, min_open=True, max=MAX_RUNTIME_SECONDS),
     metavar="SECONDS",
     help="Kill a command running longer (its process group) and fail its task.",
 )

@@ -1060,17 +1060,28 @@ ARCHIVE_ANY = (
     .returning(tasks.c.id)
 )
 
-#: Fields a caller may edit on a task with update_task.
-EDITABLE = ("title", "body", "assignee", "priority", "max_attempts", "run_at")
+#: Fields a caller may edit on a task with update_task, and their columns.
+EDITABLE = {
+    "title": tasks.c.title,
+    "body": tasks.c.body,
+    "assignee": tasks.c.assignee,
+    "priority": tasks.c.priority,
+    "max_attempts": tasks.c.max_attempts,
+    "run_at": tasks.c.run_at,
+    "max_runtime": tasks.c.max_runtime_ms,  # seconds in, milliseconds stored
+}
 
 
 @cache
 def edit_statement(fields: tuple[str, ...]) -> ReturningUpdate[Any]:
     """Set ``fields`` (a sorted subset of :data:`EDITABLE`) on a task that still exists."""
+    changed = {
+        EDITABLE[field]: bindparam(f"new_{field}", type_=EDITABLE[field].type) for field in fields
+    }
     return (
         update(tasks)
         .where(tasks.c.id == bindparam("task_id"))
-        .values({**{field: bindparam(f"new_{field}") for field in fields}, **_BUMP})
+        .values({**changed, **_BUMP})
         .returning(tasks.c.id)
     )
 

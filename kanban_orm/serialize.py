@@ -33,6 +33,7 @@ def task_json(task: Task) -> dict[str, Any]:
         "created_by": task.created_by,
         "attempts": task.attempts,
         "max_attempts": task.max_attempts,
+        "max_runtime": task.max_runtime,
         "claim_lock": task.claim_lock,
         "claim_expires": iso(task.claim_expires),
         "current_run_id": task.current_run_id,

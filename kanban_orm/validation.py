@@ -113,13 +113,22 @@ def number(value: object, field: str, *, infinity: bool = False) -> float:
     return float(value)
 
 
+#: The longest ``max_runtime``: whole milliseconds in a 32-bit INTEGER column (about
+#: 24.8 days), the same bound on every backend and for a Worker's own limit.
+MAX_RUNTIME_SECONDS = (2**31 - 1) // 1000
+
+
 def runtime_limit(value: object, field: str) -> float | None:
-    """Seconds one run may take (``max_runtime``): None for no limit, else positive."""
+    """Seconds one run may take (``max_runtime``): None for no limit, else positive and
+    at most :data:`MAX_RUNTIME_SECONDS`."""
     if value is None:
         return None
     seconds = number(value, field)
-    if not seconds > 0:
-        raise InvalidInput(f"{field} must be a positive number of seconds, not {seconds}")
+    if not 0 < seconds <= MAX_RUNTIME_SECONDS:
+        raise InvalidInput(
+            f"{field} must be a positive number of seconds up to {MAX_RUNTIME_SECONDS}"
+            f" (about 24 days), not {seconds}"
+        )
     return seconds
 
 

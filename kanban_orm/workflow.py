@@ -318,8 +318,11 @@ def update_task(
     priority: int = _UNSET,
     max_attempts: int | None = _UNSET,
     run_at: datetime | None = _UNSET,
+    max_runtime: float | None = _UNSET,
 ) -> Task:
     """Edit the fields given (assign, reprioritise, retitle, reschedule) in any state.
+    ``max_runtime=None`` removes the task's own run limit; a run under way keeps the
+    limit it started with.
 
     One ``edited`` event records the new values. Raises :class:`InvalidInput`,
     :class:`TaskNotFound`; with no field given, :class:`InvalidInput`.
@@ -335,6 +338,7 @@ def update_task(
             lambda v: check.optional_integer(v, "max_attempts", minimum=1),
         ),
         "run_at": (run_at, lambda v: check.timestamp(v, "run_at")),
+        "max_runtime": (max_runtime, lambda v: check.runtime_limit(v, "max_runtime")),
     }
     changes = {
         name: validate(value) for name, (value, validate) in given.items() if value is not _UNSET

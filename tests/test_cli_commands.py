@@ -36,6 +36,7 @@ TASK_KEYS = {
     "created_by",
     "attempts",
     "max_attempts",
+    "max_runtime",
     "claim_lock",
     "claim_expires",
     "current_run_id",

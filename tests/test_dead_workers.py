@@ -209,13 +209,31 @@ def test_the_cli_sets_both_limits(db_url: str, session: Session, tmp_path: Path)
     assert refused.exit_code == 2
 
 
-@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "5", True])
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "5", True, 2_147_484, 1e300])
 def test_max_runtime_is_validated(session: Session, bad: object) -> None:
     with pytest.raises(kb.InvalidInput, match="max_runtime"):
         kb.create_task(session, title="x", max_runtime=bad)  # type: ignore[arg-type]
     with pytest.raises(kb.InvalidInput, match="max_runtime"):
         kb.Worker(lambda task: None, max_runtime=bad)  # type: ignore[arg-type]
     assert kb.list_tasks(session) == []
+    keep = kb.create_task(session, title="kept", max_runtime=5)
+    with pytest.raises(kb.InvalidInput, match="max_runtime"):
+        kb.update_task(session, keep, max_runtime=bad)  # type: ignore[arg-type]
+    assert kb.get_task(session, keep).max_runtime == 5
+    assert [e.kind for e in kb.list_events(session, task_id=keep)] == ["created"]
+
+
+def test_max_runtime_is_edited_and_shown(db_url: str, session: Session) -> None:
+    task_id = kb.create_task(session, title="x")
+    assert kb.update_task(session, task_id, max_runtime=2.5).max_runtime == 2.5
+    edited = CliRunner().invoke(
+        main, ["--db", db_url, "edit", str(task_id), "--max-runtime", "90", "--json"]
+    )
+    assert edited.exit_code == 0, edited.output
+    assert json.loads(edited.output)["max_runtime"] == 90
+    assert kb.update_task(session, task_id, max_runtime=None).max_runtime is None
+    edits = [e.payload for e in kb.list_events(session, task_id=task_id) if e.kind == "edited"]
+    assert edits == [{"max_runtime": 2.5}, {"max_runtime": 90.0}, {"max_runtime": None}]
 
 
 # -- kanban-orm workers -----------------------------------------------------------------
