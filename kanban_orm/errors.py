@@ -117,8 +117,9 @@ class DatabaseUnavailable(KanbanError):
 
 
 class DatabaseError(KanbanError):
-    """The database driver reported an error that no other kanban_orm error describes;
-    the driver's exception is this one's ``__cause__``."""
+    """The database driver reported an error that no other kanban_orm error describes.
+    This one's ``__cause__`` is SQLAlchemy's :class:`~sqlalchemy.exc.DBAPIError`, whose
+    ``orig`` is the driver's own exception (``error.__cause__.orig``)."""
 
 
 class DatabaseReadOnly(DatabaseError):

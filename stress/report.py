@@ -103,7 +103,7 @@ def _is_detail(value: Any) -> bool:
 
 def _number(value: Any) -> str:
     if isinstance(value, dict):
-        return ", ".join(f"{k} {v}" for k, v in value.items())
+        return ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
     return str(value)
 
 

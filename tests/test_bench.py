@@ -262,5 +262,5 @@ def test_the_targets_table_names_its_baselines_not_an_issue() -> None:
     with console.capture() as capture:
         console.print(targets_table(judged, plan))
     text = " ".join(capture.get().split())  # the title wraps over the narrow table
-    assert "vs the raw driver baseline and pgqueuer" in text
+    assert "vs the raw driver and the lean kernel" in text
     assert "issue" not in text.lower()

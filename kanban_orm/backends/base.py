@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Engine
@@ -60,6 +60,7 @@ class ChangeSignal(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
 class Backend(Protocol):
     """What kanban_orm needs from a database, beyond the portable SQL of
     :mod:`kanban_orm.queries`.

@@ -110,9 +110,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=_prog(),
         description="Zero-work claim -> complete throughput of kanban_orm, a raw-driver "
-        "baseline on the same tables, and peer queues (when installed), on SQLite and "
-        "PostgreSQL. Every system must complete every task exactly once; one that does "
-        "not is marked in the table.",
+        "baseline on the same tables, and peer queues (when installed), on SQLite, "
+        "PostgreSQL and MariaDB/MySQL (--backends). Every system must complete every task "
+        "exactly once; one that does not is marked in the table.",
         epilog=f"--pg-url names the PostgreSQL server and a database name (default "
         f"{DEFAULT_PG_URL}, or ${PG_URL_ENV}); the bench uses the database NAME_PID, "
         "re-created for every run and dropped at the end. SQLite runs use a temporary "
