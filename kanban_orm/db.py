@@ -255,7 +255,13 @@ def connect(url: str | None = None, *, keep_connection: bool = False) -> Session
 
 
 def session_factory(engine: Engine, *, keep_connection: bool = False) -> sessionmaker[Session]:
-    """A sessionmaker configured like :func:`connect`, for an Engine of your own."""
+    """A sessionmaker configured like :func:`connect`, for an Engine of your own
+    (:func:`connect` takes a URL). Raises :class:`InvalidInput` for anything else."""
+    if not isinstance(engine, sa.Engine):
+        raise InvalidInput(
+            f"session_factory takes an Engine, not {type(engine).__name__}"
+            " (for a URL: kb.connect(url) or kb.session_factory(kb.cached_engine(url)))"
+        )
     session_class = KeepingSession if keep_connection else Session
     return sessionmaker(bind=engine, expire_on_commit=False, class_=session_class)
 

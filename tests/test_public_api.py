@@ -96,3 +96,9 @@ def test_json_shapes_have_a_module_of_their_own() -> None:
     assert serialize.task_json is worker.task_json  # the old import still works
     assert serialize.iso(datetime(2024, 5, 1, 12)) == "2024-05-01T12:00:00Z"
     assert set(serialize.__all__) == {"comment_json", "event_json", "iso", "run_json", "task_json"}
+
+
+@pytest.mark.parametrize("bind", ["sqlite:///kanban.db", None, 5])
+def test_session_factory_refuses_what_is_not_an_engine(bind: object) -> None:
+    with pytest.raises(kb.InvalidInput, match="session_factory takes an Engine"):
+        kb.session_factory(bind)  # type: ignore[arg-type]
