@@ -23,6 +23,8 @@ from sqlalchemy.orm import Session
 
 import kanban_orm as kb
 
+from .apis import APIS, Api
+
 POSTGRES_ENV = "KANBAN_TEST_POSTGRES_URL"
 MYSQL_ENV = "KANBAN_TEST_MYSQL_URL"
 BACKENDS = ["sqlite", "postgres", "mysql"]
@@ -242,6 +244,29 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         conn.exec_driver_sql(f"TRUNCATE {', '.join(EMPTIED_TABLES)} RESTART IDENTITY CASCADE")
         conn.exec_driver_sql(RESET_TALLIES)
     return engine.url.render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=list(APIS), ids=list(APIS))
+def api(request: pytest.FixtureRequest) -> Iterator[Api]:
+    """The API a test body runs through: ``sync`` as it is, ``async`` on kanban_orm.aio
+    (tests/apis.py; the body runs inside it, see pytest_pyfunc_call)."""
+    chosen = APIS[request.param]()
+    try:
+        yield chosen
+    finally:
+        chosen.finish()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """A test given the ``api`` fixture runs through that API (on an event loop, for
+    kanban_orm.aio), whether it asked for it or a fixture of it did."""
+    api = pyfuncitem.funcargs.get("api")
+    if not isinstance(api, Api):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    api.run_test(pyfuncitem.obj, {name: pyfuncitem.funcargs[name] for name in names})
+    return True
 
 
 @pytest.fixture

@@ -2,7 +2,9 @@
 backend states (see kanban_orm.backends).
 
 These tests ask the backend what it can do (``uncontested_completion``, ...), never the
-dialect's name.
+dialect's name. Each test of a session, an engine or a driver's errors runs through
+both APIs (the ``api`` fixture, tests/apis.py): as it is, and on kanban_orm.aio with the
+backend's asyncio driver; ids say which, as in ``test_x[async-mysql]``.
 """
 
 from __future__ import annotations
@@ -28,8 +30,23 @@ from kanban_orm.db import run_write
 from kanban_orm.driver import Tx
 from kanban_orm.states import Status, sources_of
 
+from .apis import Api
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+
+
+# The conftest's fixtures of the same names, through the test's API.
+
+
+@pytest.fixture
+def engine(api: Api, db_url: str) -> Engine:
+    return api.engine(db_url)
+
+
+@pytest.fixture
+def session(api: Api, db_url: str) -> Session:
+    return api.session(db_url)  # the api fixture closes it
 
 
 def test_no_dialect_checks_outside_the_backend_layer() -> None:
@@ -44,7 +61,9 @@ def test_no_dialect_checks_outside_the_backend_layer() -> None:
     assert found == []
 
 
-def test_every_engine_has_a_backend(engine: Engine) -> None:
+def test_every_engine_has_a_backend(api: Api, engine: Engine, session: Session) -> None:
+    assert session.get_bind() is engine
+    assert engine.dialect.is_async == (api.name == "async")  # the async API's own driver
     backend = backends.of(engine)
     assert isinstance(backend, backends.Backend)  # every member of the protocol is there
     assert backend.name == engine.dialect.name
@@ -308,10 +327,10 @@ def _claimed_by(error: sa.exc.DBAPIError, question: str) -> list[str]:
     return sorted({b.name for b in backends.BACKENDS.values() if getattr(b, question)(error)})
 
 
-def _driver_error(url: sa.URL, *statements: str) -> sa.exc.DBAPIError:
+def _driver_error(api: Api, url: sa.URL, *statements: str) -> sa.exc.DBAPIError:
     """The error a fresh connection to ``url`` raises (connecting, or running
-    ``statements``), as SQLAlchemy wraps it."""
-    plain = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    ``statements``) on ``api``'s driver, as SQLAlchemy wraps it."""
+    plain = api.plain_engine(url)
     try:
         with plain.connect() as conn:
             for statement in statements:
@@ -323,11 +342,12 @@ def _driver_error(url: sa.URL, *statements: str) -> sa.exc.DBAPIError:
     raise AssertionError(f"no error from {statements or 'connecting'}")
 
 
-def test_a_write_refused_as_read_only_is_read_only_and_nothing_else(db_url: str) -> None:
+def test_a_write_refused_as_read_only_is_read_only_and_nothing_else(api: Api, db_url: str) -> None:
     url = sa.make_url(db_url)
     backend = backends.named(url.get_backend_name())
     error = _driver_error(
-        backend.url(url),
+        api,
+        api.url(backend, url),
         _READ_ONLY_FIRST[backend.name],
         "INSERT INTO kanban_tasks (title, status, priority, version, attempts, created_at,"
         " updated_at) VALUES ('x', 'ready', 0, 1, 0, '2026-01-01', '2026-01-01')",
@@ -340,13 +360,13 @@ def test_a_write_refused_as_read_only_is_read_only_and_nothing_else(db_url: str)
 
 
 @pytest.mark.backends("postgres", "mysql")  # SQLite has no server to lose
-def test_a_server_that_refuses_connections_is_unavailable(db_url: str) -> None:
+def test_a_server_that_refuses_connections_is_unavailable(api: Api, db_url: str) -> None:
     url = sa.make_url(db_url)
     backend = backends.named(url.get_backend_name())
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    error = _driver_error(backend.url(url).set(host="127.0.0.1", port=port))
+    error = _driver_error(api, api.url(backend, url).set(host="127.0.0.1", port=port))
     assert _claimed_by(error, "is_unavailable") == [backend.name], error
     assert _claimed_by(error, "is_read_only") == []
     assert db.failure_kind(error) == db.UNAVAILABLE
@@ -354,49 +374,61 @@ def test_a_server_that_refuses_connections_is_unavailable(db_url: str) -> None:
 
 
 @pytest.mark.backends("postgres", "mysql")  # SQLite creates a missing database file
-def test_an_unknown_database_is_not_unavailable(db_url: str) -> None:
+def test_an_unknown_database_is_not_unavailable(api: Api, db_url: str) -> None:
     """Waiting won't mend it: the caller hears at once."""
     url = sa.make_url(db_url)
     backend = backends.named(url.get_backend_name())
-    error = _driver_error(backend.url(url).set(database="kanban_seam_no_such_database"))
+    unknown = api.url(backend, url).set(database="kanban_seam_no_such_database")
+    error = _driver_error(api, unknown)
     assert _claimed_by(error, "is_unavailable") == []
     assert db.failure_kind(error) is None
     assert type(db.typed_error(error)) is kb.DatabaseError
 
 
-def test_mysql_error_numbers_by_kind() -> None:
-    """The MySQL/MariaDB error numbers the real-server tests above do not reach."""
-    mysqldb = pytest.importorskip("MySQLdb")
+#: MySQL/MariaDB error numbers the real-server tests above do not reach: the kind of
+#: each, and the SQLSTATE the server sends with it (None: the client's own error).
+_MYSQL_ERRORS: dict[int, tuple[str | None, str | None]] = {
+    2002: (None, db.UNAVAILABLE),  # can't connect through the socket
+    2006: (None, db.UNAVAILABLE),  # server has gone away
+    2013: (None, db.UNAVAILABLE),  # lost connection during a query
+    1927: ("70100", db.UNAVAILABLE),  # connection killed (MariaDB)
+    1053: ("08S01", db.UNAVAILABLE),  # server shutdown in progress
+    1290: ("HY000", db.READ_ONLY),  # the server runs --read-only
+    1836: ("HY000", db.READ_ONLY),  # read-only mode (MariaDB)
+    1213: ("40001", db.BUSY),  # deadlock
+    1205: ("HY000", db.BUSY),  # lock wait timeout
+    1045: ("28000", None),  # access denied
+    1049: ("42000", None),  # unknown database
+    1062: ("23000", None),  # duplicate entry
+    1153: ("08S01", None),  # a packet larger than max_allowed_packet: too big, not down
+}
 
-    def wrapped(code: int) -> sa.exc.DBAPIError:
-        orig = mysqldb.OperationalError(code, "message")
-        return sa.exc.DBAPIError.instance("SELECT 1", None, orig, mysqldb.Error)
 
-    kinds = {
-        2002: db.UNAVAILABLE,  # can't connect through the socket
-        2006: db.UNAVAILABLE,  # server has gone away
-        2013: db.UNAVAILABLE,  # lost connection during a query
-        1927: db.UNAVAILABLE,  # connection killed (MariaDB)
-        1053: db.UNAVAILABLE,  # server shutdown in progress
-        1290: db.READ_ONLY,  # the server runs --read-only
-        1836: db.READ_ONLY,  # read-only mode (MariaDB)
-        1213: db.BUSY,  # deadlock
-        1205: db.BUSY,  # lock wait timeout
-        1045: None,  # access denied
-        1049: None,  # unknown database
-        1062: None,  # duplicate entry
+def test_mysql_error_numbers_by_kind(api: Api) -> None:
+    """Each driver's form of the error: mysqlclient's carries the number alone,
+    asyncmy's the SQLSTATE too, in an attribute psycopg's errors also have."""
+    errors = pytest.importorskip(api.mysql_errors)
+
+    def wrapped(code: int, sqlstate: str | None) -> sa.exc.DBAPIError:
+        orig = errors.OperationalError(code, "message")
+        if hasattr(orig, "sqlstate"):
+            orig.sqlstate = sqlstate
+        return sa.exc.DBAPIError.instance("SELECT 1", None, orig, errors.Error)
+
+    found = {
+        code: db.failure_kind(wrapped(code, state)) for code, (state, _) in _MYSQL_ERRORS.items()
     }
-    found = {code: db.failure_kind(wrapped(code)) for code in kinds}
-    assert found == kinds
+    assert found == {code: kind for code, (_, kind) in _MYSQL_ERRORS.items()}
 
 
-def test_a_bare_url_gets_the_backends_driver(db_url: str) -> None:
+def test_a_bare_url_gets_the_backends_driver(api: Api, db_url: str) -> None:
     url = sa.make_url(db_url)
     bare = url.set(drivername=url.get_backend_name())
-    chosen = backends.named(url.get_backend_name()).url(bare)
+    chosen = api.url(backends.named(url.get_backend_name()), bare)
     assert chosen.get_backend_name() == url.get_backend_name()
-    engine = kb.create_engine(chosen, poolclass=sa.pool.NullPool)
+    engine = api.create_engine(chosen, poolclass=sa.pool.NullPool)
     try:
+        assert engine.dialect.is_async == (api.name == "async")
         with engine.connect() as conn:
             assert conn.execute(sa.select(1)).scalar() == 1
     finally:

@@ -30,6 +30,7 @@ one stops rewriting the parent row.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from select import select as wait_readable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -172,12 +173,12 @@ class PostgreSQLBackend(PortableBackend):
         return url
 
     def is_contention(self, error: exc.DBAPIError) -> bool:
-        return getattr(error.orig, "sqlstate", None) in _RETRYABLE
+        return _psycopg_error(error) and getattr(error.orig, "sqlstate", None) in _RETRYABLE
 
     def is_unavailable(self, error: exc.DBAPIError) -> bool:
+        if not _psycopg_error(error):
+            return False
         orig = error.orig
-        if not hasattr(orig, "sqlstate"):
-            return False  # not psycopg's
         sqlstate: str | None = getattr(orig, "sqlstate", None)
         if sqlstate in _UNAVAILABLE or (sqlstate is not None and sqlstate.startswith("08")):
             return True
@@ -191,7 +192,7 @@ class PostgreSQLBackend(PortableBackend):
         )
 
     def is_read_only(self, error: exc.DBAPIError) -> bool:
-        return getattr(error.orig, "sqlstate", None) == _READ_ONLY
+        return _psycopg_error(error) and getattr(error.orig, "sqlstate", None) == _READ_ONLY
 
     liveness_lock: ClassVar[bool] = True
 
@@ -372,6 +373,14 @@ def _statement_start_postgresql(
 @compiles(new_claim_token, "postgresql")
 def _token_postgresql(element: new_claim_token, compiler: SQLCompiler, **kw: Any) -> str:
     return "replace(CAST(gen_random_uuid() AS TEXT), '-', '')"
+
+
+def _psycopg_error(error: exc.DBAPIError) -> bool:
+    """Whether psycopg raised ``error``: asyncmy's errors carry a ``sqlstate`` too (the
+    MySQL server's, 08S01 for a packet too large), which this backend must not read as
+    its own. An error of a psycopg never imported is not psycopg's."""
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(error.orig, psycopg.Error)
 
 
 def _worker_lock(worker_id: int) -> dict[str, int]:
