@@ -530,7 +530,8 @@ def refresh_counts(session: Session) -> dict[str, int]:
     :func:`~kanban_orm.board_cards` and :func:`~kanban_orm.board_stats` count only the
     tasks changed since. Reads every finished task once (an index-only count): prune
     and the housekeeper run it after each pass. Holds off, while it counts, the writes
-    that move a task in or out of a tally (completions included).
+    that move a task in or out of a tally (reopening, archiving, deleting old history);
+    claims and completions, which the triggers skip, go on.
 
     Returns the tallied counts by status. Raises :class:`DatabaseBusy`.
     """

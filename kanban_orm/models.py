@@ -86,6 +86,13 @@ _STATUS_VALUES = ", ".join(f"'{s.value}'" for s in Status)
 #: MariaDB have no partial index: there each is a unique index on a stored generated
 #: column that is NULL wherever the WHERE clause is false (see MYSQL_GENERATED_UNIQUE).
 PARTIAL_INDEX_DIALECTS = ("sqlite", "postgresql")
+#: The tallied statuses (StatusTally), with their rows (created with the table).
+TALLIED_STATUSES = (Status.DONE.value, Status.ARCHIVED.value)
+_TALLIED = ", ".join(f"'{status}'" for status in TALLIED_STATUSES)
+#: The rows of ix_kanban_tasks_status_updated_at where it can be partial. A query that
+#: should use the index repeats this condition word for word: SQLite uses a partial index
+#: only for a WHERE clause that contains its condition, and a bound ``status = ?`` does not.
+TALLIED_WHERE = f"status IN ({_TALLIED})"
 
 
 class Base(DeclarativeBase):
@@ -144,7 +151,15 @@ class Task(Base):
         Index("ix_kanban_tasks_claim_expires", "claim_expires"),
         # Serves the maintained counts (StatusTally): the finished tasks changed since
         # the tally's ``through``, a range of recent rows however long the history.
-        Index("ix_kanban_tasks_status_updated_at", "status", "updated_at"),
+        # Partial (kb0012): a claim then never touches it, and a completion adds one
+        # entry instead of moving one. MariaDB has no partial index: there it is whole.
+        Index(
+            "ix_kanban_tasks_status_updated_at",
+            "status",
+            "updated_at",
+            sqlite_where=text(TALLIED_WHERE),
+            postgresql_where=text(TALLIED_WHERE),
+        ),
         Index("ix_kanban_tasks_assignee", "assignee"),
         Index("ix_kanban_tasks_tenant", "tenant"),
         # Serves the done column (newest first, scanned backwards) and prune's search for
@@ -403,9 +418,6 @@ class StatusTally(Base):
         return f"<StatusTally {self.status} {self.tasks} through {self.through}>"
 
 
-#: The tallied statuses, with their rows (created with the table).
-TALLIED_STATUSES = (Status.DONE.value, Status.ARCHIVED.value)
-_TALLIED = ", ".join(f"'{status}'" for status in TALLIED_STATUSES)
 STATUS_TALLY_ROWS = "INSERT INTO kanban_status_tallies (status, tasks) VALUES " + ", ".join(
     f"('{status}', 0)" for status in TALLIED_STATUSES
 )
@@ -422,12 +434,33 @@ def _tally_step(row: str, sign: str, through: str = "through") -> str:
     )
 
 
-def _mysql_tally_step(row: str, sign: str) -> str:
+#: The clock utcnow() stamps rows with (kanban_orm.backends), as of the statement's
+#: start: a row the statement has just stamped is at or after it.
+_STATEMENT_NOW = {
+    "sqlite": "strftime('%Y-%m-%d %H:%M:%f000', 'now')",
+    "postgresql": "timezone('UTC', statement_timestamp())",
+    "mysql": "UTC_TIMESTAMP(6)",
+}
+
+
+def _stamped_before_now(dialect: str) -> str:
+    """NEW was last changed before this statement: only then can it enter a tally.
+
+    A row the statement stamps now (a completion) is after every ``through``, which is
+    at least REFRESH_MARGIN behind the clock, so its step would change nothing: skipped,
+    the hot path neither runs the trigger's body nor takes its lock. On SQLite that is
+    exact; where writers run concurrently a refresh could count while such a row is
+    uncommitted only if its statement began more than REFRESH_MARGIN earlier, which
+    is the long-open transaction refresh_counts already documents."""
+    return f"NEW.updated_at < {_STATEMENT_NOW[dialect]}"
+
+
+def _mysql_tally_step(row: str, sign: str, when: str | None = None) -> str:
     # InnoDB would lock the tally row an UPDATE looks at even when its condition fails
     # (and so serialize every completion): ``through`` is read under a shared lock
     # first, and the row updated only when it moves.
     return (
-        f"IF {row}.status IN ({_TALLIED}) THEN "
+        f"IF {row}.status IN ({_TALLIED}){f' AND {when}' if when else ''} THEN "
         f"SET cutoff = (SELECT through FROM kanban_status_tallies "
         f"WHERE status = {row}.status LOCK IN SHARE MODE); "
         f"IF {row}.updated_at <= cutoff THEN UPDATE kanban_status_tallies "
@@ -437,7 +470,8 @@ def _mysql_tally_step(row: str, sign: str) -> str:
 
 _MYSQL_TALLY_BODIES = {
     "INSERT": _mysql_tally_step("NEW", "+"),
-    "UPDATE": f"{_mysql_tally_step('OLD', '-')} {_mysql_tally_step('NEW', '+')}",
+    "UPDATE": f"{_mysql_tally_step('OLD', '-')} "
+    f"{_mysql_tally_step('NEW', '+', _stamped_before_now('mysql'))}",
     "DELETE": _mysql_tally_step("OLD", "-"),
 }
 _MYSQL_TALLY_DDL = tuple(
@@ -445,17 +479,18 @@ _MYSQL_TALLY_DDL = tuple(
     f"FOR EACH ROW BEGIN DECLARE cutoff DATETIME(6); {body} END"
     for event, body in _MYSQL_TALLY_BODIES.items()
 )
-#: The triggers that keep StatusTally, per backend (kb0009 installs the same): a row
+#: The triggers that keep StatusTally, per backend (kb0012 installs the same): a row
 #: enters or leaves a tally when it was, or becomes, a tallied status changed by
 #: ``through``. A claim, a heartbeat or a completion (its updated_at is now, after
-#: ``through``) adjusts nothing; reopening, archiving or deleting old history does.
-#: Host SQL is counted the same way.
+#: ``through``) adjusts nothing, and fires no trigger body (_stamped_before_now);
+#: reopening, archiving or deleting old history does. Host SQL is counted the same way.
 STATUS_TALLY_DDL: dict[str, tuple[str, ...]] = {
     "sqlite": (
         "CREATE TRIGGER kanban_tasks_tally_insert AFTER INSERT ON kanban_tasks "
         f"WHEN NEW.status IN ({_TALLIED}) BEGIN {_tally_step('NEW', '+')}; END",
         "CREATE TRIGGER kanban_tasks_tally_update AFTER UPDATE ON kanban_tasks "
-        f"WHEN OLD.status IN ({_TALLIED}) OR NEW.status IN ({_TALLIED}) "
+        f"WHEN OLD.status IN ({_TALLIED}) "
+        f"OR (NEW.status IN ({_TALLIED}) AND {_stamped_before_now('sqlite')}) "
         f"BEGIN {_tally_step('OLD', '-')}; {_tally_step('NEW', '+')}; END",
         "CREATE TRIGGER kanban_tasks_tally_delete AFTER DELETE ON kanban_tasks "
         f"WHEN OLD.status IN ({_TALLIED}) BEGIN {_tally_step('OLD', '-')}; END",
@@ -472,7 +507,8 @@ STATUS_TALLY_DDL: dict[str, tuple[str, ...]] = {
         "CREATE TRIGGER kanban_tasks_tally_insert AFTER INSERT ON kanban_tasks FOR EACH ROW "
         f"WHEN (NEW.status IN ({_TALLIED})) EXECUTE FUNCTION kanban_status_tally()",
         "CREATE TRIGGER kanban_tasks_tally_update AFTER UPDATE ON kanban_tasks FOR EACH ROW "
-        f"WHEN (OLD.status IN ({_TALLIED}) OR NEW.status IN ({_TALLIED})) "
+        f"WHEN (OLD.status IN ({_TALLIED}) "
+        f"OR (NEW.status IN ({_TALLIED}) AND {_stamped_before_now('postgresql')})) "
         "EXECUTE FUNCTION kanban_status_tally()",
         "CREATE TRIGGER kanban_tasks_tally_delete AFTER DELETE ON kanban_tasks FOR EACH ROW "
         f"WHEN (OLD.status IN ({_TALLIED})) EXECUTE FUNCTION kanban_status_tally()",
@@ -597,7 +633,8 @@ for _dialect, _statements in STATUS_TALLY_DDL.items():
         event.listen(
             Task.__table__,
             "after_create",
-            DDL(_statement).execute_if(dialect=_dialect),  # type: ignore[no-untyped-call]
+            # DDL() formats its text with %: SQLite's strftime needs its % doubled.
+            DDL(_statement.replace("%", "%%")).execute_if(dialect=_dialect),  # type: ignore[no-untyped-call]
         )
 event.listen(
     Task.__table__,

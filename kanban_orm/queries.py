@@ -53,6 +53,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     true,
     union_all,
     update,
@@ -65,6 +66,7 @@ from sqlalchemy.types import TypeDecorator
 
 from .clock import new_claim_token, utcnow, utcnow_at_statement_start
 from .models import (
+    TALLIED_WHERE,
     JsonDoc,
     RegisteredWorker,
     StatusTally,
@@ -1090,6 +1092,9 @@ def edit_statement(fields: tuple[str, ...]) -> ReturningUpdate[Any]:
 BEFORE_ANY_TASK = datetime(1900, 1, 1)
 #: The tallies, read before the counts that add to them (see :func:`tally_params`).
 READ_TALLIES = select(tallies.c.status, tallies.c.tasks, tallies.c.through)
+#: In every count of a tallied status, so it can read the partial
+#: ix_kanban_tasks_status_updated_at (see models.TALLIED_WHERE).
+_IN_TALLY_INDEX = text(TALLIED_WHERE)
 
 
 def _finished_count(status: str) -> Select[Any]:
@@ -1098,6 +1103,7 @@ def _finished_count(status: str) -> Select[Any]:
     (:func:`tally_params`): as a subquery, ``through`` would be unknown to PostgreSQL's
     planner, which would then plan for a third of the table, in parallel."""
     since = select(func.count()).where(
+        _IN_TALLY_INDEX,
         tasks.c.status == status,
         tasks.c.updated_at > bindparam(f"{status}_through", type_=DateTime),
     )
@@ -1118,6 +1124,7 @@ def tally_params(rows: Any) -> dict[str, Any]:
 
 #: refresh_counts: the tasks of a tallied status changed by ``:through``.
 COUNT_TALLIED = select(func.count()).where(
+    _IN_TALLY_INDEX,
     tasks.c.status == bindparam("status"),
     tasks.c.updated_at <= bindparam("through", type_=DateTime),
 )

@@ -479,6 +479,9 @@ SEEDS: dict[str, Callable[[Connection], Seeded]] = {
     # kb0011 adds the workers table and two nullable columns: the same rows must
     # survive it (their new columns NULL).
     "kb0011": seed_kb0006,
+    # kb0012 makes the tallies' index partial and their update trigger skip rows stamped
+    # now: the same rows must survive it, with their counts exact.
+    "kb0012": seed_kb0006,
 }
 
 

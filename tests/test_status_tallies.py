@@ -9,14 +9,21 @@ test compares with an exact count after each move, on every backend. History is 
 from __future__ import annotations
 
 import random
+import threading
 from datetime import datetime
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
+from kanban_orm import backends
+from kanban_orm import queries as q
 from kanban_orm.doctor import doctor
+
+from .test_claim_plan import analyze, explain
 
 LONG_AGO = datetime(2020, 1, 1)
 
@@ -169,19 +176,90 @@ def test_doctor_finds_a_drifted_tally_and_counts_again(session: Session, engine:
     assert {f.check: f for f in doctor(session)}["status_counts"].severity == "ok"
 
 
-def test_kb0009_installs_the_triggers_create_all_does() -> None:
-    """The revision keeps a copy of the trigger SQL (a landed revision never changes):
-    when the models' copy changes, a new revision must carry it."""
+def test_the_count_since_through_reads_the_tally_index(engine: Engine) -> None:
+    """The board's count of finished tasks changed since ``through`` is a range of
+    ix_kanban_tasks_status_updated_at however long the history. The index is partial on
+    SQLite and PostgreSQL, which use it only when the query repeats its condition."""
+    rows = [
+        {"title": f"t{i}", "status": "done" if i % 4 else "ready", "updated_at": LONG_AGO}
+        for i in range(6000)
+    ]
+    with engine.begin() as conn:
+        conn.execute(sa.insert(q.tasks), rows)
+        analyze(conn)
+    by_status = q.stats_statements(False)[0]
+    params = q.tally_params([("done", 4500, LONG_AGO), ("archived", 0, LONG_AGO)])
+    with engine.connect() as conn:
+        plan = explain(conn, by_status, params)
+        conn.rollback()
+
+    assert "ix_kanban_tasks_status_updated_at" in plan, plan
+    if engine.dialect.name == "sqlite":
+        assert (
+            "COVERING INDEX ix_kanban_tasks_status_updated_at (status=? AND updated_at>?)" in plan
+        )
+
+
+# SQLite runs one writer at a time: there a refresh holds off every write anyway.
+@pytest.mark.backends("postgres", "mysql")
+def test_a_completion_does_not_wait_for_a_refresh(session: Session, engine: Engine) -> None:
+    """A completion stamps its row now, after every ``through``: the tally trigger does
+    not run for it, so it neither takes the tallies' lock nor waits for a refresh that
+    holds it (refresh_counts then counts undisturbed by the hot path)."""
+    finished_history(session, engine)
+    kb.refresh_counts(session)
+    live = kb.create_task(session, title="live")
+    claimed = kb.claim_next(session, claimer="w")
+    assert claimed is not None and claimed.id == live
+    outcome: list[object] = []
+
+    def complete() -> None:
+        try:
+            outcome.append(kb.complete_task(session, live, claim_lock=claimed.claim_lock).status)
+        except Exception as error:  # reported below, from the test's own thread
+            outcome.append(error)
+
+    with Session(engine) as refresher:
+        backends.of(refresher).lock_status_tallies(refresher)  # as refresh_counts does
+        completing = threading.Thread(target=complete)
+        completing.start()
+        completing.join(timeout=60)  # a wait on the lock ends only when it is released
+        done_while_held = list(outcome)
+        refresher.rollback()
+    completing.join()
+    assert done_while_held == ["done"], outcome
+    assert_counts_exact(session, engine)
+
+
+def test_the_revisions_install_the_triggers_create_all_does() -> None:
+    """The revisions keep a copy of the trigger SQL (a landed revision never changes):
+    kb0009's, with kb0012's update trigger. When the models' copy changes, a new
+    revision must carry it."""
     import importlib.util
 
     from kanban_orm.models import STATUS_TALLY_DDL
 
     from .conftest import REPO_ROOT
 
-    path = REPO_ROOT / "migrations" / "versions" / "kb0009_status_tallies.py"
-    spec = importlib.util.spec_from_file_location("kb0009", path)
-    assert spec is not None and spec.loader is not None
-    revision = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(revision)
+    def load(name: str) -> Any:
+        path = REPO_ROOT / "migrations" / "versions" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        revision = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(revision)
+        return revision
+
+    kb0009, kb0012 = load("kb0009_status_tallies"), load("kb0012_tally_hot_path")
     for dialect in ("sqlite", "postgresql", "mysql", "mariadb"):
-        assert list(STATUS_TALLY_DDL[dialect]) == revision._triggers(dialect), dialect
+        installed = [
+            kb0012._update_trigger(dialect, skip_stamped_now=True)
+            if statement.startswith(f"CREATE TRIGGER {kb0012.TRIGGER} ")
+            else statement
+            for statement in kb0009._triggers(dialect)
+        ]
+        assert installed != kb0009._triggers(dialect), dialect
+        assert list(STATUS_TALLY_DDL[dialect]) == installed, dialect
+        # kb0012's downgrade puts kb0009's update trigger back.
+        assert kb0012._update_trigger(dialect, skip_stamped_now=False) in kb0009._triggers(
+            dialect
+        ), dialect

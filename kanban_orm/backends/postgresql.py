@@ -268,7 +268,7 @@ class PostgreSQLBackend(PortableBackend):
 
     def lock_status_tallies(self, s: Tx) -> None:
         # The triggers take the advisory lock shared: a row lock would be a write to
-        # the tally row from every completion.
+        # the tally row from every change that moves a tally.
         for statement in LOCK_TALLIES_EXCLUSIVE:
             s.execute(statement)
 
