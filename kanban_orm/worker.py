@@ -33,7 +33,12 @@ runs CMD once per task. The rules, for both:
   heartbeat interval) claims up to N + 1 tasks at once and runs them one after another.
   The ones waiting hold their leases like a running one: the heartbeat thread renews
   them, and a stopping worker releases them at once (outcome ``released``, no attempt
-  counted), so a Worker never holds more than ``concurrency * (1 + prefetch)`` claims;
+  counted), so a Worker never holds more than ``concurrency * (1 + prefetch)`` claims.
+  Their completions are buffered and committed together, with the next batch's claim
+  (:func:`~kanban_orm.service.complete_many_and_claim_many`), when the batch ends or
+  once the oldest has waited :data:`ACK_DELAY_SECONDS`; a buffered task is counted and
+  logged as completed only once that commit is done, its lease is renewed until then,
+  and a worker that dies first has its tasks run again (at-least-once, as always);
 * when nothing is claimable a slot sleeps until a task may have become ready (the
   process's wake-up, :mod:`kanban_orm.wakeup`: NOTIFY on PostgreSQL, a change check on
   SQLite and MariaDB), or at the latest for its backoff (``idle_min`` doubling to

@@ -1,9 +1,10 @@
 """The Worker rows and the lean SQLite kernel.
 
 ``kb-worker``: what users run, ``kb.Worker`` with a no-op handler, one slot per
-process, draining the board; ``kb-worker-prefetch`` the same with ``prefetch``. ``kb-worker-10ms``: the same with a handler that sleeps
-10 ms, 8 slots per process. Both count what their handler saw, and are judged like the
-API rows (kanban.verify).
+process, draining the board; ``kb-worker-prefetch``: the same with ``prefetch`` (batches
+claimed, their completions committed together). ``kb-worker-10ms``: a handler that
+sleeps 10 ms, 8 slots per process. Each counts what its handler saw, and is judged like
+the API rows (kanban.verify).
 
 ``lean`` (SQLite): the ceiling for any design on SQLite, the raw loop's transactions on
 a minimal schema: tasks with one index on (status, priority, id), runs and events with
