@@ -406,6 +406,9 @@ class Worker:
         try:
             while not self.stopping:
                 if not waiting:
+                    # Left buffered only when the batch's last handler failed: committed
+                    # now, not after an idle wait.
+                    self._acknowledge(session, finished, 0)
                     seen = ready.mark()  # before the claim: a change during it still wakes
                     try:
                         claimed = service.claim_many(

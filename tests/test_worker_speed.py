@@ -22,7 +22,7 @@ import kanban_orm as kb
 from kanban_orm import service
 from kanban_orm.db import KeepingSession
 from kanban_orm.models import Task, TaskRun
-from kanban_orm.worker import ACK_DELAY_SECONDS, Worker
+from kanban_orm.worker import ACK_DELAY_SECONDS, TaskFailed, Worker
 
 from . import workers
 from .helpers import board_violations
@@ -275,6 +275,37 @@ def test_a_buffered_completion_whose_claim_was_lost_is_counted_lost(
     assert (stats.lost, stats.completed) == (1, 4)
     assert [r.outcome for r in runs_of(session, victim)] == ["released", "completed"]
     assert all(t.status == "done" for t in kb.list_tasks(session))
+    assert board_violations(session) == []
+
+
+def test_buffered_completions_commit_when_the_batch_ends_in_a_failure(
+    db_url: str, session: Session
+) -> None:
+    kb.create_task(session, title="first", priority=9)
+    quick = [kb.create_task(session, title=f"quick {i}", priority=5) for i in range(2)]
+    kb.create_task(session, title="fails", priority=4)
+
+    def handler(task: Task) -> None:
+        if task.title == "fails":
+            raise TaskFailed("no", retry=False)
+
+    # An idle worker that would sleep 5 s with nothing to claim.
+    w = worker(db_url, handler, prefetch=3, drain=False, idle_min=5.0, idle_max=5.0)
+    thread = threading.Thread(target=w.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            statuses = {kb.get_task(session, i).status for i in quick}
+            session.commit()
+            if statuses == {"done"}:
+                break
+            time.sleep(0.05)
+        assert statuses == {"done"}
+        assert (w.stats.completed, w.stats.failed) == (3, 1)
+    finally:
+        w.stop()
+        thread.join(10)
     assert board_violations(session) == []
 
 
