@@ -1047,7 +1047,10 @@ def _claimers(session: Session, tasks: list[Task]) -> dict[int, str]:
     type=click.IntRange(min=0, max=MAX_PREFETCH),
     default=0,
     show_default=True,
-    help="Tasks each slot may hold claimed beside the one it runs, while commands are short.",
+    help=(
+        "Tasks each slot may hold claimed beside the one it runs, while commands are short;"
+        " their completions commit together, with the next claim."
+    ),
 )
 @click.option("--ttl", type=float, metavar="SECONDS", help="Lease length; heartbeat every ttl/3.")
 @click.option("--drain", is_flag=True, help="Exit when nothing is claimable (else idle).")

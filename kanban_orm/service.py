@@ -19,7 +19,7 @@ import random
 import time
 import weakref
 from collections import Counter, namedtuple
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -561,6 +561,67 @@ def complete_and_claim_many(
         return run_write(session, lambda s: work(s, limit))
 
     return _claiming(session, wanted, first, reclaim_first=False)
+
+
+def complete_many_and_claim_many(
+    session: Session,
+    completions: Sequence[tuple[int, str, str | None]],
+    *,
+    claimer: str,
+    limit: int,
+    assignee: str | None = None,
+    tenant: str | None = None,
+    ttl_seconds: float | None = None,
+    worker_id: int | None = None,
+) -> list[Task]:
+    """Complete several claimed tasks, each with its own result, and claim up to
+    ``limit`` more, in one transaction: the Worker's buffered acknowledgements.
+
+    ``completions`` holds ``(task_id, claim_lock, result)`` triples; each completion is
+    fenced and writes what :func:`complete_task` writes (promotions included), and the
+    claim is :func:`claim_many`'s (``limit=0`` claims nothing). As with
+    :func:`complete_many`, a claim no longer held raises :class:`ClaimLost` and then
+    nothing is completed and nothing claimed. Expired leases are taken over after the
+    transaction, as :func:`complete_and_claim_many` does.
+    """
+    limit = check.integer(limit, "limit", minimum=0)
+    triples = [_held_with_result(claim) for claim in check.collection(completions, "completions")]
+    repeated = [task_id for task_id, n in Counter(t for t, _, _ in triples).items() if n > 1]
+    if repeated:
+        raise InvalidInput(f"a batch of completions lists task {repeated[0]} more than once")
+    # Grouped by result: each group is one Backend.complete_pairs (a single statement
+    # on PostgreSQL), and a worker's results are mostly alike (often None).
+    groups: dict[str | None, list[tuple[int, str]]] = {}
+    for task_id, token, result in triples:
+        groups.setdefault(result, []).append((task_id, token))
+
+    def complete(s: Tx) -> None:
+        for result, pairs in groups.items():
+            _complete_batch(s, pairs, result, None, None)
+
+    if limit == 0:
+        if triples:
+            run_write(session, complete)
+        return []
+    wanted = _ClaimFilter.of(claimer, limit, assignee, tenant, ttl_seconds, worker_id)
+
+    def work(s: Tx, limit: int) -> list[Task]:
+        complete(s)
+        return wanted.claim(s, limit)
+
+    return _claiming(
+        session,
+        wanted,
+        lambda limit: run_write(session, lambda s: work(s, limit)),
+        reclaim_first=False,
+    )
+
+
+def _held_with_result(claim: object) -> tuple[int, str, str | None]:
+    if not isinstance(claim, tuple) or len(claim) != 3:
+        raise InvalidInput(f"completions must be (task_id, claim_lock, result), not {claim!r}")
+    task_id, token = _held(claim[:2])
+    return task_id, token, check.text(claim[2], "result")
 
 
 class _Completion:

@@ -33,7 +33,12 @@ runs CMD once per task. The rules, for both:
   heartbeat interval) claims up to N + 1 tasks at once and runs them one after another.
   The ones waiting hold their leases like a running one: the heartbeat thread renews
   them, and a stopping worker releases them at once (outcome ``released``, no attempt
-  counted), so a Worker never holds more than ``concurrency * (1 + prefetch)`` claims;
+  counted), so a Worker never holds more than ``concurrency * (1 + prefetch)`` claims.
+  Their completions are buffered and committed together, with the next batch's claim
+  (:func:`~kanban_orm.service.complete_many_and_claim_many`), when the batch ends or
+  once the oldest has waited :data:`ACK_DELAY_SECONDS`; a buffered task is counted and
+  logged as completed only once that commit is done, its lease is renewed until then,
+  and a worker that dies first has its tasks run again (at-least-once, as always);
 * when nothing is claimable a slot sleeps until a task may have become ready (the
   process's wake-up, :mod:`kanban_orm.wakeup`: NOTIFY on PostgreSQL, a change check on
   SQLite and MariaDB), or at the latest for its backoff (``idle_min`` doubling to
@@ -93,6 +98,11 @@ log = logging.getLogger("kanban_orm.worker")
 #: The most tasks a slot may hold claimed beside the one it runs (``prefetch``).
 MAX_PREFETCH = 100
 
+#: The longest a prefetching slot keeps a finished task's completion buffered while the
+#: next handlers of its batch run (unless one of them runs longer): the completions are
+#: committed together, with the next claim, when the batch ends or once this has passed.
+ACK_DELAY_SECONDS = 0.1
+
 #: Connections of the engine's pool a Worker leaves free when its slots keep theirs
 #: (the heartbeat thread, the housekeeper and a caller's own sessions use them).
 POOL_HEADROOM = 3
@@ -150,6 +160,11 @@ class _Job:
     #: time.monotonic() by which the lease has surely expired (renewed by heartbeats):
     #: recording the outcome across an outage is pointless after it.
     lease_until: float = 0.0
+    #: the handler returned and its completion waits in the slot's buffer: settled, yet
+    #: still heartbeated until the completion commits.
+    buffered: bool = False
+    #: time.monotonic() when the handler returned (a buffered completion's age).
+    returned_at: float = 0.0
 
 
 class _Outage:
@@ -272,6 +287,7 @@ class Worker:
             if not heartbeat_seconds > 0:
                 raise InvalidInput(f"heartbeat_seconds must be positive, not {heartbeat_seconds}")
         self.heartbeat_seconds = heartbeat_seconds or lease / 3
+        self._ack_delay = min(ACK_DELAY_SECONDS, self.heartbeat_seconds)
         self.max_runtime = check.runtime_limit(max_runtime, "max_runtime")
         self.concurrency = concurrency
         self.drain = check.boolean(drain, "drain")
@@ -384,10 +400,15 @@ class Worker:
         #: Tasks this slot holds claimed and has not started yet (prefetched): their
         #: jobs are registered, so the heartbeat thread renews their leases.
         waiting: deque[_Job] = deque()
+        #: Prefetched tasks whose handler returned, their completions not yet committed.
+        finished: list[tuple[_Job, Any]] = []
         handler_seconds = _Average()
         try:
             while not self.stopping:
                 if not waiting:
+                    # Left buffered only when the batch's last handler failed: committed
+                    # now, not after an idle wait.
+                    self._acknowledge(session, finished, 0)
                     seen = ready.mark()  # before the claim: a change during it still wakes
                     try:
                         claimed = service.claim_many(
@@ -419,7 +440,11 @@ class Worker:
                         return
                 job = waiting.popleft()
                 more = self._work_on(
-                    session, job, claim_next=not waiting, durations=handler_seconds
+                    session,
+                    job,
+                    claim_next=not waiting,
+                    durations=handler_seconds,
+                    finished=finished,
                 )
                 waiting.extend(self._hold(task) for task in more)
         except BaseException as error:
@@ -430,6 +455,7 @@ class Worker:
             self.stop()
         finally:
             try:
+                self._acknowledge(session, finished, 0)
                 self._hand_back(session, waiting)
             finally:
                 ready.release()
@@ -478,10 +504,19 @@ class Worker:
                     self._jobs.pop(job.task.id, None)
 
     def _work_on(
-        self, session: Session, job: _Job, *, claim_next: bool, durations: _Average
+        self,
+        session: Session,
+        job: _Job,
+        *,
+        claim_next: bool,
+        durations: _Average,
+        finished: list[tuple[_Job, Any]] | None = None,
     ) -> list[Task]:
         """Run the handler on the job's task and record its outcome; the tasks claimed
-        with the completion (``claim_next``: the slot holds nothing else)."""
+        with the completion (``claim_next``: the slot holds nothing else). Given the
+        slot's ``finished`` buffer, a completion joins it and is committed with the
+        others when the batch ends (``claim_next``) or the oldest has waited
+        :data:`ACK_DELAY_SECONDS` (see _acknowledge)."""
         task = job.task
         deadline = self._deadline(job)
         try:
@@ -498,16 +533,88 @@ class Worker:
                     self._release(session, job, "the handler was interrupted")
                 raise
             else:
-                durations.add(time.monotonic() - started)
+                ended = time.monotonic()
+                durations.add(ended - started)
                 limit = self._batch(durations) if claim_next else 0
-                return self._finish(session, job, result=result, claim_next=limit)
+                if finished is None or (claim_next and not finished):
+                    return self._finish(session, job, result=result, claim_next=limit)
+                if not self._settle(job):
+                    log.info("task %s: handler finished after its claim was given up", task.id)
+                else:
+                    job.buffered, job.returned_at = True, ended
+                    finished.append((job, result))
+                oldest = finished[0][0] if finished else None
+                if oldest is not None and (
+                    claim_next or self.stopping or ended - oldest.returned_at >= self._ack_delay
+                ):
+                    return self._acknowledge(session, finished, limit)
         finally:
             if deadline is not None:
                 deadline.cancel()
                 deadline.join()  # a limit that ran out is recorded before the next claim
-            with self._jobs_lock:
-                self._jobs.pop(task.id, None)
+            if not job.buffered:
+                with self._jobs_lock:
+                    self._jobs.pop(task.id, None)
         return []
+
+    def _acknowledge(
+        self, session: Session, finished: list[tuple[_Job, Any]], claim_next: int
+    ) -> list[Task]:
+        """Commit the buffered completions in one transaction, claiming up to
+        ``claim_next`` more with them unless the worker is stopping
+        (:func:`~kanban_orm.service.complete_many_and_claim_many`); the tasks claimed.
+        A batch refused as a whole (a claim lost, a result refused) is recorded task by
+        task, which says which one and why."""
+        batch, finished[:] = list(finished), []
+        if not batch:
+            return []
+        try:
+            if len(batch) == 1:
+                job, result = batch[0]
+                return self._record(session, job, result=result, claim_next=claim_next)
+            return self._complete_batch(session, batch, claim_next)
+        finally:
+            with self._jobs_lock:
+                for job, _ in batch:
+                    job.buffered = False
+                    self._jobs.pop(job.task.id, None)
+
+    def _complete_batch(
+        self, session: Session, batch: list[tuple[_Job, Any]], claim_next: int
+    ) -> list[Task]:
+        triples = [(job.task.id, job.claim_lock, result) for job, result in batch]
+
+        def complete(limit: int) -> list[Task]:
+            return service.complete_many_and_claim_many(
+                session,
+                triples,
+                claimer=self.claimer,
+                limit=0 if self.stopping else limit,
+                assignee=self.assignee,
+                tenant=self.tenant,
+                ttl_seconds=self.ttl_seconds,
+                worker_id=self.registration.worker_id,
+            )
+
+        # The lease that ends first bounds how long an outage is worth waiting out.
+        first = min((job for job, _ in batch), key=lambda job: job.lease_until)
+        try:
+            claimed = self._recording(
+                first, lambda: complete(claim_next), again=lambda: complete(0)
+            )
+        except (ClaimLost, InvalidInput):
+            for job, result in batch:
+                self._record(session, job, result=result)
+            return []
+        except KanbanError as failure:
+            for job, _ in batch:
+                log.error("task %s: could not record the outcome: %s", job.task.id, failure)
+            return []
+        with self._jobs_lock:
+            self.stats.completed += len(batch)
+        for job, _ in batch:
+            log.info("task %s: completed", job.task.id)
+        return claimed
 
     def _settle(self, job: _Job) -> bool:
         """Claim the right to record the job's outcome; False if it was decided already."""
@@ -736,7 +843,7 @@ class Worker:
             while not self._done.wait(self.heartbeat_seconds):
                 self.registration.seen()
                 with self._jobs_lock:
-                    jobs = [job for job in self._jobs.values() if not job.settled]
+                    jobs = [job for job in self._jobs.values() if job.buffered or not job.settled]
                 if jobs and session is None:
                     session = self._sessions()
                 for job in jobs:

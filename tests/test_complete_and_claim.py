@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 import kanban_orm as kb
+from kanban_orm import service
 from kanban_orm.models import TaskRun
 
 from . import workers
@@ -187,6 +188,76 @@ def test_claims_within_the_filters_and_up_to_the_limit(session: Session) -> None
     )
     assert nothing is None
     assert kb.get_task(session, held.id).status == "done"
+
+
+def _batched_calls(session: Session, tenant: str, *, one_transaction: bool) -> list[str]:
+    """Claims two at a time; completes each batch with complete_task per task and then
+    claims, or with complete_many_and_claim_many."""
+    order: list[str] = []
+    batch = kb.claim_many(session, claimer="w", tenant=tenant, limit=2)
+    while batch:
+        order += [task.title for task in batch]
+        done = [(task.id, str(task.claim_lock), f"r-{task.title}") for task in batch]
+        if one_transaction:
+            batch = service.complete_many_and_claim_many(
+                session, done, claimer="w", tenant=tenant, limit=2
+            )
+        else:
+            for task_id, token, result in done:
+                kb.complete_task(session, task_id, claim_lock=token, result=result)
+            batch = kb.claim_many(session, claimer="w", tenant=tenant, limit=2)
+    return order
+
+
+def test_a_batch_writes_what_complete_task_per_task_then_claim_many_write(
+    session: Session,
+) -> None:
+    _chain_board(session, "two")
+    _chain_board(session, "one")
+    expected = ["parent", "x", "child", "y"]
+    assert _batched_calls(session, "two", one_transaction=False) == expected
+    assert _batched_calls(session, "one", one_transaction=True) == expected
+    two, one = _written(session, "two"), _written(session, "one")
+    assert one == two
+    assert [kind for _, _, kind, _ in one["events"]].count("promoted") == 1
+    assert board_violations(session) == []
+
+
+def test_a_batch_with_a_lost_claim_completes_nothing_and_claims_nothing(
+    session: Session,
+) -> None:
+    for i in range(4):
+        kb.create_task(session, title=f"t{i}")
+    first, second = kb.claim_many(session, claimer="me", limit=2)
+    assert first.claim_lock is not None and second.claim_lock is not None
+    kb.release_task(session, second.id, claim_lock=second.claim_lock)
+    before = snapshot(session)
+    done = [(first.id, first.claim_lock, "a"), (second.id, second.claim_lock, "b")]
+    with pytest.raises(kb.ClaimLost):
+        service.complete_many_and_claim_many(session, done, claimer="me", limit=2)
+    assert snapshot(session) == before
+    assert service.complete_many_and_claim_many(session, done[:1], claimer="me", limit=0) == []
+    assert kb.get_task(session, first.id).result == "a"
+    assert kb.get_task(session, second.id).status == "ready"
+    assert board_violations(session) == []
+
+
+def test_a_batch_with_bad_arguments_writes_nothing(session: Session) -> None:
+    kb.create_task(session, title="spare")
+    ids = [kb.create_task(session, title=f"t{i}") for i in range(2)]
+    tasks = [kb.claim_task(session, task_id, claimer="me") for task_id in ids]
+    (a, ta), (b, tb) = [(t.id, str(t.claim_lock)) for t in tasks if t is not None]
+    before = snapshot(session)
+    for done, limit in (
+        ([(a, ta, "ok"), (a, ta, "again")], 1),
+        ([(a, ta, "ok"), (b, tb, "nul\x00")], 1),
+        ([(a, ta)], 1),
+        ([(a, ta, "ok")], -1),
+        ("not a list", 1),
+    ):
+        with pytest.raises(kb.InvalidInput):
+            service.complete_many_and_claim_many(session, done, claimer="me", limit=limit)  # type: ignore[arg-type]
+    assert snapshot(session) == before
 
 
 def test_takes_over_an_expired_lease(session: Session) -> None:

@@ -22,7 +22,7 @@ import kanban_orm as kb
 from kanban_orm import service
 from kanban_orm.db import KeepingSession
 from kanban_orm.models import Task, TaskRun
-from kanban_orm.worker import Worker
+from kanban_orm.worker import ACK_DELAY_SECONDS, TaskFailed, Worker
 
 from . import workers
 from .helpers import board_violations
@@ -168,6 +168,180 @@ def test_prefetched_leases_are_heartbeated_while_a_handler_runs_long(
         # its lease lived through the held handler's two seconds.
         assert held_run.ended_at is not None and run.started_at < held_run.ended_at
         assert run.last_heartbeat_at is not None
+    assert board_violations(session) == []
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, *names: str) -> Counter[str]:
+    calls: Counter[str] = Counter()
+    for name in names:
+        real = getattr(service, name)
+
+        def counted(*args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+            calls[_name] += 1
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(service, name, counted)
+    return calls
+
+
+def test_a_batch_is_completed_in_one_call_with_the_next_claim(
+    db_url: str, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [kb.create_task(session, title=f"t{i}") for i in range(9)]
+    calls = _counting(monkeypatch, "complete_and_claim_many", "complete_many_and_claim_many")
+    stats = worker(db_url, lambda task: f"r{task.id}", prefetch=3).run()
+    assert (stats.claimed, stats.completed, stats.lost) == (9, 9, 0)
+    # The first task alone (no handler time known yet), claiming four with it; then two
+    # batches of four, each completed in one call that claims the next batch.
+    assert calls == {"complete_and_claim_many": 1, "complete_many_and_claim_many": 2}
+    assert [kb.get_task(session, i).result for i in ids] == [f"r{i}" for i in ids]
+    assert all([r.outcome for r in runs_of(session, i)] == ["completed"] for i in ids)
+    assert board_violations(session) == []
+
+
+def test_a_buffered_completion_is_never_counted_before_it_commits(
+    db_url: str, session: Session
+) -> None:
+    for i in range(12):
+        kb.create_task(session, title=f"t{i}")
+    counter = kb.connect(db_url)
+    seen: list[tuple[int, int]] = []
+    w: Worker
+
+    def handler(task: Task) -> None:
+        done = counter.scalar(select(func.count()).where(Task.status == "done"))
+        counter.commit()
+        seen.append((w.stats.completed, done or 0))
+
+    w = worker(db_url, handler, prefetch=3)
+    try:
+        assert w.run().completed == 12
+    finally:
+        counter.close()
+    assert all(counted <= done for counted, done in seen)
+    assert any(done < i for i, (_, done) in enumerate(seen))  # some completions waited
+    assert board_violations(session) == []
+
+
+def test_a_buffered_completion_waits_no_longer_than_the_ack_delay(
+    db_url: str, session: Session
+) -> None:
+    first = kb.create_task(session, title="first", priority=9)
+    quick = kb.create_task(session, title="quick", priority=5)
+    slow = kb.create_task(session, title="slow", priority=4)
+    last = kb.create_task(session, title="last", priority=3)
+    status_then: dict[str, str] = {}
+    looker = kb.connect(db_url)
+
+    def handler(task: Task) -> None:
+        if task.title == "slow":
+            time.sleep(ACK_DELAY_SECONDS * 2)
+        if task.title == "last":  # its batch (quick, slow, last) is not over yet
+            status_then.update(
+                {t.title: t.status for t in (kb.get_task(looker, i) for i in (quick, slow))}
+            )
+
+    try:
+        stats = worker(db_url, handler, prefetch=3).run()
+    finally:
+        looker.close()
+    assert stats.completed == 4
+    assert status_then == {"quick": "done", "slow": "done"}
+    assert kb.get_task(session, first).status == kb.get_task(session, last).status == "done"
+    assert board_violations(session) == []
+
+
+def test_a_buffered_completion_whose_claim_was_lost_is_counted_lost(
+    db_url: str, session: Session
+) -> None:
+    kb.create_task(session, title="first", priority=9)
+    victim = kb.create_task(session, title="victim", priority=5)
+    kb.create_task(session, title="thief", priority=4)
+    kb.create_task(session, title="after", priority=3)
+    tokens: dict[str, str] = {}
+    other = kb.connect(db_url)
+
+    def handler(task: Task) -> str:
+        tokens[task.title] = str(task.claim_lock)
+        if task.title == "thief":  # the victim's completion waits in the buffer
+            kb.release_task(other, victim, claim_lock=tokens["victim"])
+        return task.title
+
+    try:
+        stats = worker(db_url, handler, prefetch=3).run()
+    finally:
+        other.close()
+    # The victim was released and claimed again: lost once, then completed.
+    assert (stats.lost, stats.completed) == (1, 4)
+    assert [r.outcome for r in runs_of(session, victim)] == ["released", "completed"]
+    assert all(t.status == "done" for t in kb.list_tasks(session))
+    assert board_violations(session) == []
+
+
+def test_buffered_completions_commit_when_the_batch_ends_in_a_failure(
+    db_url: str, session: Session
+) -> None:
+    kb.create_task(session, title="first", priority=9)
+    quick = [kb.create_task(session, title=f"quick {i}", priority=5) for i in range(2)]
+    kb.create_task(session, title="fails", priority=4)
+
+    def handler(task: Task) -> None:
+        if task.title == "fails":
+            raise TaskFailed("no", retry=False)
+
+    # An idle worker that would sleep 5 s with nothing to claim.
+    w = worker(db_url, handler, prefetch=3, drain=False, idle_min=5.0, idle_max=5.0)
+    thread = threading.Thread(target=w.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            statuses = {kb.get_task(session, i).status for i in quick}
+            session.commit()
+            if statuses == {"done"}:
+                break
+            time.sleep(0.05)
+        assert statuses == {"done"}
+        assert (w.stats.completed, w.stats.failed) == (3, 1)
+    finally:
+        w.stop()
+        thread.join(10)
+    assert board_violations(session) == []
+
+
+def test_buffered_completions_are_heartbeated_while_a_later_handler_runs_long(
+    db_url: str, session: Session
+) -> None:
+    kb.create_task(session, title="first", priority=9)
+    quick = kb.create_task(session, title="quick", priority=5)
+    kb.create_task(session, title="held", priority=4)
+    reclaimed: list[int] = []
+    stop = threading.Event()
+
+    def reaper() -> None:
+        s = kb.connect(db_url)
+        try:
+            while not stop.wait(0.1):
+                reclaimed.append(kb.release_stale_claims(s))
+        finally:
+            s.close()
+
+    def handler(task: Task) -> str:
+        if task.title == "held":
+            time.sleep(2.0)  # over three leases of 0.6 s, with quick's completion buffered
+        return "ok"
+
+    thread = threading.Thread(target=reaper, daemon=True)
+    thread.start()
+    try:
+        stats = worker(db_url, handler, ttl_seconds=0.6, prefetch=3).run()
+    finally:
+        stop.set()
+        thread.join()
+    assert sum(reclaimed) == 0
+    assert (stats.completed, stats.lost) == (3, 0)
+    [run] = runs_of(session, quick)
+    assert run.outcome == "completed" and run.last_heartbeat_at is not None
     assert board_violations(session) == []
 
 

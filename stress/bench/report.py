@@ -140,6 +140,9 @@ TARGETS = (
     ("MariaDB claim_next >= 0.9x raw", MYSQL, "kb-next", "raw", 0.9),
     ("SQLite Worker, no-op >= 0.5x the lean kernel", SQLITE, "kb-worker", "lean", 0.5),
     ("PostgreSQL Worker, no-op >= 0.9x raw", POSTGRES, "kb-worker", "raw", 0.9),
+    # The same targets for the Worker with prefetch, whose batches commit together.
+    ("SQLite Worker, prefetch >= 0.5x the lean kernel", SQLITE, "kb-worker-prefetch", "lean", 0.5),
+    ("PostgreSQL Worker, prefetch >= 0.9x raw", POSTGRES, "kb-worker-prefetch", "raw", 0.9),
 )
 #: Claim cost must not grow with backlog: the largest backlog's rate within 1.2x of the
 #: smallest's.

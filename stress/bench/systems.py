@@ -15,7 +15,7 @@ RAW = "raw"
 RAW_STEPS = "raw-steps"
 LEAN = "lean"
 KANBAN_KEYS = ("kb-next", "kb-many10", "kb-many50")
-WORKER_KEYS = ("kb-worker", "kb-worker-10ms")
+WORKER_KEYS = ("kb-worker", "kb-worker-prefetch", "kb-worker-10ms")
 PEER_KEYS = {SQLITE: ("huey", "litequeue"), POSTGRES: ("procrastinate", "pgqueuer")}
 ALL_KEYS = (
     *KANBAN_KEYS,
@@ -101,6 +101,11 @@ def systems() -> dict[tuple[str, str], System]:
 def _worker_systems(backend: str) -> dict[tuple[str, str], System]:
     rows = {
         "kb-worker": ("kanban_orm Worker, no-op", "kb.Worker(drain=True), a no-op handler, 1 slot"),
+        "kb-worker-prefetch": (
+            f"kanban_orm Worker, no-op, prefetch {worker.PREFETCH}",
+            f"the same with prefetch={worker.PREFETCH}: batches of {worker.PREFETCH + 1} claimed, "
+            "their completions committed together with the next claim",
+        ),
         "kb-worker-10ms": (
             "kanban_orm Worker, 10 ms x8",
             f"kb.Worker(drain=True), a 10 ms handler, {worker.SLOW_CONCURRENCY} slots",
@@ -108,6 +113,7 @@ def _worker_systems(backend: str) -> dict[tuple[str, str], System]:
     }
     consumers = {
         "kb-worker": worker.kb_worker_consumer,
+        "kb-worker-prefetch": worker.kb_worker_prefetch_consumer,
         "kb-worker-10ms": worker.kb_worker_slow_consumer,
     }
     return {

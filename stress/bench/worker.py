@@ -1,9 +1,10 @@
 """The Worker rows and the lean SQLite kernel.
 
 ``kb-worker``: what users run, ``kb.Worker`` with a no-op handler, one slot per
-process, draining the board. ``kb-worker-10ms``: the same with a handler that sleeps
-10 ms, 8 slots per process. Both count what their handler saw, and are judged like the
-API rows (kanban.verify).
+process, draining the board; ``kb-worker-prefetch``: the same with ``prefetch`` (batches
+claimed, their completions committed together). ``kb-worker-10ms``: a handler that
+sleeps 10 ms, 8 slots per process. Each counts what its handler saw, and is judged like
+the API rows (kanban.verify).
 
 ``lean`` (SQLite): the ceiling for any design on SQLite, the raw loop's transactions on
 a minimal schema: tasks with one index on (status, priority, id), runs and events with
@@ -35,6 +36,9 @@ from .kanban import (
     _sqlite_connect,
     _sqlite_write,
 )
+
+#: What the prefetching no-op row asks for: batches of 10, as kb-many10 claims.
+PREFETCH = 9
 
 #: The 10 ms handler's slots per process.
 SLOW_CONCURRENCY = 8
@@ -80,6 +84,10 @@ def worker_consumer(
 
 def kb_worker_consumer(target: Target, index: int, quota: int) -> Loop:
     return worker_consumer(target, index, 1, 0.0)
+
+
+def kb_worker_prefetch_consumer(target: Target, index: int, quota: int) -> Loop:
+    return worker_consumer(target, index, 1, 0.0, prefetch=PREFETCH)
 
 
 def kb_worker_slow_consumer(target: Target, index: int, quota: int) -> Loop:
