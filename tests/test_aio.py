@@ -491,7 +491,9 @@ def test_a_lost_lease_cancels_the_handler_and_drops_its_outcome(db_url: str) -> 
         running = asyncio.create_task(worker.run())
         task = await claimed.get()
         assert task.claim_lock is not None
-        async with sessions() as other:  # someone takes the task over
+        # Someone takes the task over, in one transaction: between two, the worker's
+        # next heartbeat could see its lease gone and claim the released task again.
+        async with sessions() as other, other.begin():
             await aio.release_task(other, task.id, claim_lock=task.claim_lock)
             assert await aio.claim_task(other, task.id, claimer="someone else")
         stats = await running
