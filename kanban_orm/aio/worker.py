@@ -215,37 +215,47 @@ class Worker:
         session = self._sessions()
         idle = core.idle_min
         durations = sync_worker._Average()
+        #: Tasks this slot holds claimed and has not started: claimed with the last
+        #: completion (registered for heartbeats, handed back if the worker stops).
+        waiting: deque[sync_worker._Job] = deque()
         try:
             while not core.stopping:
-                try:
-                    task = await run(
-                        session,
-                        service.claim_next,
-                        claimer=core.claimer,
-                        assignee=core.assignee,
-                        tenant=core.tenant,
-                        ttl_seconds=core.ttl_seconds,
-                    )
-                except OUTAGE as error:
-                    core._outage.failed("claim", error)
-                    await self._idle(idle)
-                    idle = min(core.idle_max, idle * 2)
-                    continue
-                core._outage.ok()
-                if task is None:
-                    if core.drain:
-                        return
-                    await self._idle(idle)
-                    idle = min(core.idle_max, idle * 2)
-                    continue
-                idle = core.idle_min
-                job = core._hold(task)
-                if core.stopping:  # stop() came while the claim was in flight
-                    await run(session, core._hand_back, deque([job]))
-                    return
-                # Outcomes only (claim_next=False): the next claim is this loop's, so an
-                # idle slot waits on the loop, not in the greenlet.
-                await run(session, core._work_on, job, claim_next=False, durations=durations)
+                if not waiting:
+                    try:
+                        claimed = await run(
+                            session,
+                            service.claim_many,
+                            claimer=core.claimer,
+                            limit=1,
+                            assignee=core.assignee,
+                            tenant=core.tenant,
+                            ttl_seconds=core.ttl_seconds,
+                            worker_id=core.registration.worker_id,
+                        )
+                    except OUTAGE as error:
+                        core._outage.failed("claim", error)
+                        await self._idle(idle)
+                        idle = min(core.idle_max, idle * 2)
+                        continue
+                    core._outage.ok()
+                    if not claimed:
+                        if core.drain:
+                            return
+                        await self._idle(idle)
+                        idle = min(core.idle_max, idle * 2)
+                        continue
+                    idle = core.idle_min
+                    waiting.extend(core._hold(task) for task in claimed)
+                    if core.stopping:  # stop() came while the claim was in flight
+                        break
+                # A completion claims this slot's next task in its own transaction (one
+                # round trip and one commit per task, not two); when nothing is
+                # claimable then, the slot's own claim above waits on the loop.
+                job = waiting.popleft()
+                more = await run(
+                    session, core._work_on, job, claim_next=not waiting, durations=durations
+                )
+                waiting.extend(core._hold(task) for task in more)
         except asyncio.CancelledError:
             raise
         except BaseException as error:
@@ -253,7 +263,11 @@ class Worker:
                 core._error = error
             core.stop()
         finally:
-            await session.close()
+            try:
+                if waiting:
+                    await run(session, core._hand_back, waiting)
+            finally:
+                await session.close()
 
     async def _idle(self, seconds: float) -> None:
         assert self._stopped is not None
