@@ -665,3 +665,26 @@ def test_an_aiosqlite_transition_is_one_hop_to_the_driver_thread(
     assert per_call == [2, 2]
     assert done is not None and (done.status, done.result) == ("done", "r")
 
+
+def test_worker_registers_while_it_runs_and_its_claims_name_it(db_url: str) -> None:
+    async def body(engine: AsyncEngine) -> tuple[list[kb.WorkerInfo], list[kb.WorkerInfo]]:
+        sessions = aio.session_factory(engine)
+        async with sessions() as s:
+            await aio.create_task(s, title="t")
+        seen: list[kb.WorkerInfo] = []
+
+        async def handler(task: Task) -> str:
+            async with sessions() as s:
+                seen.extend(await aio.list_workers(s))
+            return "ok"
+
+        await aio.Worker(handler, sessions=sessions, drain=True).run()
+        async with sessions() as s:
+            return seen, await aio.list_workers(s, everyone=True)
+
+    running, ended = on_loop(db_url, body)
+    assert [(w.state, w.pid, w.claims) for w in running] == [("alive", os.getpid(), 1)]
+    assert [(w.id, w.state) for w in ended] == [(running[0].id, "stopped")]
+    with kb.connect(db_url) as sync:
+        (task,) = kb.list_tasks(sync, status=None)
+        assert kb.list_runs(sync, task_id=task.id)[0].worker_id == running[0].id

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import signal
 import threading
 import time
@@ -34,6 +35,8 @@ from .engine import create_engine, session_factory
 
 AsyncHandler = Callable[[Task], Awaitable[str | None]]
 
+log = logging.getLogger("kanban_orm.worker")
+
 
 class HandlerAbandoned(Exception):
     """A handler's coroutine cancelled by the Worker: its lease was lost, or the grace
@@ -51,7 +54,7 @@ class Worker:
     of the Worker's own with a pool as large as ``concurrency``, disposed when
     :meth:`run` returns; ``sessions`` (an ``async_sessionmaker``, see
     :func:`kanban_orm.aio.session_factory`) uses yours instead: size its pool for
-    ``concurrency`` plus one. Housekeeping is not offered here: run
+    ``concurrency`` plus two. Housekeeping is not offered here: run
     :class:`kanban_orm.Housekeeper` beside it.
     """
 
@@ -135,8 +138,12 @@ class Worker:
         self._handlers.started()
         self._stopped = asyncio.Event()
         if self._sessions is None:
-            self._engine = create_engine(self.url, pool_size=core.concurrency + 1)
+            # A connection per slot, the heartbeats' and the registration's lock.
+            self._engine = create_engine(self.url, pool_size=core.concurrency + 2)
             self._sessions = session_factory(self._engine)
+        # On the board while it runs, as kb.Worker: its claims name it, and when this
+        # process dies the next claimer proves it dead and takes them back at once.
+        await greenlet_spawn(core.registration.start)
         restore = self._handle_signals()
         slots = [
             asyncio.create_task(self._slot(), name=f"kanban-worker-{i}")
@@ -160,6 +167,7 @@ class Worker:
             beats.cancel()
             await asyncio.gather(beats, return_exceptions=True)
             restore()
+            await greenlet_spawn(core.registration.stop)
             if self._engine is not None:
                 await self._engine.dispose()
                 self._engine, self._sessions = None, self._given_sessions
@@ -282,6 +290,10 @@ class Worker:
         try:
             while True:
                 await asyncio.sleep(core.heartbeat_seconds)
+                try:
+                    await greenlet_spawn(core.registration.seen)
+                except Exception as error:  # the leases below matter more
+                    log.warning("could not record this worker alive: %r", error)
                 with core._jobs_lock:
                     jobs = [job for job in core._jobs.values() if not job.settled]
                 if jobs and session is None:
