@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.util import await_only
 
 import kanban_orm as kb
-from kanban_orm import aio, backends
+from kanban_orm import aio, backends, greenlets, service
 from kanban_orm.models import Task
 
 from . import workers
@@ -198,12 +198,18 @@ def test_cancelled_mid_claim_leaves_no_claim_and_no_connection(
     claim = backend.claim_next
     inside = threading.Event()
     go_on: asyncio.Event | None = None
+    released = threading.Event()
 
     def claim_then_wait(self: Any, *args: Any, **kw: Any) -> Any:
         rows = claim(self, *args, **kw)
         inside.set()
-        assert go_on is not None
-        await_only(go_on.wait())  # the transaction is open, the task claimed in it
+        # The transaction is open, the task claimed in it. aiosqlite runs the whole
+        # transaction in its connection's thread, which waits there instead.
+        if greenlets.in_async_greenlet():
+            assert go_on is not None
+            await_only(go_on.wait())
+        else:
+            assert released.wait(60)
         return rows
 
     async def body(engine: AsyncEngine) -> None:
@@ -219,6 +225,7 @@ def test_cancelled_mid_claim_leaves_no_claim_and_no_connection(
             await asyncio.sleep(0.01)
             call.cancel()  # twice: the rollback is not cut short either
             go_on.set()
+            released.set()
             with pytest.raises(asyncio.CancelledError):
                 await call
             assert checked_out(engine) == 0
@@ -589,3 +596,97 @@ def test_cancelling_worker_run_hands_the_running_tasks_back(db_url: str) -> None
 
     tasks, released = on_loop(db_url, body)
     assert [t.status for t in tasks] == ["ready", "ready"] and released == 2
+
+
+def test_worker_claims_each_next_task_with_the_completion(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot's completion claims its next task in the same call (one transaction): the
+    claims of their own are the slot's first and the one that finds the board empty."""
+    claims: list[int] = []
+    claim_many = service.claim_many
+
+    def counted(session: Session, **kw: Any) -> list[Task]:
+        claims.append(kw["limit"])
+        return claim_many(session, **kw)
+
+    monkeypatch.setattr(service, "claim_many", counted)
+
+    async def body(engine: AsyncEngine) -> tuple[kb.WorkerStats, list[Task]]:
+        sessions = aio.session_factory(engine)
+        async with sessions() as s:
+            for i in range(6):
+                await aio.create_task(s, title=f"t{i}")
+
+        async def handler(task: Task) -> str:
+            await asyncio.sleep(0)
+            return f"done {task.title}"
+
+        stats = await aio.Worker(handler, sessions=sessions, drain=True).run()
+        async with sessions() as s:
+            return stats, await aio.list_tasks(s, status=None)
+
+    stats, tasks = on_loop(db_url, body)
+    assert (stats.claimed, stats.completed) == (6, 6)
+    assert sorted(t.result or "" for t in tasks) == [f"done t{i}" for i in range(6)]
+    assert claims == [1, 1]
+
+
+@pytest.mark.backends("sqlite")
+def test_an_aiosqlite_transition_is_one_hop_to_the_driver_thread(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiosqlite runs each call in its connection's thread: a transition runs there
+    whole (its BEGIN, statements and COMMIT), not a hop per statement; the other hop is
+    the pool's reset of the returned connection."""
+    import aiosqlite.core
+
+    hops: list[str] = []
+    execute = aiosqlite.core.Connection._execute
+
+    async def counted(self: Any, fn: Any, *args: Any, **kw: Any) -> Any:
+        hops.append(getattr(fn, "__name__", repr(fn)))
+        return await execute(self, fn, *args, **kw)
+
+    async def body(engine: AsyncEngine) -> tuple[list[int], Task | None]:
+        async with aio.session_factory(engine)() as s:
+            for title in ("a", "b"):
+                await aio.create_task(s, title=title)
+            # The first call opens the pooled connection (and sets it up): not counted.
+            await aio.claim_next(s, claimer="w")
+            monkeypatch.setattr(aiosqlite.core.Connection, "_execute", counted)
+            task = await aio.claim_next(s, claimer="w")
+            per_call = [len(hops)]
+            assert task is not None and task.claim_lock is not None
+            await aio.complete_task(s, task.id, claim_lock=task.claim_lock, result="r")
+            per_call.append(len(hops) - per_call[0])
+            monkeypatch.undo()
+            return per_call, await aio.get_task(s, task.id)
+
+    per_call, done = on_loop(db_url, body)
+    assert per_call == [2, 2]
+    assert done is not None and (done.status, done.result) == ("done", "r")
+
+
+def test_worker_registers_while_it_runs_and_its_claims_name_it(db_url: str) -> None:
+    async def body(engine: AsyncEngine) -> tuple[list[kb.WorkerInfo], list[kb.WorkerInfo]]:
+        sessions = aio.session_factory(engine)
+        async with sessions() as s:
+            await aio.create_task(s, title="t")
+        seen: list[kb.WorkerInfo] = []
+
+        async def handler(task: Task) -> str:
+            async with sessions() as s:
+                seen.extend(await aio.list_workers(s))
+            return "ok"
+
+        await aio.Worker(handler, sessions=sessions, drain=True).run()
+        async with sessions() as s:
+            return seen, await aio.list_workers(s, everyone=True)
+
+    running, ended = on_loop(db_url, body)
+    assert [(w.state, w.pid, w.claims) for w in running] == [("alive", os.getpid(), 1)]
+    assert [(w.id, w.state) for w in ended] == [(running[0].id, "stopped")]
+    with kb.connect(db_url) as sync:
+        (task,) = kb.list_tasks(sync, status=None)
+        assert kb.list_runs(sync, task_id=task.id)[0].worker_id == running[0].id

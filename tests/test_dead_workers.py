@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,15 @@ PATIENCE = 60.0
 
 
 def start_holder(
-    db_url: str, tmp_path: Path, ttl_seconds: float | None = None
+    db_url: str,
+    tmp_path: Path,
+    ttl_seconds: float | None = None,
+    target: Callable[[str, str, float | None], None] = workers.hold_one_task,
 ) -> tuple[Any, dict[str, Any]]:
-    """A kb.Worker in a process of its own, holding the one ready task in a handler
-    that never returns; the process and what it holds."""
+    """A kb.Worker (or what ``target`` runs) in a process of its own, holding the one
+    ready task in a handler that never returns; the process and what it holds."""
     marker = tmp_path / f"held-{time.monotonic_ns()}.json"
-    proc = SPAWN.Process(target=workers.hold_one_task, args=(db_url, str(marker), ttl_seconds))
+    proc = SPAWN.Process(target=target, args=(db_url, str(marker), ttl_seconds))
     proc.start()
     deadline = time.monotonic() + PATIENCE
     while True:
@@ -70,11 +74,17 @@ def first_run(session: Session, task_id: int) -> kb.TaskRun:
     return kb.list_runs(session, task_id=task_id)[0]
 
 
+@pytest.mark.parametrize(
+    "holder", [workers.hold_one_task, workers.hold_one_task_aio], ids=["Worker", "aio.Worker"]
+)
 def test_a_sigkilled_workers_claim_is_taken_over_long_before_its_lease_ends(
-    db_url: str, session: Session, tmp_path: Path
+    db_url: str,
+    session: Session,
+    tmp_path: Path,
+    holder: Callable[[str, str, float | None], None],
 ) -> None:
     task_id = kb.create_task(session, title="long job")
-    proc, held = start_holder(db_url, tmp_path)  # the default 15-minute lease
+    proc, held = start_holder(db_url, tmp_path, target=holder)  # the default 15-minute lease
     lease_end = kb.get_task(session, task_id).claim_expires
     assert lease_end is not None
     os.kill(proc.pid, signal.SIGKILL)

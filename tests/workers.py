@@ -190,6 +190,21 @@ def hold_one_task(url: str, marker: str, ttl_seconds: float | None = None) -> No
     kb.Worker(handler, url=url, ttl_seconds=ttl_seconds, idle_max=0.25).run()
 
 
+def hold_one_task_aio(url: str, marker: str, ttl_seconds: float | None = None) -> None:
+    """:func:`hold_one_task` with an aio.Worker: its handler's coroutine signals through
+    ``marker`` that it holds its task, then never returns."""
+    import asyncio
+
+    from kanban_orm import aio
+
+    async def handler(task: kb.Task) -> str:
+        Path(marker).write_text(json.dumps({"task": task.id, "token": task.claim_lock}))
+        while True:
+            await asyncio.sleep(3600)
+
+    asyncio.run(aio.Worker(handler, url=url, ttl_seconds=ttl_seconds, idle_max=0.25).run())
+
+
 def write_back_to_back(url: str, count: int, bound: int, barrier: Barrier, out: str) -> None:
     """``count`` create_task commits without a pause, with the WAL bounded at ``bound``
     bytes and looked at after every commit (tests/test_wal_bound.py)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import signal
 import threading
 import time
@@ -34,6 +35,8 @@ from .engine import create_engine, session_factory
 
 AsyncHandler = Callable[[Task], Awaitable[str | None]]
 
+log = logging.getLogger("kanban_orm.worker")
+
 
 class HandlerAbandoned(Exception):
     """A handler's coroutine cancelled by the Worker: its lease was lost, or the grace
@@ -51,7 +54,7 @@ class Worker:
     of the Worker's own with a pool as large as ``concurrency``, disposed when
     :meth:`run` returns; ``sessions`` (an ``async_sessionmaker``, see
     :func:`kanban_orm.aio.session_factory`) uses yours instead: size its pool for
-    ``concurrency`` plus one. Housekeeping is not offered here: run
+    ``concurrency`` plus two. Housekeeping is not offered here: run
     :class:`kanban_orm.Housekeeper` beside it.
     """
 
@@ -135,8 +138,12 @@ class Worker:
         self._handlers.started()
         self._stopped = asyncio.Event()
         if self._sessions is None:
-            self._engine = create_engine(self.url, pool_size=core.concurrency + 1)
+            # A connection per slot, the heartbeats' and the registration's lock.
+            self._engine = create_engine(self.url, pool_size=core.concurrency + 2)
             self._sessions = session_factory(self._engine)
+        # On the board while it runs, as kb.Worker: its claims name it, and when this
+        # process dies the next claimer proves it dead and takes them back at once.
+        await greenlet_spawn(core.registration.start)
         restore = self._handle_signals()
         slots = [
             asyncio.create_task(self._slot(), name=f"kanban-worker-{i}")
@@ -160,6 +167,7 @@ class Worker:
             beats.cancel()
             await asyncio.gather(beats, return_exceptions=True)
             restore()
+            await greenlet_spawn(core.registration.stop)
             if self._engine is not None:
                 await self._engine.dispose()
                 self._engine, self._sessions = None, self._given_sessions
@@ -215,37 +223,47 @@ class Worker:
         session = self._sessions()
         idle = core.idle_min
         durations = sync_worker._Average()
+        #: Tasks this slot holds claimed and has not started: claimed with the last
+        #: completion (registered for heartbeats, handed back if the worker stops).
+        waiting: deque[sync_worker._Job] = deque()
         try:
             while not core.stopping:
-                try:
-                    task = await run(
-                        session,
-                        service.claim_next,
-                        claimer=core.claimer,
-                        assignee=core.assignee,
-                        tenant=core.tenant,
-                        ttl_seconds=core.ttl_seconds,
-                    )
-                except OUTAGE as error:
-                    core._outage.failed("claim", error)
-                    await self._idle(idle)
-                    idle = min(core.idle_max, idle * 2)
-                    continue
-                core._outage.ok()
-                if task is None:
-                    if core.drain:
-                        return
-                    await self._idle(idle)
-                    idle = min(core.idle_max, idle * 2)
-                    continue
-                idle = core.idle_min
-                job = core._hold(task)
-                if core.stopping:  # stop() came while the claim was in flight
-                    await run(session, core._hand_back, deque([job]))
-                    return
-                # Outcomes only (claim_next=False): the next claim is this loop's, so an
-                # idle slot waits on the loop, not in the greenlet.
-                await run(session, core._work_on, job, claim_next=False, durations=durations)
+                if not waiting:
+                    try:
+                        claimed = await run(
+                            session,
+                            service.claim_many,
+                            claimer=core.claimer,
+                            limit=1,
+                            assignee=core.assignee,
+                            tenant=core.tenant,
+                            ttl_seconds=core.ttl_seconds,
+                            worker_id=core.registration.worker_id,
+                        )
+                    except OUTAGE as error:
+                        core._outage.failed("claim", error)
+                        await self._idle(idle)
+                        idle = min(core.idle_max, idle * 2)
+                        continue
+                    core._outage.ok()
+                    if not claimed:
+                        if core.drain:
+                            return
+                        await self._idle(idle)
+                        idle = min(core.idle_max, idle * 2)
+                        continue
+                    idle = core.idle_min
+                    waiting.extend(core._hold(task) for task in claimed)
+                    if core.stopping:  # stop() came while the claim was in flight
+                        break
+                # A completion claims this slot's next task in its own transaction (one
+                # round trip and one commit per task, not two); when nothing is
+                # claimable then, the slot's own claim above waits on the loop.
+                job = waiting.popleft()
+                more = await run(
+                    session, core._work_on, job, claim_next=not waiting, durations=durations
+                )
+                waiting.extend(core._hold(task) for task in more)
         except asyncio.CancelledError:
             raise
         except BaseException as error:
@@ -253,7 +271,11 @@ class Worker:
                 core._error = error
             core.stop()
         finally:
-            await session.close()
+            try:
+                if waiting:
+                    await run(session, core._hand_back, waiting)
+            finally:
+                await session.close()
 
     async def _idle(self, seconds: float) -> None:
         assert self._stopped is not None
@@ -268,6 +290,10 @@ class Worker:
         try:
             while True:
                 await asyncio.sleep(core.heartbeat_seconds)
+                try:
+                    await greenlet_spawn(core.registration.seen)
+                except Exception as error:  # the leases below matter more
+                    log.warning("could not record this worker alive: %r", error)
                 with core._jobs_lock:
                     jobs = [job for job in core._jobs.values() if not job.settled]
                 if jobs and session is None:

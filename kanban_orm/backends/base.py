@@ -19,8 +19,9 @@ backend may run says so in its name's comment, and the backend that runs it says
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from sqlalchemy import exc
 from sqlalchemy.engine import Connection, Engine
@@ -40,6 +41,21 @@ WRITE_OPTION = "kanban_write"
 
 #: The parameters CLOSE_OPEN_RUN takes (see kanban_orm.steps._closing).
 RunClosing = dict[str, Any]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DriverThread:
+    """An asyncio driver connection that runs its sync driver's connection in a thread of
+    its own (aiosqlite): every statement sent through the adapter is a hop to that
+    thread and back. ``run(fn)``, from SQLAlchemy's asyncio greenlet, runs ``fn()`` in
+    that thread, in the caller's contextvars, and returns its result; ``fn`` may use
+    ``connection``, the sync driver's connection, which nothing else uses meanwhile."""
+
+    connection: Any
+    run: Callable[[Callable[[], Any]], Any]
+
 
 #: What a :class:`ChangeSignal` watches: a task may have become claimable (``READY``),
 #: an event may have been appended (``EVENTS``).
@@ -114,6 +130,12 @@ class Backend(Protocol):
 
     def roll_back(self, dbapi_connection: Any) -> None:
         """Roll back the driver connection's open transaction, if any."""
+        ...
+
+    def driver_thread(self, dbapi_connection: Any) -> DriverThread | None:
+        """For an asyncio driver connection whose driver works in a thread of its own,
+        how to run a whole transaction there at once (see :class:`DriverThread`);
+        None for any other connection."""
         ...
 
     def is_contention(self, error: exc.DBAPIError) -> bool:
@@ -286,6 +308,9 @@ class PortableBackend:
 
     def roll_back(self, dbapi_connection: Any) -> None:
         dbapi_connection.rollback()
+
+    def driver_thread(self, dbapi_connection: Any) -> DriverThread | None:
+        return None
 
     def is_contention(self, error: exc.DBAPIError) -> bool:
         return False

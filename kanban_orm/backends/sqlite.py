@@ -19,9 +19,11 @@ locking clause (it renders none), no event-log guard and no link-graph lock.
 
 from __future__ import annotations
 
+import contextvars
 import random
+import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -38,6 +40,7 @@ from ..errors import KanbanError
 from .base import (
     WRITE_OPTION,
     ChangeSignal,
+    DriverThread,
     PolledSignal,
     PortableBackend,
     connect_apart,
@@ -209,6 +212,24 @@ class SQLiteBackend(PortableBackend):
         # too, and does nothing without one; aiosqlite's adapted connection has it (but
         # neither in_transaction nor execute).
         dbapi_connection.rollback()
+
+    def driver_thread(self, dbapi_connection: Any) -> DriverThread | None:
+        # SQLAlchemy's adapter holds the aiosqlite Connection, which holds sqlite3's
+        # and runs every call on it in its thread: per statement, an execute and a fetch
+        # are two hops, and a transaction's BEGIN, cursor and COMMIT more (SQLAlchemy's
+        # own adapter reaches in the same way to set the isolation level).
+        adapted = getattr(dbapi_connection, "_connection", None)
+        queue = getattr(adapted, "_execute", None)
+        connection = getattr(adapted, "_connection", None)
+        if queue is None or not isinstance(connection, sqlite3.Connection):
+            return None
+
+        def run(fn: Callable[[], Any]) -> Any:
+            from sqlalchemy.util import await_only
+
+            return await_only(queue(contextvars.copy_context().run, fn))
+
+        return DriverThread(connection, run)
 
     def is_contention(self, error: exc.DBAPIError) -> bool:
         return isinstance(error, exc.OperationalError) and is_busy_message(str(error.orig))
