@@ -829,6 +829,11 @@ class Worker:
             return
         log.warning("task %s: %s", job.task.id, error)
         self._cancel(job)
+        self._record_overrun(job, error)
+
+    def _record_overrun(self, job: _Job, error: str) -> None:
+        """Fail an overrun job's task, from the timer's thread (aio.Worker records it on
+        its event loop instead)."""
         session = self._sessions()
         try:
             self._record(session, job, error=error, retry=True)

@@ -26,7 +26,7 @@ from sqlalchemy.util import await_only
 
 import kanban_orm as kb
 from kanban_orm import aio, backends, greenlets, service
-from kanban_orm.models import Task
+from kanban_orm.models import Task, TaskRun
 
 from . import workers
 from .conftest import REPO_ROOT
@@ -513,12 +513,53 @@ def test_a_lost_lease_cancels_the_handler_and_drops_its_outcome(db_url: str) -> 
     assert (task.status, task.result) == ("running", None)
 
 
+@pytest.mark.parametrize("whose", ["task", "worker"])
+def test_max_runtime_cancels_the_handler_and_fails_the_task(db_url: str, whose: str) -> None:
+    async def body(engine: AsyncEngine) -> tuple[kb.WorkerStats, Task, list[TaskRun], bool]:
+        sessions = aio.session_factory(engine)
+        async with sessions() as s:
+            task_id = await aio.create_task(
+                s, title="t", max_attempts=1, max_runtime=0.3 if whose == "task" else None
+            )
+        cancelled = asyncio.Event()
+
+        async def handler(task: Task) -> str:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return "never"
+
+        worker = aio.Worker(
+            handler,
+            sessions=sessions,
+            drain=True,
+            max_runtime=0.3 if whose == "worker" else 60,
+        )
+        stats = await asyncio.wait_for(worker.run(), 30)
+        async with sessions() as s:
+            task = await aio.get_task(s, task_id)
+            runs = await aio.list_runs(s, task_id=task_id)
+        return stats, task, runs, cancelled.is_set()
+
+    stats, task, runs, was_cancelled = on_loop(db_url, body)
+    assert was_cancelled
+    assert (stats.claimed, stats.failed, stats.completed) == (1, 1, 0)
+    assert task.status == "blocked"  # its one attempt used up
+    assert [r.error for r in runs] == [
+        f"max_runtime exceeded: the {whose}'s limit of 0.3s ran out; cancelled"
+    ]
+
+
 def test_worker_refuses_bad_arguments() -> None:
     async def handler(task: Task) -> None:
         return None
 
     with pytest.raises(kb.InvalidInput):
         aio.Worker(handler, concurrency=0)
+    with pytest.raises(kb.InvalidInput, match="max_runtime"):
+        aio.Worker(handler, max_runtime=0)
     with pytest.raises(kb.InvalidInput):
         aio.Worker("not callable")  # type: ignore[arg-type]
     with pytest.raises(kb.InvalidInput):

@@ -50,7 +50,9 @@ class Worker:
     The arguments and outcome rules are :class:`kanban_orm.Worker`'s (read there): the
     returned string completes the task, :class:`~kanban_orm.TaskFailed` or any other
     exception fails it, a lost lease cancels the handler's coroutine and drops its
-    outcome, an outage is waited out. ``url`` (else the default URL) gets an AsyncEngine
+    outcome, an outage is waited out, and a run longer than ``max_runtime`` (the
+    Worker's or the task's own, the shorter) has its coroutine cancelled and its task
+    failed. ``url`` (else the default URL) gets an AsyncEngine
     of the Worker's own with a pool as large as ``concurrency``, disposed when
     :meth:`run` returns; ``sessions`` (an ``async_sessionmaker``, see
     :func:`kanban_orm.aio.session_factory`) uses yours instead: size its pool for
@@ -74,6 +76,7 @@ class Worker:
         idle_min: float = 0.25,
         idle_max: float = 5.0,
         heartbeat_seconds: float | None = None,
+        max_runtime: float | None = None,
     ) -> None:
         if url is not None and sessions is not None:
             raise InvalidInput("give the Worker a url or a session factory, not both")
@@ -81,7 +84,8 @@ class Worker:
         self.url = url
         self._handlers = _Handlers(handler)
         #: The sync Worker whose rules this one runs (and validates the arguments).
-        self._core = sync_worker.Worker(
+        self._core = _Core(
+            self,
             self._handlers,
             sessions=self._greenlet_session,
             claimer=claimer,
@@ -94,7 +98,10 @@ class Worker:
             idle_min=idle_min,
             idle_max=idle_max,
             heartbeat_seconds=heartbeat_seconds,
+            max_runtime=max_runtime,
         )
+        #: Failures of overrun tasks being recorded on the loop (see _Core).
+        self._overruns: set[asyncio.Task[None]] = set()
         self._given_sessions = sessions
         self._sessions: Callable[[], AsyncSession] | None = sessions
         self._engine: AsyncEngine | None = None
@@ -166,6 +173,7 @@ class Worker:
             await asyncio.gather(*slots, return_exceptions=True)
             beats.cancel()
             await asyncio.gather(beats, return_exceptions=True)
+            await asyncio.gather(*self._overruns, return_exceptions=True)
             restore()
             await greenlet_spawn(core.registration.stop)
             if self._engine is not None:
@@ -306,11 +314,47 @@ class Worker:
             if session is not None:
                 await session.close()
 
+    # -- max_runtime ----------------------------------------------------------------------
+
+    def record_overrun(self, job: sync_worker._Job, error: str) -> None:
+        """Fail an overrun task on the event loop: kb.Worker's timer thread cannot use an
+        AsyncSession (its handler was cancelled already, on the loop too)."""
+        loop = self._handlers.loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self._start_overrun, job, error)
+
+    def _start_overrun(self, job: sync_worker._Job, error: str) -> None:
+        recording = asyncio.ensure_future(self._fail_overrun(job, error))
+        self._overruns.add(recording)
+        recording.add_done_callback(self._overruns.discard)
+
+    async def _fail_overrun(self, job: sync_worker._Job, error: str) -> None:
+        assert self._sessions is not None
+        session = self._sessions()
+        try:
+            await run(session, self._core._record, job, error=error, retry=True)
+        except Exception as failure:  # the lease ends it, as any unrecorded outcome
+            log.warning("task %s: could not record %s: %r", job.task.id, error, failure)
+        finally:
+            await session.close()
+
     def _greenlet_session(self) -> Session:
         """A Session for kb.Worker's own calls (its shutdown's releases), which run in
         the asyncio greenlet: an AsyncSession's sync side."""
         assert self._sessions is not None
         return self._sessions().sync_session
+
+
+class _Core(sync_worker.Worker):
+    """kb.Worker's rules, with an overrun task failed on aio.Worker's event loop."""
+
+    def __init__(self, owner: Worker, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._owner = owner
+
+    def _record_overrun(self, job: sync_worker._Job, error: str) -> None:
+        self._owner.record_overrun(job, error)
 
 
 class _Handlers:
@@ -325,6 +369,10 @@ class _Handlers:
         self._running: dict[int, asyncio.Task[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop
 
     def started(self) -> None:
         self._loop = asyncio.get_running_loop()
