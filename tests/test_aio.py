@@ -731,3 +731,41 @@ def test_worker_registers_while_it_runs_and_its_claims_name_it(db_url: str) -> N
     with kb.connect(db_url) as sync:
         (task,) = kb.list_tasks(sync, status=None)
         assert kb.list_runs(sync, task_id=task.id)[0].worker_id == running[0].id
+
+
+def test_wait_for_ready_waits_on_the_loop_and_wakes_for_a_new_task(db_url: str) -> None:
+    async def body(engine: AsyncEngine) -> tuple[bool, bool, int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        beat = asyncio.create_task(ticker())
+        sessions = aio.session_factory(engine, keep_connection=True)
+        empty = await aio.wait_for_ready(engine, timeout=0.3)
+        async with sessions() as s:
+
+            async def create_soon() -> None:
+                await asyncio.sleep(0.2)
+                await aio.create_task(s, title="t")
+
+            maker = asyncio.create_task(create_soon())
+            found = await aio.wait_for_ready(s, timeout=30)
+            await maker
+        beat.cancel()
+        return empty, found, ticks
+
+    empty, found, ticks = on_loop(db_url, body)
+    assert (empty, found) == (False, True)
+    assert ticks >= 10  # the loop kept running while both waits lasted
+
+
+def test_aio_has_the_schema_aliases_and_refuses_a_bad_bind() -> None:
+    assert (aio.schema_check, aio.schema_current) == (aio.check, aio.current)
+    with pytest.raises(kb.InvalidInput):
+        asyncio.run(aio.wait_for_ready(5))  # type: ignore[arg-type]
+    with pytest.raises(kb.InvalidInput):
+        aio.session_factory("sqlite://")  # type: ignore[arg-type]

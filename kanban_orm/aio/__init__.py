@@ -37,7 +37,12 @@ from .engine import (
     session_factory,
     upgrade,
 )
+from .waiting import wait_for_ready
 from .worker import Worker
+
+#: The names kanban_orm gives check and current.
+schema_check = check
+schema_current = current
 
 add_comment = awaitable(_kb.add_comment, "add_comment")
 approve_task = awaitable(_kb.approve_task, "approve_task")
@@ -181,6 +186,8 @@ __all__ = [
     "reopen_task",
     "request_changes",
     "run",
+    "schema_check",
+    "schema_current",
     "session_factory",
     "specify_task",
     "submit_for_review",
@@ -188,4 +195,5 @@ __all__ = [
     "unlink_tasks",
     "update_task",
     "upgrade",
+    "wait_for_ready",
 ]

@@ -18,8 +18,9 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.util import greenlet_spawn
 
-from .. import backends, db, migrate
+from .. import backends, db, migrate, validation
 from ..db import RetryPolicy
+from ..errors import InvalidInput
 
 #: An AsyncEngine, or a URL that :func:`create_engine` is given, or None (the default URL).
 AsyncBind = AsyncEngine | AsyncConnection | str | sa.URL | None
@@ -68,9 +69,19 @@ def configure_engine(
     return engine
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+def session_factory(
+    engine: AsyncEngine, *, keep_connection: bool = False
+) -> async_sessionmaker[AsyncSession]:
     """An ``async_sessionmaker`` configured like :func:`connect`, for an AsyncEngine of
-    your own (``expire_on_commit`` off, as :func:`kanban_orm.session_factory`)."""
+    your own (``expire_on_commit`` off, as :func:`kanban_orm.session_factory`).
+    ``keep_connection`` is accepted so calls written for the sync API run unchanged;
+    an AsyncSession checks a connection out per transaction either way."""
+    if not isinstance(engine, AsyncEngine):
+        raise InvalidInput(
+            f"session_factory takes an AsyncEngine, not {type(engine).__name__}"
+            " (for a URL: aio.connect(url))"
+        )
+    validation.boolean(keep_connection, "keep_connection")
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
@@ -100,11 +111,11 @@ async def dispose_engines() -> None:
         await engine.dispose()
 
 
-def connect(url: str | None = None) -> AsyncSession:
+def connect(url: str | None = None, *, keep_connection: bool = False) -> AsyncSession:
     """A new AsyncSession on this loop's cached AsyncEngine (``await session.close()``,
     or ``async with``, ends it); ``expire_on_commit`` is off, as for
-    :func:`kanban_orm.connect`."""
-    return session_factory(cached_engine(url))()
+    :func:`kanban_orm.connect` (``keep_connection``: see :func:`session_factory`)."""
+    return session_factory(cached_engine(url), keep_connection=keep_connection)()
 
 
 async def init_db(url: str | None = None) -> AsyncEngine:
