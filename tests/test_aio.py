@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.util import await_only
 
 import kanban_orm as kb
-from kanban_orm import aio, backends, greenlets, service
+from kanban_orm import aio, backends, greenlets
 from kanban_orm.models import Task, TaskRun
 
 from . import workers
@@ -637,40 +637,6 @@ def test_cancelling_worker_run_hands_the_running_tasks_back(db_url: str) -> None
 
     tasks, released = on_loop(db_url, body)
     assert [t.status for t in tasks] == ["ready", "ready"] and released == 2
-
-
-def test_worker_claims_each_next_task_with_the_completion(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A slot's completion claims its next task in the same call (one transaction): the
-    claims of their own are the slot's first and the one that finds the board empty."""
-    claims: list[int] = []
-    claim_many = service.claim_many
-
-    def counted(session: Session, **kw: Any) -> list[Task]:
-        claims.append(kw["limit"])
-        return claim_many(session, **kw)
-
-    monkeypatch.setattr(service, "claim_many", counted)
-
-    async def body(engine: AsyncEngine) -> tuple[kb.WorkerStats, list[Task]]:
-        sessions = aio.session_factory(engine)
-        async with sessions() as s:
-            for i in range(6):
-                await aio.create_task(s, title=f"t{i}")
-
-        async def handler(task: Task) -> str:
-            await asyncio.sleep(0)
-            return f"done {task.title}"
-
-        stats = await aio.Worker(handler, sessions=sessions, drain=True).run()
-        async with sessions() as s:
-            return stats, await aio.list_tasks(s, status=None)
-
-    stats, tasks = on_loop(db_url, body)
-    assert (stats.claimed, stats.completed) == (6, 6)
-    assert sorted(t.result or "" for t in tasks) == [f"done t{i}" for i in range(6)]
-    assert claims == [1, 1]
 
 
 @pytest.mark.backends("sqlite")
