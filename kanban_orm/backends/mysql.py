@@ -43,6 +43,7 @@ an event id has ended, and none can draw one until the read's transaction ends.
 from __future__ import annotations
 
 import threading
+from collections import namedtuple
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -223,6 +224,12 @@ CLOSE_OPEN_RUN_NAMING = (
 )
 #: Whether a child of :run_task_id waits in todo (CLOSE_OPEN_RUN_SEEING_CHILDREN's column).
 CHILDREN_WAITING = select(q.children_waiting())
+#: A moved task's row and that, in one read (see MySQLBackend.move_and_finish_run).
+MOVED_ROW_SEEING_CHILDREN = select(tasks, q.children_waiting().label("waiting")).where(
+    tasks.c.id == bindparam("run_task_id")
+)
+#: A task's row without the read's last column (Tx.attach maps every column it is given).
+_TaskRow = namedtuple("_TaskRow", [column.key for column in tasks.c])  # type: ignore[misc]
 
 #: The ctid protocol's touches (queries.TOUCH_PARENTS*) are PostgreSQL's: here a
 #: completion always runs in a transaction that looks for waiting children, so locking
@@ -376,6 +383,27 @@ class MySQLBackend(PortableBackend):
         if run_id is None or not see_children:
             return run_id, True  # no open run (a forced completion from todo): look
         return run_id, bool(s.execute(CHILDREN_WAITING, closing).scalar())
+
+    def move_and_finish_run(
+        self,
+        s: Tx,
+        statement: ClauseElement,
+        params: dict[str, Any],
+        closing: RunClosing,
+        payload: dict[str, Any] | None,
+    ) -> tuple[Any, bool]:
+        # The emulated RETURNING's read of the moved row waits until the run is closed,
+        # and says whether a child waits too: one read where there were two. Still after
+        # the task's UPDATE, so it sees every wait-maker that held the row before it.
+        plan = emulation(statement) if isinstance(statement, Update) else None
+        if plan is None or plan.pinned is None or plan.pinned.key != "task_id":
+            return super().move_and_finish_run(s, statement, params, closing, payload)
+        if s.run_for_cursor(plan.bare, params).rowcount == 0:
+            return None, False
+        run_id, _ = self.finish_run(s, closing, payload, see_children=False)
+        row = s.execute(MOVED_ROW_SEEING_CHILDREN, closing).first()
+        # No open run (a forced completion from todo), so nothing was seen: look.
+        return _TaskRow(*row[:-1]), run_id is None or bool(row.waiting)
 
     def wait_for_event_writers(self, session: Session, after_id: int) -> None:
         mariadb = getattr(session.get_bind().dialect, "is_mariadb", False)
