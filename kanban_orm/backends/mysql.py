@@ -162,21 +162,27 @@ NAME_CLAIMED_RUNS = (
         .scalar_subquery()
     )
 )
-LOG_CLAIMED = insert(events).from_select(
-    ["task_id", "run_id", "kind", "payload", "created_at"],
-    select(
-        tasks.c.id,
-        tasks.c.current_run_id,
-        literal("claimed"),
-        func.json_object(
-            literal("claimer"),
-            bindparam("claimer", type_=runs.c.claimer.type),
-            literal("attempt"),
-            tasks.c.attempts,
-        ),
-        utcnow(),
-    ).where(tasks.c.id.in_(_ids)),
-)
+
+
+def _log_claimed(which: Any) -> Any:
+    return insert(events).from_select(
+        ["task_id", "run_id", "kind", "payload", "created_at"],
+        select(
+            tasks.c.id,
+            tasks.c.current_run_id,
+            literal("claimed"),
+            func.json_object(
+                literal("claimer"),
+                bindparam("claimer", type_=runs.c.claimer.type),
+                literal("attempt"),
+                tasks.c.attempts,
+            ),
+            utcnow(),
+        ).where(which),
+    )
+
+
+LOG_CLAIMED = _log_claimed(tasks.c.id.in_(_ids))
 CLAIMED_ROWS = (
     select(tasks).where(tasks.c.id.in_(_ids)).order_by(tasks.c.priority.desc(), tasks.c.id)
 )
@@ -211,6 +217,10 @@ CLAIM_PICKED_ONE = (
         }
     )
 )
+#: LOG_CLAIMED and CLAIMED_ROWS of one task: by ``id = :task_id``, where an IN list
+#: is expanded into the SQL on every call.
+LOG_CLAIMED_ONE = _log_claimed(tasks.c.id == bindparam("task_id"))
+CLAIMED_ROW = select(tasks).where(tasks.c.id == bindparam("task_id"))
 #: The run of a claim its guard refused (kept out of the transaction's writes).
 DROP_PICKED_RUN = runs.delete().where(runs.c.id == bindparam("run_id"))
 
@@ -480,8 +490,8 @@ def _claim_one(s: Tx, picked: dict[str, Any], task_id: int) -> list[Any]:
         # refused claim leaves no run behind.
         s.run_for_cursor(DROP_PICKED_RUN, one)
         return []
-    s.execute(LOG_CLAIMED, picked)
-    return s.execute(CLAIMED_ROWS, picked).all()
+    s.execute(LOG_CLAIMED_ONE, {"task_id": task_id, "claimer": one["claimer"]})
+    return s.execute(CLAIMED_ROW, {"task_id": task_id}).all()
 
 
 # -- RETURNING, emulated -----------------------------------------------------------------
