@@ -11,7 +11,11 @@ since 10.5, MySQL has none), so this backend is the portable one plus two things
   10.6+, MySQL 8.0.1+), then claim them with a guarded ``UPDATE ... WHERE claim_lock IS
   NULL`` whose row count decides, open the runs, number ``current_run_id`` from them and
   write the events, all in one transaction. Concurrent claimers skip each other's
-  candidates instead of queueing behind one row.
+  candidates instead of queueing behind one row. One task (the common case) opens its
+  run first and claims with the run's token and id, a statement fewer (:func:`_claim_one`).
+* **Closing a run** is one UPDATE that sets ``id = LAST_INSERT_ID(id)``: its reply
+  carries the closed run's id, so it needs no RETURNING; a completion then reads the
+  task's new row and whether a child waits in one read (``move_and_finish_run``).
 * **Every other statement with RETURNING** runs as a locking read of the rows its WHERE
   clause matches (``FOR UPDATE``, which reads the latest committed version, as
   PostgreSQL's UPDATE re-check does), the statement itself restricted to those rows,
