@@ -8,6 +8,7 @@ dialect's name.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -277,6 +278,33 @@ def test_a_second_claim_of_one_task_opens_a_run_of_its_own(
         runs[1].id,
         {"claimer": "b", "attempt": row.attempts},
     )
+
+
+def test_claim_task_waits_for_a_row_lock_instead_of_missing_the_task(
+    db_url: str, engine: Engine, session: Session
+) -> None:
+    # Another transaction holds the ready task's row (as a claimer's pick does while it
+    # examines the row) and claims nothing: claim_task must wait for it, not give up.
+    (task_id,) = _ready_tasks(session, [0])
+    got: list[kb.Task | None] = []
+    with engine.connect() as holder:
+        holder.execute(
+            sa.update(kb.Task).where(kb.Task.id == task_id).values(priority=kb.Task.priority)
+        )
+
+        def claim() -> None:
+            other = kb.connect(db_url)
+            try:
+                got.append(kb.claim_task(other, task_id, claimer="waiting"))
+            finally:
+                other.close()
+
+        claimer = threading.Thread(target=claim)
+        claimer.start()
+        claimer.join(0.3)
+        holder.rollback()
+    claimer.join(30)
+    assert len(got) == 1 and got[0] is not None and got[0].claim_lock is not None
 
 
 @pytest.mark.parametrize("with_child", [True, False])

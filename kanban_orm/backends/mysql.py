@@ -129,11 +129,15 @@ def _claim_pick(by_assignee: bool, by_tenant: bool) -> Any:
 
 #: The pick of claim_next, by (by_assignee, by_tenant).
 PICKS = {(a, t): _claim_pick(a, t) for a in (False, True) for t in (False, True)}
-#: One task by id, if claimable, locked (a claimer holding it already is skipped).
+#: One task by id, if claimable, locked. It waits for a row lock rather than skipping
+#: it, as PostgreSQL's UPDATE does: claim_next's picks lock each row they examine, and
+#: release the ones their filters then refuse (READ COMMITTED), so a skip made
+#: claim_task miss a claimable task about one call in six while other claimers polled.
+#: A claimer that does hold the task commits first, and the re-read finds it claimed.
 PICK_BY_ID = (
     select(tasks.c.id)
     .where(tasks.c.id == bindparam("task_id"), q.claimable(tasks))
-    .with_for_update(skip_locked=True)
+    .with_for_update()
 )
 #: The guarded claim of the picked rows: its row count says how many were claimed.
 CLAIM_PICKED = (
