@@ -490,7 +490,7 @@ CLOSE_OPEN_RUN = (
 )
 
 
-def _children_waiting() -> Exists:
+def children_waiting() -> Exists:
     """Whether :run_task_id has a child waiting in todo (one a promotion may free)."""
     child = tasks.alias("child")
     return exists().where(
@@ -502,7 +502,7 @@ def _children_waiting() -> Exists:
 
 #: SQLite only: CLOSE_OPEN_RUN that also says whether a child waits, so a finished task with
 #: none is spared the promotion's statement (what FINISH_RUN does on PostgreSQL).
-CLOSE_OPEN_RUN_SEEING_CHILDREN = CLOSE_OPEN_RUN.returning(_children_waiting().label("waiting"))
+CLOSE_OPEN_RUN_SEEING_CHILDREN = CLOSE_OPEN_RUN.returning(children_waiting().label("waiting"))
 
 
 def _finish_run() -> Select[Any]:
@@ -525,7 +525,7 @@ def _finish_run() -> Select[Any]:
             utcnow(),
         ),
     )
-    waiting = _children_waiting().label("waiting")
+    waiting = children_waiting().label("waiting")
     return select(run_id.label("run_id"), waiting).add_cte(logged.cte("logged"))
 
 

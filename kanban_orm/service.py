@@ -32,6 +32,7 @@ from . import backends, config, maintenance, registry, steps
 from . import queries as q
 from . import validation as check
 from ._deprecation import keyword_only_since
+from .backends.base import run_closing
 from .db import joins_caller_transaction, run_read, run_write
 from .driver import Tx
 from .errors import ClaimLost, DatabaseError, InvalidInput, TaskNotFound
@@ -786,22 +787,19 @@ def _record_completion(
     """complete_task's writes, in the caller's transaction: the task's new row, or None
     for a replay whose first attempt had landed (see steps.refused)."""
     statement = q.COMPLETE_FORCED if token is None else q.COMPLETE_HELD
-    done = s.execute(
-        statement, {"task_id": task_id, "token": token, "task_result": task_result}
-    ).first()
+    done, waiting = s.backend.move_and_finish_run(
+        s,
+        statement,
+        {"task_id": task_id, "token": token, "task_result": task_result},
+        run_closing(task_id, "completed", summary, metadata, None),
+        {"forced": token is None},
+    )
     if done is None:
         if steps.already_landed(s, task_id, token, "completed"):
             return None
         steps.explain(s, task_id, Status.DONE, token)
-    steps.finish_run(
-        s,
-        task_id,
-        "completed",
-        {"forced": token is None},
-        summary=summary,
-        metadata=metadata,
-        promote=True,
-    )
+    if waiting:
+        steps.promote_children(s, task_id)
     return done
 
 

@@ -83,19 +83,12 @@ def finish_run(
     summary: str | None = None,
     metadata: dict[str, Any] | None = None,
     error: str | None = None,
-    promote: bool = False,
 ) -> int | None:
-    """After the task's own UPDATE: close its open run with ``outcome``, write the event
-    of the same name and, with ``promote``, promote children whose parents are now all
-    finished. Returns the closed run's id, if there was one.
-
-    Closing the run also tells whether any child is waiting, so a task without children
-    pays nothing for promotion. See Backend.finish_run (one statement on PostgreSQL).
-    """
+    """After the task's own UPDATE: close its open run with ``outcome`` and write the
+    event of the same name. Returns the closed run's id, if there was one. (A completion,
+    which also promotes, goes through Backend.move_and_finish_run.)"""
     params = run_closing(task_id, outcome, summary, metadata, error)
-    run_id, waiting = s.backend.finish_run(s, params, payload, see_children=promote)
-    if promote and waiting:
-        promote_children(s, task_id)
+    run_id, _ = s.backend.finish_run(s, params, payload, see_children=False)
     return run_id
 
 

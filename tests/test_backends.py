@@ -10,6 +10,7 @@ backend's asyncio driver; ids say which, as in ``test_x[async-mysql]``.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -276,6 +277,114 @@ def test_finish_run_closes_the_run_and_sees_a_waiting_child(session: Session) ->
     run = kb.latest_run(session, parent)
     assert run is not None and run.outcome == "completed" and run.metadata_ == {"k": [1, "é"]}
     assert kb.get_task(session, child).status == Status.TODO.value  # promotion is the caller's
+
+
+def test_a_second_claim_of_one_task_opens_a_run_of_its_own(
+    session: Session,
+) -> None:
+    (task_id,) = _ready_tasks(session, [0])
+    first = kb.claim_task(session, task_id, claimer="a")
+    assert first is not None
+    kb.release_task(session, task_id, claim_lock=first.claim_lock)
+    params = {"task_id": task_id, "ttl": 60.0}
+    (row,) = _write(session, lambda s: s.backend.claim_by_id(s, params, "b"))
+    assert row.claim_lock != first.claim_lock
+    runs = kb.list_runs(session, task_id=task_id)
+    assert [(r.attempt, r.claimer) for r in runs] == [(first.attempts, "a"), (row.attempts, "b")]
+    assert runs[1].id == row.current_run_id and runs[1].claim_lock == row.claim_lock
+    assert runs[1].ended_at is None
+    claimed = [e for e in kb.list_events(session, task_id=task_id) if e.kind == "claimed"]
+    assert [(e.run_id, e.payload) for e in claimed][-1] == (
+        runs[1].id,
+        {"claimer": "b", "attempt": row.attempts},
+    )
+
+
+def test_claim_task_waits_for_a_row_lock_instead_of_missing_the_task(
+    db_url: str, engine: Engine, session: Session
+) -> None:
+    # Another transaction holds the ready task's row (as a claimer's pick does while it
+    # examines the row) and claims nothing: claim_task must wait for it, not give up.
+    (task_id,) = _ready_tasks(session, [0])
+    got: list[kb.Task | None] = []
+    with engine.connect() as holder:
+        holder.execute(
+            sa.update(kb.Task).where(kb.Task.id == task_id).values(priority=kb.Task.priority)
+        )
+
+        def claim() -> None:
+            other = kb.connect(db_url)
+            try:
+                got.append(kb.claim_task(other, task_id, claimer="waiting"))
+            finally:
+                other.close()
+
+        claimer = threading.Thread(target=claim)
+        claimer.start()
+        claimer.join(0.3)
+        holder.rollback()
+    claimer.join(30)
+    assert len(got) == 1 and got[0] is not None and got[0].claim_lock is not None
+
+
+@pytest.mark.parametrize("with_child", [True, False])
+def test_move_and_finish_run_returns_the_row_and_whether_a_child_waits(
+    session: Session, with_child: bool
+) -> None:
+    (parent,) = _ready_tasks(session, [0])
+    if with_child:
+        kb.create_task(session, title="child", parents=[parent])
+    held = kb.claim_task(session, parent, claimer="w")
+    assert held is not None
+    closing = run_closing(parent, "completed", None, None, None)
+    done = {"task_id": parent, "token": held.claim_lock, "task_result": "r"}
+
+    def work(s: Tx) -> tuple[int, str, bool]:
+        row, waiting = s.backend.move_and_finish_run(
+            s, q.COMPLETE_HELD, done, closing, {"forced": False}
+        )
+        return row.id, row.status, waiting
+
+    assert _write(session, work) == (parent, Status.DONE.value, with_child)
+    run = kb.latest_run(session, parent)
+    assert run is not None and run.id == held.current_run_id and run.outcome == "completed"
+    completed = [e for e in kb.list_events(session, task_id=parent) if e.kind == "completed"]
+    assert [e.run_id for e in completed] == [run.id]
+
+
+def test_move_and_finish_run_of_a_claim_that_no_longer_holds_writes_nothing(
+    session: Session,
+) -> None:
+    (task_id,) = _ready_tasks(session, [0])
+    held = kb.claim_task(session, task_id, claimer="w")
+    assert held is not None
+    closing = run_closing(task_id, "completed", None, None, None)
+    lost = {"task_id": task_id, "token": "0" * 32, "task_result": None}
+    moved = _write(
+        session,
+        lambda s: s.backend.move_and_finish_run(s, q.COMPLETE_HELD, lost, closing, None),
+    )
+    assert moved == (None, False)
+    run = kb.latest_run(session, task_id)
+    assert run is not None and run.ended_at is None
+    assert "completed" not in {e.kind for e in kb.list_events(session, task_id=task_id)}
+
+
+def test_a_forced_completion_without_a_run_sees_a_waiting_child(session: Session) -> None:
+    (parent,) = _ready_tasks(session, [0])
+    kb.create_task(session, title="child", parents=[parent])
+    closing = run_closing(parent, "completed", None, None, None)
+    done = {"task_id": parent, "token": None, "task_result": None}
+
+    def work(s: Tx) -> tuple[str, bool]:
+        row, waiting = s.backend.move_and_finish_run(
+            s, q.COMPLETE_FORCED, done, closing, {"forced": True}
+        )
+        return row.status, waiting
+
+    assert _write(session, work) == (Status.DONE.value, True)
+    (completed,) = [e for e in kb.list_events(session, task_id=parent) if e.kind == "completed"]
+    assert completed.run_id is None
 
 
 def test_the_database_clock_is_utc_with_sub_second_precision(session: Session) -> None:

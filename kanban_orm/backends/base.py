@@ -178,6 +178,21 @@ class Backend(Protocol):
         may be waiting for the task (always True when ``see_children`` is False)."""
         ...
 
+    def move_and_finish_run(
+        self,
+        s: Tx,
+        statement: ClauseElement,
+        params: dict[str, Any],
+        closing: RunClosing,
+        payload: dict[str, Any] | None,
+    ) -> tuple[Any, bool]:
+        """A task's guarded UPDATE ``statement`` (with RETURNING of the whole row, its
+        WHERE naming ``tasks.id``), then :meth:`finish_run` seeing children. Returns the
+        task's new row and whether a child may be waiting; (None, False) when the UPDATE
+        matched no row, and nothing was written. Closing the run tells whether a child
+        waits, so a task without children pays nothing for promotion."""
+        ...
+
     def complete_pairs(
         self,
         s: Tx,
@@ -339,6 +354,20 @@ class PortableBackend:
         # No open run (a forced completion from todo), so nothing was seen: look.
         waiting = closed is None or not see_children or bool(closed.waiting)
         return run_id, waiting
+
+    def move_and_finish_run(
+        self,
+        s: Tx,
+        statement: ClauseElement,
+        params: dict[str, Any],
+        closing: RunClosing,
+        payload: dict[str, Any] | None,
+    ) -> tuple[Any, bool]:
+        moved = s.execute(statement, params).first()
+        if moved is None:
+            return None, False
+        _, waiting = self.finish_run(s, closing, payload, see_children=True)
+        return moved, waiting
 
     def complete_pairs(
         self,

@@ -11,7 +11,11 @@ since 10.5, MySQL has none), so this backend is the portable one plus two things
   10.6+, MySQL 8.0.1+), then claim them with a guarded ``UPDATE ... WHERE claim_lock IS
   NULL`` whose row count decides, open the runs, number ``current_run_id`` from them and
   write the events, all in one transaction. Concurrent claimers skip each other's
-  candidates instead of queueing behind one row.
+  candidates instead of queueing behind one row. One task (the common case) opens its
+  run first and claims with the run's token and id, a statement fewer (:func:`_claim_one`).
+* **Closing a run** is one UPDATE that sets ``id = LAST_INSERT_ID(id)``: its reply
+  carries the closed run's id, so it needs no RETURNING; a completion then reads the
+  task's new row and whether a child waits in one read (``move_and_finish_run``).
 * **Every other statement with RETURNING** runs as a locking read of the rows its WHERE
   clause matches (``FOR UPDATE``, which reads the latest committed version, as
   PostgreSQL's UPDATE re-check does), the statement itself restricted to those rows,
@@ -43,6 +47,7 @@ an event id has ended, and none can draw one until the read's transaction ends.
 from __future__ import annotations
 
 import threading
+from collections import namedtuple
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -77,7 +82,14 @@ from ..models import (
     MYSQL_EVENT_GUARD_TRIGGER_DDL,
 )
 from ..states import Status
-from .base import ChangeSignal, PortableBackend, connect_apart, newest_event_signal
+from .base import (
+    ChangeSignal,
+    PortableBackend,
+    RunClosing,
+    connect_apart,
+    newest_event_signal,
+    record_events,
+)
 
 if TYPE_CHECKING:
     from alembic.runtime.migration import MigrationContext
@@ -117,11 +129,15 @@ def _claim_pick(by_assignee: bool, by_tenant: bool) -> Any:
 
 #: The pick of claim_next, by (by_assignee, by_tenant).
 PICKS = {(a, t): _claim_pick(a, t) for a in (False, True) for t in (False, True)}
-#: One task by id, if claimable, locked (a claimer holding it already is skipped).
+#: One task by id, if claimable, locked. It waits for a row lock rather than skipping
+#: it, as PostgreSQL's UPDATE does: claim_next's picks lock each row they examine, and
+#: release the ones their filters then refuse (READ COMMITTED), so a skip made
+#: claim_task miss a claimable task about one call in six while other claimers polled.
+#: A claimer that does hold the task commits first, and the re-read finds it claimed.
 PICK_BY_ID = (
     select(tasks.c.id)
     .where(tasks.c.id == bindparam("task_id"), q.claimable(tasks))
-    .with_for_update(skip_locked=True)
+    .with_for_update()
 )
 #: The guarded claim of the picked rows: its row count says how many were claimed.
 CLAIM_PICKED = (
@@ -154,24 +170,84 @@ NAME_CLAIMED_RUNS = (
         .scalar_subquery()
     )
 )
-LOG_CLAIMED = insert(events).from_select(
-    ["task_id", "run_id", "kind", "payload", "created_at"],
-    select(
-        tasks.c.id,
-        tasks.c.current_run_id,
-        literal("claimed"),
-        func.json_object(
-            literal("claimer"),
-            bindparam("claimer", type_=runs.c.claimer.type),
-            literal("attempt"),
-            tasks.c.attempts,
-        ),
-        utcnow(),
-    ).where(tasks.c.id.in_(_ids)),
-)
+
+
+def _log_claimed(which: Any) -> Any:
+    return insert(events).from_select(
+        ["task_id", "run_id", "kind", "payload", "created_at"],
+        select(
+            tasks.c.id,
+            tasks.c.current_run_id,
+            literal("claimed"),
+            func.json_object(
+                literal("claimer"),
+                bindparam("claimer", type_=runs.c.claimer.type),
+                literal("attempt"),
+                tasks.c.attempts,
+            ),
+            utcnow(),
+        ).where(which),
+    )
+
+
+LOG_CLAIMED = _log_claimed(tasks.c.id.in_(_ids))
 CLAIMED_ROWS = (
     select(tasks).where(tasks.c.id.in_(_ids)).order_by(tasks.c.priority.desc(), tasks.c.id)
 )
+
+# One picked task, the common case (claim_next, claim_task), in one statement fewer: its
+# run is opened first, making the fencing token, and the guarded claim then copies the
+# token from the run and names the run by the id the INSERT reported (``lastrowid``),
+# where several tasks need NAME_CLAIMED_RUNS to find each run by its token. The picked
+# row is locked, so the run's attempt (``attempts + 1``) is the one the claim makes.
+OPEN_PICKED_RUN = insert(runs).from_select(
+    ["task_id", "attempt", "claimer", "worker_id", "claim_lock", "started_at", "last_heartbeat_at"],
+    select(
+        tasks.c.id,
+        tasks.c.attempts + 1,
+        bindparam("claimer", type_=runs.c.claimer.type),
+        bindparam("worker_id", type_=runs.c.worker_id.type),
+        new_claim_token(),
+        utcnow(),
+        utcnow(),
+    ).where(tasks.c.id == bindparam("task_id"), tasks.c.claim_lock.is_(None)),
+)
+CLAIM_PICKED_ONE = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("task_id"), tasks.c.claim_lock.is_(None))
+    .values(
+        {
+            **q._CLAIM_VALUES,
+            "claim_lock": select(runs.c.claim_lock)
+            .where(runs.c.id == bindparam("run_id"))
+            .scalar_subquery(),
+            "current_run_id": bindparam("run_id", type_=Integer),
+        }
+    )
+)
+#: LOG_CLAIMED and CLAIMED_ROWS of one task: by ``id = :task_id``, where an IN list
+#: is expanded into the SQL on every call.
+LOG_CLAIMED_ONE = _log_claimed(tasks.c.id == bindparam("task_id"))
+CLAIMED_ROW = select(tasks).where(tasks.c.id == bindparam("task_id"))
+#: The run of a claim its guard refused (kept out of the transaction's writes).
+DROP_PICKED_RUN = runs.delete().where(runs.c.id == bindparam("run_id"))
+
+#: CLOSE_OPEN_RUN without RETURNING: ``LAST_INSERT_ID(id)`` hands the closed run's id
+#: to the client (the driver's ``lastrowid``) with the UPDATE's reply, where the
+#: emulated RETURNING took a locking read before and a read after.
+CLOSE_OPEN_RUN_NAMING = (
+    update(runs)
+    .where(runs.c.task_id == bindparam("run_task_id"), runs.c.ended_at.is_(None))
+    .values({**q._CLOSING_RUN, "id": func.last_insert_id(runs.c.id)})
+)
+#: Whether a child of :run_task_id waits in todo (CLOSE_OPEN_RUN_SEEING_CHILDREN's column).
+CHILDREN_WAITING = select(q.children_waiting())
+#: A moved task's row and that, in one read (see MySQLBackend.move_and_finish_run).
+MOVED_ROW_SEEING_CHILDREN = select(tasks, q.children_waiting().label("waiting")).where(
+    tasks.c.id == bindparam("run_task_id")
+)
+#: A task's row without the read's last column (Tx.attach maps every column it is given).
+_TaskRow = namedtuple("_TaskRow", [column.key for column in tasks.c])  # type: ignore[misc]
 
 #: The ctid protocol's touches (queries.TOUCH_PARENTS*) are PostgreSQL's: here a
 #: completion always runs in a transaction that looks for waiting children, so locking
@@ -316,6 +392,37 @@ class MySQLBackend(PortableBackend):
         ids = list(s.scalars(PICKS[by_assignee, by_tenant], params))
         return _claim(s, ids, params, claimer)
 
+    def finish_run(
+        self, s: Tx, closing: RunClosing, payload: dict[str, Any] | None, see_children: bool
+    ) -> tuple[int | None, bool]:
+        closed = s.run_for_cursor(CLOSE_OPEN_RUN_NAMING, closing)
+        run_id = closed.lastrowid if closed.rowcount else None
+        record_events(s, closing["run_outcome"], [(closing["run_task_id"], run_id, payload)])
+        if run_id is None or not see_children:
+            return run_id, True  # no open run (a forced completion from todo): look
+        return run_id, bool(s.execute(CHILDREN_WAITING, closing).scalar())
+
+    def move_and_finish_run(
+        self,
+        s: Tx,
+        statement: ClauseElement,
+        params: dict[str, Any],
+        closing: RunClosing,
+        payload: dict[str, Any] | None,
+    ) -> tuple[Any, bool]:
+        # The emulated RETURNING's read of the moved row waits until the run is closed,
+        # and says whether a child waits too: one read where there were two. Still after
+        # the task's UPDATE, so it sees every wait-maker that held the row before it.
+        plan = emulation(statement) if isinstance(statement, Update) else None
+        if plan is None or plan.pinned is None or plan.pinned.key != "task_id":
+            return super().move_and_finish_run(s, statement, params, closing, payload)
+        if s.run_for_cursor(plan.bare, params).rowcount == 0:
+            return None, False
+        run_id, _ = self.finish_run(s, closing, payload, see_children=False)
+        row = s.execute(MOVED_ROW_SEEING_CHILDREN, closing).first()
+        # No open run (a forced completion from todo), so nothing was seen: look.
+        return _TaskRow(*row[:-1]), run_id is None or bool(row.waiting)
+
     def wait_for_event_writers(self, session: Session, after_id: int) -> None:
         mariadb = getattr(session.get_bind().dialect, "is_mariadb", False)
         session.execute(LOCK_EVENT_GUARD_MARIADB if mariadb else LOCK_EVENT_GUARD).all()
@@ -370,12 +477,29 @@ def _claim(s: Tx, ids: list[int], params: dict[str, Any], claimer: str) -> list[
         "claimer": claimer,
         "worker_id": params.get("worker_id"),
     }
+    if len(ids) == 1:
+        return _claim_one(s, picked, ids[0])
     if s.run_for_cursor(CLAIM_PICKED, picked).rowcount == 0:
         return []  # the guard decides; the picked rows were locked, so it seldom says no
     s.execute(OPEN_CLAIMED_RUNS, picked)
     s.execute(NAME_CLAIMED_RUNS, picked)
     s.execute(LOG_CLAIMED, picked)
     return s.execute(CLAIMED_ROWS, picked).all()
+
+
+def _claim_one(s: Tx, picked: dict[str, Any], task_id: int) -> list[Any]:
+    one = {**picked, "task_id": task_id}
+    run_id = s.run_for_cursor(OPEN_PICKED_RUN, one).lastrowid
+    if not run_id:
+        return []
+    one["run_id"] = run_id
+    if s.run_for_cursor(CLAIM_PICKED_ONE, one).rowcount == 0:
+        # The guard decides (the picked row was locked, so it seldom says no), and a
+        # refused claim leaves no run behind.
+        s.run_for_cursor(DROP_PICKED_RUN, one)
+        return []
+    s.execute(LOG_CLAIMED_ONE, {"task_id": task_id, "claimer": one["claimer"]})
+    return s.execute(CLAIMED_ROW, {"task_id": task_id}).all()
 
 
 # -- RETURNING, emulated -----------------------------------------------------------------
