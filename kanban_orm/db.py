@@ -385,11 +385,12 @@ def _is_idle(dbapi_connection: Any) -> bool:
 
 #: What a failed database call calls for: a retry after a short wait (BUSY), a retry
 #: once the server is back (UNAVAILABLE), or no retry at all (READ_ONLY; None: any other).
-BUSY, UNAVAILABLE, READ_ONLY = "busy", "unavailable", "read-only"
+BUSY, UNAVAILABLE, READ_ONLY, TOO_LONG = "busy", "unavailable", "read-only", "too long"
 
 
 def failure_kind(error: BaseException) -> str | None:
-    """:data:`BUSY`, :data:`UNAVAILABLE`, :data:`READ_ONLY` or None for a database error."""
+    """:data:`BUSY`, :data:`UNAVAILABLE`, :data:`READ_ONLY`, :data:`TOO_LONG` or None for a
+    database error."""
     if not isinstance(error, exc.DBAPIError):
         return None
     # Which driver errors mean what is each backend's to say; the error does not name
@@ -401,6 +402,8 @@ def failure_kind(error: BaseException) -> str | None:
         return READ_ONLY
     if error.connection_invalidated or any(backend.is_unavailable(error) for backend in every):
         return UNAVAILABLE
+    if any(backend.is_too_long(error) for backend in every):
+        return TOO_LONG
     return None
 
 
@@ -422,6 +425,10 @@ def typed_error(error: BaseException) -> KanbanError:
         return DatabaseUnavailable(f"the database server is unavailable: {detail}")
     if kind == BUSY:
         return DatabaseBusy(f"the database is busy: {detail}")
+    if kind == TOO_LONG:
+        return InvalidInput(
+            f"a value is longer than this database holds, nothing was written: {detail}"
+        )
     return DatabaseError(detail)
 
 

@@ -546,3 +546,18 @@ def test_a_bare_url_gets_the_backends_driver(api: Api, db_url: str) -> None:
 
 class _Rollback(Exception):
     """Raised inside a write to see what it did, then roll it back."""
+
+
+@pytest.mark.backends("mysql")  # SQLite's and PostgreSQL's TEXT hold any length
+def test_a_text_longer_than_its_column_is_invalid_input_with_nothing_written(
+    session: Session,
+) -> None:
+    task_id = kb.create_task(session, title="t")
+    too_long = "x" * 70_000  # MySQL's TEXT holds 65,535 bytes
+    with pytest.raises(kb.InvalidInput, match="longer than this database holds"):
+        kb.add_comment(session, task_id, body=too_long, author="a")
+    with pytest.raises(kb.InvalidInput, match="longer than this database holds"):
+        kb.create_task(session, title="big", body=too_long)
+    assert kb.list_comments(session, task_id=task_id) == []
+    assert [t.id for t in kb.list_tasks(session)] == [task_id]
+    assert [e.kind for e in kb.list_events(session)] == ["created"]

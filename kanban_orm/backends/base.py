@@ -156,6 +156,11 @@ class Backend(Protocol):
         and a retry would be refused the same way."""
         ...
 
+    def is_too_long(self, error: exc.DBAPIError) -> bool:
+        """True for an error of this backend's driver refusing a value longer than its
+        column holds (MySQL's TEXT: 64 KiB): nothing was written, the input must change."""
+        ...
+
     # -- claims and runs ------------------------------------------------------------
 
     def claim_by_id(self, s: Tx, params: dict[str, Any], claimer: str) -> list[Any]:
@@ -334,6 +339,9 @@ class PortableBackend:
         return False
 
     def is_read_only(self, error: exc.DBAPIError) -> bool:
+        return False
+
+    def is_too_long(self, error: exc.DBAPIError) -> bool:
         return False
 
     def claim_by_id(self, s: Tx, params: dict[str, Any], claimer: str) -> list[Any]:

@@ -366,6 +366,10 @@ class MySQLBackend(PortableBackend):
     def is_read_only(self, error: exc.DBAPIError) -> bool:
         return _error_code(error) in _READ_ONLY_CODES
 
+    def is_too_long(self, error: exc.DBAPIError) -> bool:
+        # ER_DATA_TOO_LONG, in strict mode (MariaDB's default): TEXT holds 64 KiB.
+        return _error_code(error) == 1406
+
     liveness_lock: ClassVar[bool] = True
 
     def lock_worker(self, conn: Connection, worker_id: int) -> None:

@@ -75,6 +75,8 @@ _RETRYABLE = frozenset({"40001", "40P01", "55P03"})
 _UNAVAILABLE = frozenset({"57P01", "57P02", "57P03"})
 #: read_only_sql_transaction: a hot standby, a read-only role or transaction.
 _READ_ONLY = "25006"
+#: string_data_right_truncation: a value longer than a VARCHAR column.
+_TOO_LONG = "22001"
 #: Failed connects psycopg reports without a SQLSTATE that waiting won't mend.
 _CONNECT_REFUSALS = ("does not exist", "authentication failed", "pg_hba.conf", "permission denied")
 
@@ -193,6 +195,9 @@ class PostgreSQLBackend(PortableBackend):
 
     def is_read_only(self, error: exc.DBAPIError) -> bool:
         return _psycopg_error(error) and getattr(error.orig, "sqlstate", None) == _READ_ONLY
+
+    def is_too_long(self, error: exc.DBAPIError) -> bool:
+        return _psycopg_error(error) and getattr(error.orig, "sqlstate", None) == _TOO_LONG
 
     liveness_lock: ClassVar[bool] = True
 
