@@ -29,6 +29,7 @@ from .kanban import (
     _NULL_JSON,
     _SQLITE_NOW,
     SQLITE_CLAIM,
+    SQLITE_COMPLETE,
     SQLITE_EVENT,
     SQLITE_OPEN_RUN,
     SQLITE_SET_RUN,
@@ -116,16 +117,8 @@ CREATE TABLE kanban_task_events (
 );
 """
 
-#: The raw loop's completion, its run closed by id: without an index on the runs' task
-#: id, closing it by task would scan every run.
-LEAN_COMPLETE = f"""
-UPDATE kanban_tasks SET
-    status = 'done', result = NULL, block_reason = NULL, completed_at = {_SQLITE_NOW},
-    claim_lock = NULL, claim_expires = NULL, current_run_id = NULL,
-    version = version + 1, updated_at = {_SQLITE_NOW}
-WHERE id = ? AND status = 'running' AND claim_lock = ?
-RETURNING id
-"""
+#: The raw loop's completion closes its run by id: without an index on the runs' task
+#: id, closing it by task would scan every run. (The task's UPDATE is the raw loop's.)
 LEAN_CLOSE_RUN = f"""
 UPDATE kanban_task_runs SET
     ended_at = {_SQLITE_NOW}, outcome = 'completed', summary = NULL, metadata = ?, error = NULL
@@ -169,7 +162,7 @@ def lean_consumer(target: Target, index: int, quota: int) -> Loop:
         return task_id, token, run_id
 
     def complete(c: sqlite3.Connection, task_id: int, token: str, run_id: int) -> None:
-        if c.execute(LEAN_COMPLETE, (task_id, token)).fetchone() is None:
+        if c.execute(SQLITE_COMPLETE, (task_id, token)).fetchone() is None:
             raise RuntimeError(f"task {task_id}: claim lost")
         c.execute(LEAN_CLOSE_RUN, (_NULL_JSON, run_id))
         c.execute(SQLITE_EVENT, (task_id, run_id, "completed", _COMPLETED_PAYLOAD))
