@@ -30,6 +30,8 @@ from kanban_orm.db import ENV_HOME, ENV_URL
 from kanban_orm.models import Task
 from kanban_orm.worker import CommandHandler, TaskFailed, Worker
 
+from .helpers import reaping
+
 
 @pytest.fixture(autouse=True)
 def _no_ambient_database(
@@ -243,24 +245,8 @@ def test_a_lease_reclaimed_mid_run_is_dropped_and_the_task_redone(
 
 def test_heartbeats_keep_a_long_handler_s_lease(db_url: str, session: Session) -> None:
     task_id = kb.create_task(session, title="t")
-    reclaimed: list[int] = []
-    stop = threading.Event()
-
-    def reaper() -> None:
-        s = kb.connect(db_url)
-        try:
-            while not stop.wait(0.1):
-                reclaimed.append(kb.release_stale_claims(s))
-        finally:
-            s.close()
-
-    thread = threading.Thread(target=reaper, daemon=True)
-    thread.start()
-    try:
+    with reaping(db_url) as reclaimed:
         stats = worker(db_url, lambda task: time.sleep(1.6) or "ok", ttl_seconds=0.6).run()
-    finally:
-        stop.set()
-        thread.join()
     assert stats.completed == 1 and sum(reclaimed) == 0
     [run] = kb.list_runs(session, task_id=task_id)
     assert run.outcome == "completed" and run.last_heartbeat_at is not None

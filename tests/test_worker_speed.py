@@ -25,7 +25,7 @@ from kanban_orm.models import Task, TaskRun
 from kanban_orm.worker import ACK_DELAY_SECONDS, TaskFailed, Worker
 
 from . import workers
-from .helpers import board_violations
+from .helpers import board_violations, reaping
 from .test_concurrency import run_processes
 
 SPAWN = mp.get_context("spawn")
@@ -135,29 +135,14 @@ def test_prefetched_leases_are_heartbeated_while_a_handler_runs_long(
     db_url: str, session: Session
 ) -> None:
     _first, held, waiting = _prefetching_board(session)
-    reclaimed: list[int] = []
-    stop = threading.Event()
-
-    def reaper() -> None:
-        s = kb.connect(db_url)
-        try:
-            while not stop.wait(0.1):
-                reclaimed.append(kb.release_stale_claims(s))
-        finally:
-            s.close()
 
     def handler(task: Task) -> str:
         if task.title == "held":
             time.sleep(2.0)  # over three leases of 0.6 s
         return "ok"
 
-    thread = threading.Thread(target=reaper, daemon=True)
-    thread.start()
-    try:
+    with reaping(db_url) as reclaimed:
         stats = worker(db_url, handler, ttl_seconds=0.6, prefetch=3).run()
-    finally:
-        stop.set()
-        thread.join()
     assert sum(reclaimed) == 0
     assert stats.completed == 5 and stats.lost == 0
     [held_run] = runs_of(session, held)
@@ -315,29 +300,14 @@ def test_buffered_completions_are_heartbeated_while_a_later_handler_runs_long(
     kb.create_task(session, title="first", priority=9)
     quick = kb.create_task(session, title="quick", priority=5)
     kb.create_task(session, title="held", priority=4)
-    reclaimed: list[int] = []
-    stop = threading.Event()
-
-    def reaper() -> None:
-        s = kb.connect(db_url)
-        try:
-            while not stop.wait(0.1):
-                reclaimed.append(kb.release_stale_claims(s))
-        finally:
-            s.close()
 
     def handler(task: Task) -> str:
         if task.title == "held":
             time.sleep(2.0)  # over three leases of 0.6 s, with quick's completion buffered
         return "ok"
 
-    thread = threading.Thread(target=reaper, daemon=True)
-    thread.start()
-    try:
+    with reaping(db_url) as reclaimed:
         stats = worker(db_url, handler, ttl_seconds=0.6, prefetch=3).run()
-    finally:
-        stop.set()
-        thread.join()
     assert sum(reclaimed) == 0
     assert (stats.completed, stats.lost) == (3, 0)
     [run] = runs_of(session, quick)
