@@ -10,13 +10,12 @@ window), each worker's resident memory, and the database's size (SQLite's WAL da
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from kanban_orm.db import install_command
+from .bench.report import no_chart, pyplot
 
 TITLES = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mysql": "MariaDB"}
 
@@ -33,13 +32,9 @@ def _minutes(points: list[list[float]]) -> tuple[list[float], list[float]]:
 
 def draw(reports: list[dict[str, Any]], out: str, load: list[tuple[float, float]]) -> str | None:
     """Draw the chart to ``out``; a message instead when matplotlib is missing."""
-    try:
-        # By name, as in stress.bench.report: matplotlib is in the bench extra only.
-        matplotlib: Any = importlib.import_module("matplotlib")
-        matplotlib.use("Agg")
-        plt: Any = importlib.import_module("matplotlib.pyplot")
-    except ImportError:
-        return f"no chart: matplotlib is not installed ({install_command('bench')})"
+    plt = pyplot()
+    if plt is None:
+        return no_chart()
     panels = 4 if load else 3
     figure, axes = plt.subplots(panels, 1, figsize=(10, 2.6 * panels + 0.6), sharex=True)
     for report in reports:

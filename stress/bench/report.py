@@ -222,16 +222,29 @@ def _skip_line(skip: dict[str, str]) -> str:
     return f"skipped {what}: {skip['reason']}"
 
 
-def chart(results: list[Result], path: str) -> str | None:
-    """A bar chart of the main table's tasks/s; a message instead when it cannot."""
+def pyplot() -> Any:
+    """matplotlib.pyplot drawing to files (Agg), or None when matplotlib is missing.
+
+    Imported by name: matplotlib is in the optional bench extra only, and the type check
+    must pass (the same) with or without it installed."""
     try:
-        # Imported by name: matplotlib is in the optional bench extra only, and the
-        # type check must pass (the same) with or without it installed.
         matplotlib: Any = importlib.import_module("matplotlib")
         matplotlib.use("Agg")
-        plt: Any = importlib.import_module("matplotlib.pyplot")
+        return importlib.import_module("matplotlib.pyplot")
     except ImportError:
-        return f"no chart: matplotlib is not installed ({install_command('bench')})"
+        return None
+
+
+def no_chart() -> str:
+    """What a chart command says when :func:`pyplot` found no matplotlib."""
+    return f"no chart: matplotlib is not installed ({install_command('bench')})"
+
+
+def chart(results: list[Result], path: str) -> str | None:
+    """A bar chart of the main table's tasks/s; a message instead when it cannot."""
+    plt = pyplot()
+    if plt is None:
+        return no_chart()
     rows = [r for r in results if r.table == "main" and r.rate]
     if not rows:
         return "no chart: no rates to draw"
