@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -228,12 +229,18 @@ def _sqlite_write(conn: sqlite3.Connection, work: Any) -> Any:
     raise RuntimeError("database stayed locked")
 
 
-def raw_sqlite_consumer(target: Target, index: int, quota: int) -> Loop:
+#: A raw SQLite loop's completion of (task id, token, run id), in its write transaction.
+SqliteComplete = Callable[[sqlite3.Connection, int, str, int], None]
+
+
+def sqlite_raw_loop(target: Target, index: int, quota: int, complete: SqliteComplete) -> Loop:
+    """The raw sqlite3 loop (the ``raw`` row, and the ``lean`` one on its own schema): claim
+    with its run and event in one write transaction, then ``complete`` in another."""
     conn = _sqlite_connect(target.sqlite_path)
     claimer = f"bench-{index}"
     claimer_json = json.dumps(claimer)
 
-    def claim(c: sqlite3.Connection) -> tuple[int, str] | None:
+    def claim(c: sqlite3.Connection) -> tuple[int, str, int] | None:
         row = c.execute(SQLITE_CLAIM, (TTL_SECONDS,)).fetchone()
         if row is None:
             return None
@@ -242,13 +249,8 @@ def raw_sqlite_consumer(target: Target, index: int, quota: int) -> Loop:
         c.execute(SQLITE_SET_RUN, (run_id, task_id, token))
         payload = _CLAIMED_PAYLOAD.format(claimer=claimer_json, attempt=attempt)
         c.execute(SQLITE_EVENT, (task_id, run_id, "claimed", payload))
-        return task_id, token
-
-    def complete(c: sqlite3.Connection, task_id: int, token: str) -> None:
-        if c.execute(SQLITE_COMPLETE, (task_id, token)).fetchone() is None:
-            raise RuntimeError(f"task {task_id}: claim lost")
-        run_id = c.execute(SQLITE_CLOSE_RUN, (_NULL_JSON, task_id)).fetchone()[0]
-        c.execute(SQLITE_EVENT, (task_id, run_id, "completed", _COMPLETED_PAYLOAD))
+        assert run_id is not None
+        return task_id, token, run_id
 
     def loop() -> list[int]:
         done: list[int] = []
@@ -256,13 +258,23 @@ def raw_sqlite_consumer(target: Target, index: int, quota: int) -> Loop:
             held = _sqlite_write(conn, claim)
             if held is None:
                 break
-            task_id, token = held
-            _sqlite_write(conn, lambda c: complete(c, task_id, token))  # noqa: B023 - runs now
-            done.append(task_id)
+            _sqlite_write(conn, lambda c: complete(c, *held))  # noqa: B023 - runs now
+            done.append(held[0])
         conn.close()
         return done
 
     return loop
+
+
+def raw_sqlite_consumer(target: Target, index: int, quota: int) -> Loop:
+    def complete(c: sqlite3.Connection, task_id: int, token: str, _run_id: int) -> None:
+        # Closed by task, as the library does (the runs' task id is indexed here).
+        if c.execute(SQLITE_COMPLETE, (task_id, token)).fetchone() is None:
+            raise RuntimeError(f"task {task_id}: claim lost")
+        run_id = c.execute(SQLITE_CLOSE_RUN, (_NULL_JSON, task_id)).fetchone()[0]
+        c.execute(SQLITE_EVENT, (task_id, run_id, "completed", _COMPLETED_PAYLOAD))
+
+    return sqlite_raw_loop(target, index, quota, complete)
 
 
 _PG_NOW = "timezone('UTC', clock_timestamp())"

@@ -24,18 +24,13 @@ import kanban_orm as kb
 
 from .core import Loop, Target
 from .kanban import (
-    _CLAIMED_PAYLOAD,
     _COMPLETED_PAYLOAD,
     _NULL_JSON,
     _SQLITE_NOW,
-    SQLITE_CLAIM,
     SQLITE_COMPLETE,
     SQLITE_EVENT,
-    SQLITE_OPEN_RUN,
-    SQLITE_SET_RUN,
     TTL_SECONDS,
-    _sqlite_connect,
-    _sqlite_write,
+    sqlite_raw_loop,
 )
 
 #: What the prefetching no-op row asks for: batches of 10, as kb-many10 claims.
@@ -145,37 +140,10 @@ def lean_seed(target: Target, tasks: int) -> None:
 
 
 def lean_consumer(target: Target, index: int, quota: int) -> Loop:
-    conn = _sqlite_connect(target.sqlite_path)
-    claimer = f"bench-{index}"
-    claimer_json = f'"{claimer}"'
-
-    def claim(c: sqlite3.Connection) -> tuple[int, str, int] | None:
-        row = c.execute(SQLITE_CLAIM, (TTL_SECONDS,)).fetchone()
-        if row is None:
-            return None
-        task_id, token, attempt = row
-        run_id = c.execute(SQLITE_OPEN_RUN, (task_id, attempt, claimer, token)).lastrowid
-        c.execute(SQLITE_SET_RUN, (run_id, task_id, token))
-        payload = _CLAIMED_PAYLOAD.format(claimer=claimer_json, attempt=attempt)
-        c.execute(SQLITE_EVENT, (task_id, run_id, "claimed", payload))
-        assert run_id is not None
-        return task_id, token, run_id
-
     def complete(c: sqlite3.Connection, task_id: int, token: str, run_id: int) -> None:
         if c.execute(SQLITE_COMPLETE, (task_id, token)).fetchone() is None:
             raise RuntimeError(f"task {task_id}: claim lost")
         c.execute(LEAN_CLOSE_RUN, (_NULL_JSON, run_id))
         c.execute(SQLITE_EVENT, (task_id, run_id, "completed", _COMPLETED_PAYLOAD))
 
-    def loop() -> list[int]:
-        done: list[int] = []
-        while len(done) < quota:
-            held = _sqlite_write(conn, claim)
-            if held is None:
-                break
-            _sqlite_write(conn, lambda c: complete(c, *held))  # noqa: B023 - runs now
-            done.append(held[0])
-        conn.close()
-        return done
-
-    return loop
+    return sqlite_raw_loop(target, index, quota, complete)
