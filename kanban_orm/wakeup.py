@@ -183,6 +183,15 @@ def _engine_of(bind: Session | Engine | Connection) -> Engine:
     return bind.engine if isinstance(bind, Connection) else bind
 
 
+def wait_limits(timeout: object, poll_seconds: object) -> tuple[float | None, float]:
+    """wait_for_ready's ``timeout`` (None: no limit) and ``poll_seconds``, checked."""
+    limit = None if timeout is None else check.number(timeout, "timeout", infinity=True)
+    poll = check.number(poll_seconds, "poll_seconds")
+    if (limit is not None and limit < 0) or not poll > 0:
+        raise InvalidInput("timeout must be >= 0 and poll_seconds > 0")
+    return limit, poll
+
+
 def wait_for_ready(
     bind: Session | Engine | str | None = None,
     *,
@@ -205,10 +214,7 @@ def wait_for_ready(
     nobody. Raises :class:`~kanban_orm.errors.InvalidInput` for a bad argument and the
     database errors of a read (:class:`~kanban_orm.errors.DatabaseUnavailable`, ...).
     """
-    limit = None if timeout is None else check.number(timeout, "timeout", infinity=True)
-    poll = check.number(poll_seconds, "poll_seconds")
-    if (limit is not None and limit < 0) or not poll > 0:
-        raise InvalidInput("timeout must be >= 0 and poll_seconds > 0")
+    limit, poll = wait_limits(timeout, poll_seconds)
     wanted = {"only_assignee": check.name(assignee, "assignee")}
     wanted["only_tenant"] = check.name(tenant, "tenant")
     params: dict[str, Any] = {key: value for key, value in wanted.items() if value is not None}

@@ -11,9 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 import kanban_orm as _kb
 
 from .. import backends
-from .. import validation as check
 from ..errors import InvalidInput
-from ..wakeup import DEFAULT_POLL_SECONDS
+from ..wakeup import DEFAULT_POLL_SECONDS, wait_limits
 
 #: The longest one wait in a worker thread lasts: a cancelled wait_for_ready returns at
 #: once, and the thread it leaves behind ends within this.
@@ -51,9 +50,7 @@ async def wait_for_ready(
     the filters, False after ``timeout`` seconds (None: no limit). The wait runs in a
     worker thread on the sync driver, a second at a time (the process's shared wake-up
     makes it prompt), so the loop never blocks and a cancelled wait ends at once."""
-    limit = None if timeout is None else check.number(timeout, "timeout", infinity=True)
-    if limit is not None and limit < 0:
-        raise InvalidInput("timeout must be >= 0 and poll_seconds > 0")
+    limit, _ = wait_limits(timeout, poll_seconds)
     url = _sync_url(bind)
     deadline = None if limit is None else time.monotonic() + limit
     while True:
